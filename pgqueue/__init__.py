@@ -1,0 +1,39 @@
+"""pgqueue: a Postgres-native job queue. The public names live here."""
+
+from pgqueue.context import JobContext
+from pgqueue.errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    InvalidPayload,
+    InvalidTransition,
+    JobCancelled,
+    JobNotFound,
+    LeaseLost,
+    PermanentFailure,
+    PgQueueError,
+    UnknownKind,
+)
+from pgqueue.models import Event, Job, JobError, NewJob
+from pgqueue.queue import Queue, SyncQueue
+from pgqueue.registry import JobRegistry
+
+__all__ = [
+    "ConfigError",
+    "DatabaseUnavailable",
+    "Event",
+    "InvalidPayload",
+    "InvalidTransition",
+    "Job",
+    "JobCancelled",
+    "JobContext",
+    "JobError",
+    "JobNotFound",
+    "JobRegistry",
+    "LeaseLost",
+    "NewJob",
+    "PermanentFailure",
+    "PgQueueError",
+    "Queue",
+    "SyncQueue",
+    "UnknownKind",
+]

@@ -1,0 +1,115 @@
+"""Connections to PostgreSQL: pools, dedicated connections, and driver-error translation.
+
+Only this module and the store import psycopg.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import msgspec
+import psycopg
+from psycopg.types.json import set_json_dumps, set_json_loads
+from psycopg_pool import AsyncConnectionPool
+
+from pgqueue.config import validate_database_url
+from pgqueue.errors import ConfigError, DatabaseUnavailable
+
+AsyncConnection = psycopg.AsyncConnection[Any]
+Connection = psycopg.Connection[Any]
+
+
+def _json_dumps(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def use_fast_json(conn: psycopg.AsyncConnection[Any] | psycopg.Connection[Any]) -> None:
+    """Decode and encode jsonb with msgspec on this connection (several times faster than json)."""
+    set_json_loads(msgspec.json.decode, conn)
+    set_json_dumps(_json_dumps, conn)
+
+
+async def _configure(conn: AsyncConnection) -> None:
+    use_fast_json(conn)
+
+
+async def open_pool(url: str, *, min_size: int = 1, max_size: int = 10, name: str = "pgqueue") -> AsyncConnectionPool:
+    """An open pool; raises DatabaseUnavailable quickly when the server cannot be reached."""
+    validate_database_url(url)
+    pool = AsyncConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        open=False,
+        name=name,
+        configure=_configure,
+        kwargs={"application_name": name},
+        reconnect_timeout=3600,
+        timeout=30,
+    )
+    try:
+        await pool.open(wait=True, timeout=10)
+    except psycopg.pool.PoolTimeout as exc:  # type: ignore[attr-defined]
+        await pool.close()
+        raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from None
+    return pool
+
+
+async def connect(url: str, *, autocommit: bool = True, application_name: str = "pgqueue") -> AsyncConnection:
+    """One dedicated connection (LISTEN, heartbeats, maintenance) outside any pool."""
+    validate_database_url(url)
+    try:
+        conn = await psycopg.AsyncConnection.connect(
+            url, autocommit=autocommit, application_name=application_name, connect_timeout=10
+        )
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(f"malformed database URL: {exc}") from None
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
+    use_fast_json(conn)
+    return conn
+
+
+def connect_sync(url: str, *, autocommit: bool = False) -> Connection:
+    validate_database_url(url)
+    try:
+        conn = psycopg.Connection.connect(url, autocommit=autocommit, connect_timeout=10)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(f"malformed database URL: {exc}") from None
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
+    use_fast_json(conn)
+    return conn
+
+
+# Errors that mean "the server or the connection went away": callers retry these.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    psycopg.errors.AdminShutdown,
+    DatabaseUnavailable,
+)
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn driver connection failures into DatabaseUnavailable at the store boundary."""
+    try:
+        yield
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        raise DatabaseUnavailable(str(exc).strip() or type(exc).__name__) from exc
+
+
+@contextlib.asynccontextmanager
+async def transaction(pool: AsyncConnectionPool, conn: AsyncConnection | None = None) -> AsyncIterator[AsyncConnection]:
+    """The caller's connection as is (its transaction, its commit), or a pooled one in a new transaction."""
+    if conn is not None:
+        with translate_errors():
+            yield conn
+        return
+    with translate_errors():
+        async with pool.connection() as pooled:
+            async with pooled.transaction():
+                yield pooled

@@ -1,0 +1,67 @@
+"""Exceptions raised by pgqueue. Imports nothing else of ours."""
+
+from __future__ import annotations
+
+
+class PgQueueError(Exception):
+    """Base class for every error pgqueue raises on purpose."""
+
+
+class ConfigError(PgQueueError):
+    """A setting is missing or malformed (database URL, storage URL, ...)."""
+
+
+class DatabaseUnavailable(PgQueueError):
+    """PostgreSQL could not be reached or dropped the connection."""
+
+
+class UnknownKind(PgQueueError):
+    """No job kind with that name is registered."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"unknown job kind {kind!r}")
+        self.kind = kind
+
+
+class InvalidPayload(PgQueueError):
+    """A payload (or another enqueue argument) failed validation.
+
+    ``errors`` is a list of ``{"field": ..., "message": ...}`` dicts, ``field`` being a
+    dotted path such as ``payload.to`` (``$`` when the whole value is wrong).
+    """
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{e['field']}: {e['message']}" for e in errors))
+
+
+class JobNotFound(PgQueueError):
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"job {job_id} not found")
+        self.job_id = job_id
+
+
+class InvalidTransition(PgQueueError):
+    """The job is not in a state that allows the operation (e.g. cancel a finished job)."""
+
+    def __init__(self, job_id: int, status: str, action: str) -> None:
+        super().__init__(f"cannot {action} job {job_id}: it is {status}")
+        self.job_id = job_id
+        self.status = status
+        self.action = action
+
+
+class LeaseLost(PgQueueError):
+    """The caller no longer holds the job's lease (it expired and the job was rescued or cancelled)."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"lease on job {job_id} is no longer held by this worker")
+        self.job_id = job_id
+
+
+class JobCancelled(PgQueueError):
+    """Raised inside a handler (by ``ctx.raise_if_cancelled()``) when cancellation was requested."""
+
+
+class PermanentFailure(PgQueueError):
+    """Raise from a handler to fail the job now, without further retries (it goes dead)."""

@@ -1,0 +1,67 @@
+"""Applies the yoyo migrations in schema/ (engine and app), safely from many processes at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pgqueue.config import validate_database_url
+from pgqueue.db import connect_sync
+from pgqueue.errors import ConfigError
+
+# Concurrent `migrate` runs queue up behind this session advisory lock: yoyo's own lock
+# table cannot protect the very first run, which creates it.
+MIGRATION_LOCK_KEY = 0x70677173  # "pgqs"
+
+
+def schema_dir() -> Path:
+    for candidate in (Path(__file__).parent.parent / "schema", Path(__file__).parent / "schema"):
+        if candidate.is_dir():
+            return candidate
+    raise ConfigError("schema/ directory with the migrations not found")
+
+
+def _yoyo_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ConfigError("migrate needs a postgresql:// URL")
+    return urlunsplit(parts._replace(scheme="postgresql+psycopg"))
+
+
+def _backend_and_migrations(url: str, directory: Path | None):
+    from yoyo import get_backend, read_migrations
+
+    return get_backend(_yoyo_url(validate_database_url(url))), read_migrations(str(directory or schema_dir()))
+
+
+def migrate(url: str, directory: Path | None = None) -> list[str]:
+    """Apply pending migrations; returns the ids applied (empty when up to date)."""
+    with connect_sync(url, autocommit=True) as lock_conn:
+        lock_conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        try:
+            backend, migrations = _backend_and_migrations(url, directory)
+            with backend.lock():
+                pending = backend.to_apply(migrations)
+                backend.apply_migrations(pending)
+            return [m.id for m in pending]
+        finally:
+            lock_conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+
+
+def rollback(url: str, count: int = 1, directory: Path | None = None) -> list[str]:
+    """Roll back the last ``count`` applied migrations."""
+    with connect_sync(url, autocommit=True) as lock_conn:
+        lock_conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        try:
+            backend, migrations = _backend_and_migrations(url, directory)
+            with backend.lock():
+                applied = backend.to_rollback(migrations)[:count]
+                backend.rollback_migrations(applied)
+            return [m.id for m in applied]
+        finally:
+            lock_conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+
+
+def pending(url: str, directory: Path | None = None) -> list[str]:
+    backend, migrations = _backend_and_migrations(url, directory)
+    return [m.id for m in backend.to_apply(migrations)]

@@ -1,0 +1,73 @@
+"""Plain data types shared by the engine, the in-memory backend and the web layer."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "dead", "cancelled"]
+STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "dead", "cancelled")
+LIVE_STATUSES = frozenset({"queued", "running", "failed"})
+FINISHED_STATUSES = frozenset({"succeeded", "dead", "cancelled"})
+# Event types after which a job emits nothing more (SSE streams end there).
+TERMINAL_EVENTS = frozenset({"succeeded", "dead", "cancelled"})
+
+PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 1, 5, 3
+
+
+class Job(msgspec.Struct, kw_only=True):
+    """One row of pgqueue.jobs. Field names match the columns."""
+
+    id: int
+    queue: str
+    kind: str
+    payload: Any
+    priority: int
+    status: str
+    run_at: datetime
+    attempts: int
+    max_attempts: int
+    lease_owner: str | None = None
+    lease_token: uuid.UUID | None = None
+    lease_expires_at: datetime | None = None
+    cancel_requested: bool = False
+    result: Any = None
+    last_error: str | None = None
+    unique_key: str | None = None
+    owner_id: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Event(msgspec.Struct, kw_only=True):
+    id: int
+    job_id: int
+    type: str
+    data: Any
+    created_at: datetime
+
+
+class JobError(msgspec.Struct, kw_only=True):
+    attempt: int
+    worker_id: str | None
+    error: str
+    failed_at: datetime
+
+
+class NewJob(msgspec.Struct, kw_only=True):
+    """A job ready to insert: payload already validated and converted to JSON-able data."""
+
+    queue: str
+    kind: str
+    payload: Any
+    priority: int = PRIORITY_DEFAULT
+    run_at: datetime | None = None
+    delay_seconds: float = 0.0
+    max_attempts: int = 3
+    unique_key: str | None = None
+    owner_id: str | None = None

@@ -1,0 +1,225 @@
+"""The engine facade: enqueue, claim, complete, fail, cancel, re-drive, inspect.
+
+`Queue` is async and used by the worker and the web layer; `SyncQueue` is the small
+sync surface for scripts and sync web apps (enqueue only). The in-memory backend in
+pgqueue/memory.py honours the same contract.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from pgqueue.config import Settings
+from pgqueue.db import AsyncConnection, Connection, connect_sync, open_pool, transaction
+from pgqueue.errors import ConfigError, InvalidTransition, JobNotFound, LeaseLost
+from pgqueue.models import Event, Job, JobError, NewJob
+from pgqueue.registry import JobRegistry
+from pgqueue.store import Store, insert_jobs_sync
+
+EnqueueItem = NewJob | tuple[str, Any] | tuple[str, Any, dict[str, Any]]
+
+# Retry delay when the failing side (an HTTP worker, a rescue) did not choose one.
+DEFAULT_RETRY_BASE, DEFAULT_RETRY_MAX = 2.0, 3600.0
+
+
+def _build_all(registry: JobRegistry, items: Iterable[EnqueueItem]) -> list[NewJob]:
+    jobs = []
+    for item in items:
+        if isinstance(item, NewJob):
+            jobs.append(item)
+        else:
+            kind, payload, *rest = item
+            jobs.append(registry.build(kind, payload, **(rest[0] if rest else {})))
+    return jobs
+
+
+def _copyable(jobs: Sequence[NewJob]) -> bool:
+    return all(j.unique_key is None and j.run_at is None and not j.delay_seconds for j in jobs)
+
+
+class Queue:
+    def __init__(self, pool: AsyncConnectionPool, registry: JobRegistry | None = None,
+                 settings: Settings | None = None) -> None:
+        self.pool = pool
+        self.store = Store(pool)
+        self.registry = registry or JobRegistry()
+        self.settings = settings or Settings()
+
+    @classmethod
+    async def connect(cls, url: str | None = None, registry: JobRegistry | None = None, *,
+                      settings: Settings | None = None, max_size: int = 10) -> Queue:
+        settings = settings or Settings.from_env(database_url=url)
+        url = url or settings.database_url
+        if not url:
+            raise ConfigError("no database URL: pass one or set PGQUEUE_DATABASE_URL")
+        pool = await open_pool(url, max_size=max_size)
+        return cls(pool, registry, settings)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def __aenter__(self) -> Queue:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- enqueue -----------------------------------------------------------------------------
+
+    async def enqueue(self, kind: str, payload: Any = None, *, conn: AsyncConnection | None = None,
+                      **options: Any) -> Job:
+        """Validate and insert one job. With ``conn`` it joins the caller's transaction.
+
+        Options: priority, queue, run_at, delay, max_attempts, unique_key, owner_id. A live job
+        holding the same unique key is returned instead of a new one.
+        """
+        new = self.registry.build(kind, {} if payload is None else payload, **options)
+        return (await self.store.insert_jobs([new], conn))[0]
+
+    async def enqueue_many(self, items: Iterable[EnqueueItem], *, conn: AsyncConnection | None = None) -> list[int]:
+        """Insert many jobs in one round trip (COPY when it can); returns their ids in order."""
+        jobs = _build_all(self.registry, items)
+        if not jobs:
+            return []
+        if _copyable(jobs):
+            return await self.store.copy_jobs(jobs, conn)
+        return [job.id for job in await self.store.insert_jobs(jobs, conn)]
+
+    # -- the worker's side -------------------------------------------------------------------
+
+    async def claim(self, queues: Sequence[str], limit: int, worker_id: str, *,
+                    lease_seconds: float | None = None) -> list[Job]:
+        return await self.store.claim_jobs(queues, limit, worker_id, lease_seconds or self.settings.lease_seconds)
+
+    async def complete(self, job_id: int, token: uuid.UUID, result: Any = None) -> None:
+        if job_id not in await self.store.complete_jobs([(job_id, token, result)]):
+            raise LeaseLost(job_id)
+
+    async def complete_many(self, items: Sequence[tuple[int, uuid.UUID, Any]]) -> set[int]:
+        """Finish many jobs in one statement; returns the ids whose lease was still held."""
+        return await self.store.complete_jobs(items) if items else set()
+
+    async def fail(self, job_id: int, token: uuid.UUID, error: str, *, retry_delay: float | None = None,
+                   permanent: bool = False) -> Job:
+        """Record a failed attempt; the job retries after ``retry_delay`` or goes dead."""
+        if retry_delay is None:
+            job = await self.store.get_job(job_id)
+            spec = self.registry.kinds.get(job.kind) if job else None
+            retry_delay = spec.retry_delay(job.attempts) if spec and job else DEFAULT_RETRY_BASE
+        failed = await self.store.fail_job(job_id, token, error, retry_delay=retry_delay, permanent=permanent)
+        if failed is None:
+            raise LeaseLost(job_id)
+        return failed
+
+    async def finish_cancelled(self, job_id: int, token: uuid.UUID) -> Job:
+        job = await self.store.finish_cancelled_job(job_id, token)
+        if job is None:
+            raise LeaseLost(job_id)
+        return job
+
+    async def heartbeat(self, items: Sequence[tuple[int, uuid.UUID]], *, lease_seconds: float | None = None,
+                        conn: AsyncConnection | None = None) -> dict[int, bool]:
+        """Extend leases; returns {job_id: cancel_requested} for the leases still held."""
+        if not items:
+            return {}
+        return await self.store.extend_leases(items, lease_seconds or self.settings.lease_seconds, conn)
+
+    async def release(self, items: Sequence[tuple[int, uuid.UUID]]) -> list[int]:
+        return await self.store.release_jobs(items) if items else []
+
+    async def rescue_expired_leases(self, limit: int = 1000, conn: AsyncConnection | None = None) -> list[int]:
+        return [row[0] for row in await self.store.rescue_expired_leases(limit, conn)]
+
+    # -- operator actions --------------------------------------------------------------------
+
+    async def get(self, job_id: int, conn: AsyncConnection | None = None) -> Job:
+        job = await self.store.get_job(job_id, conn)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    async def cancel(self, job_id: int) -> Job:
+        """Cancel a waiting job at once; ask a running one to stop (its handler sees the request)."""
+        async with transaction(self.pool) as conn:
+            job = await self.store.lock_job(job_id, conn)
+            if job is None:
+                raise JobNotFound(job_id)
+            if job.status in ("queued", "failed"):
+                return await self.store.cancel_queued_job(job_id, conn)
+            if job.status == "running":
+                return await self.store.request_cancel(job_id, conn)
+            raise InvalidTransition(job_id, job.status, "cancel")
+
+    async def retry(self, job_id: int) -> Job:
+        """Re-drive a dead (or failed, waiting) job now, with a fresh attempt budget."""
+        async with transaction(self.pool) as conn:
+            job = await self.store.lock_job(job_id, conn)
+            if job is None:
+                raise JobNotFound(job_id)
+            if job.status not in ("dead", "failed"):
+                raise InvalidTransition(job_id, job.status, "retry")
+            return await self.store.redrive_job(job_id, conn)
+
+    async def delete(self, job_id: int) -> None:
+        async with transaction(self.pool) as conn:
+            job = await self.store.lock_job(job_id, conn)
+            if job is None:
+                raise JobNotFound(job_id)
+            if job.status == "running":
+                raise InvalidTransition(job_id, job.status, "delete")
+            await self.store.delete_job(job_id, conn)
+
+    async def errors(self, job_id: int) -> list[JobError]:
+        return await self.store.job_errors(job_id)
+
+    async def events(self, job_id: int, after_id: int = 0, limit: int = 1000) -> list[Event]:
+        return await self.store.job_events(job_id, after_id, limit)
+
+    async def add_events(self, events: Sequence[tuple[int, str, Any]]) -> None:
+        """Progress and log events (job_id, type, data), in their own short transaction."""
+        if events:
+            await self.store.insert_events(events)
+
+    async def load_checkpoint(self, job_id: int, conn: AsyncConnection | None = None) -> Any:
+        return await self.store.load_checkpoint(job_id, conn)
+
+    async def save_checkpoint(self, job_id: int, token: uuid.UUID, state: Any, conn: AsyncConnection | None = None) -> None:
+        """Save a checkpoint, in the caller's transaction when given, only while the lease is held."""
+        async with transaction(self.pool, conn) as c:
+            if not await self.store.lease_held(job_id, token, c):
+                raise LeaseLost(job_id)
+            await self.store.save_checkpoint(job_id, state, c)
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """{queue: {status: count}}."""
+        out: dict[str, dict[str, int]] = {}
+        for queue, status, count in await self.store.queue_stats():
+            out.setdefault(queue, {})[status] = count
+        return out
+
+
+class SyncQueue:
+    """Enqueue from synchronous code: ``SyncQueue(url, jobs).enqueue("email", {...})``.
+
+    Pass ``conn`` (a psycopg Connection) to enqueue inside your own transaction.
+    """
+
+    def __init__(self, url: str | None = None, registry: JobRegistry | None = None) -> None:
+        self.url = url or Settings.from_env().database_url
+        self.registry = registry or JobRegistry()
+
+    def enqueue(self, kind: str, payload: Any = None, *, conn: Connection | None = None, **options: Any) -> Job:
+        return self.enqueue_many([(kind, {} if payload is None else payload, options)], conn=conn)[0]
+
+    def enqueue_many(self, items: Iterable[EnqueueItem], *, conn: Connection | None = None) -> list[Job]:
+        jobs = _build_all(self.registry, items)
+        if conn is not None:
+            return insert_jobs_sync(conn, jobs)
+        if not self.url:
+            raise ConfigError("no database URL: pass one or set PGQUEUE_DATABASE_URL")
+        with connect_sync(self.url) as own:
+            return insert_jobs_sync(own, jobs)

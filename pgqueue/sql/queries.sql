@@ -1,0 +1,300 @@
+-- Every SQL statement of the engine, each under a `-- name: NAME :cardinality` header
+-- (:one, :many, :none), with %(param)s placeholders. Loaded once by pgqueue/sql.py.
+
+-- name: insert_jobs :many
+-- Insert a batch in one statement; rows whose unique key is already held by a live job are
+-- skipped (also a duplicate inside the batch), the caller then looks the holders up.
+INSERT INTO pgqueue.jobs (queue, kind, payload, priority, run_at, max_attempts, unique_key, owner_id)
+SELECT t.queue, t.kind, t.payload, t.priority,
+       coalesce(t.run_at, now() + make_interval(secs => t.delay)), t.max_attempts, t.unique_key, t.owner_id
+FROM unnest(%(queues)s::text[], %(kinds)s::text[], %(payloads)s::jsonb[], %(priorities)s::smallint[],
+            %(run_ats)s::timestamptz[], %(delays)s::float8[], %(max_attempts)s::int[],
+            %(unique_keys)s::text[], %(owner_ids)s::text[])
+     AS t(queue, kind, payload, priority, run_at, delay, max_attempts, unique_key, owner_id)
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('queued', 'running', 'failed')
+DO NOTHING
+RETURNING *;
+
+-- name: reserve_job_ids :many
+-- Ids for a COPY batch, taken from the identity sequence in one round trip.
+SELECT nextval(pg_get_serial_sequence('pgqueue.jobs', 'id')) FROM generate_series(1, %(count)s);
+
+-- name: copy_jobs :copy
+-- Bulk enqueue of jobs runnable now, without unique keys: COPY is the fastest way in.
+COPY pgqueue.jobs (id, queue, kind, payload, priority, max_attempts, owner_id) FROM STDIN;
+
+-- name: live_jobs_by_unique_key :many
+-- The live holders of unique keys (after insert_jobs skipped duplicates).
+SELECT * FROM pgqueue.jobs
+WHERE unique_key = ANY(%(unique_keys)s) AND status IN ('queued', 'running', 'failed');
+
+-- name: claim_jobs :many
+-- Claim up to %(limit)s runnable jobs for one worker, best priority then oldest first.
+-- The locking SELECT sits in a CTE on purpose: written as
+-- `WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)` the planner may run the
+-- subquery more than once and claim more than n rows.
+WITH candidates AS (
+    SELECT id FROM pgqueue.jobs
+    WHERE queue = ANY(%(queues)s) AND status IN ('queued', 'failed') AND run_at <= now()
+    ORDER BY priority DESC, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE pgqueue.jobs AS j
+    SET status = 'running', attempts = j.attempts + 1, lease_owner = %(worker_id)s,
+        lease_token = gen_random_uuid(), lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+        started_at = now(), updated_at = now()
+    FROM candidates AS c WHERE j.id = c.id
+    RETURNING j.*
+), started AS (
+    INSERT INTO pgqueue.events (job_id, type, data)
+    SELECT id, 'started', jsonb_build_object('attempt', attempts, 'worker_id', lease_owner) FROM claimed
+)
+SELECT * FROM claimed ORDER BY priority DESC, run_at, id;
+
+-- name: complete_jobs :many
+-- Finish a batch of jobs as succeeded; only rows whose lease token still matches are touched,
+-- so a worker whose job was rescued cannot overwrite it. Returns the ids it finished.
+WITH input AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(results)s::jsonb[]) AS t(id, token, result)
+), done AS (
+    UPDATE pgqueue.jobs AS j
+    SET status = 'succeeded', result = i.result, finished_at = now(), updated_at = now(),
+        lease_token = NULL, lease_expires_at = NULL
+    FROM input AS i WHERE j.id = i.id AND j.lease_token = i.token AND j.status = 'running'
+    RETURNING j.id, j.attempts
+), events AS (
+    INSERT INTO pgqueue.events (job_id, type, data)
+    SELECT id, 'succeeded', jsonb_build_object('attempt', attempts) FROM done ORDER BY id
+)
+SELECT id FROM done;
+
+-- name: fail_job :one
+-- Record a failed attempt: back to 'failed' with a retry time, or 'dead' once attempts are
+-- used up (or when %(permanent)s). Only the current lease holder may do this.
+WITH failed AS (
+    UPDATE pgqueue.jobs AS j
+    SET status = CASE WHEN %(permanent)s OR j.attempts >= j.max_attempts THEN 'dead' ELSE 'failed' END,
+        run_at = CASE WHEN %(permanent)s OR j.attempts >= j.max_attempts THEN j.run_at
+                      ELSE now() + make_interval(secs => %(retry_delay)s) END,
+        finished_at = CASE WHEN %(permanent)s OR j.attempts >= j.max_attempts THEN now() END,
+        last_error = %(error)s, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
+    WHERE j.id = %(id)s AND j.lease_token = %(token)s AND j.status = 'running'
+    RETURNING j.*
+), errors AS (
+    INSERT INTO pgqueue.job_errors (job_id, attempt, worker_id, error)
+    SELECT id, attempts, lease_owner, %(error)s FROM failed
+), events AS (
+    INSERT INTO pgqueue.events (job_id, type, data)
+    SELECT id, CASE status WHEN 'dead' THEN 'dead' ELSE 'failed' END,
+           jsonb_build_object('attempt', attempts, 'error', left(%(error)s, 500),
+                              'retry_at', CASE status WHEN 'failed' THEN run_at END)
+    FROM failed
+)
+SELECT * FROM failed;
+
+-- name: finish_cancelled_job :one
+-- A running job whose handler stopped because cancellation was requested.
+WITH cancelled AS (
+    UPDATE pgqueue.jobs AS j
+    SET status = 'cancelled', finished_at = now(), updated_at = now(), lease_token = NULL, lease_expires_at = NULL,
+        last_error = 'cancelled while running'
+    WHERE j.id = %(id)s AND j.lease_token = %(token)s AND j.status = 'running'
+    RETURNING j.*
+), events AS (
+    INSERT INTO pgqueue.events (job_id, type, data) SELECT id, 'cancelled', '{"while_running": true}' FROM cancelled
+)
+SELECT * FROM cancelled;
+
+-- name: release_jobs :many
+-- Give jobs back to the queue untouched (graceful shutdown ran out of time): the attempt
+-- did not fail, so it is not counted.
+WITH released AS (
+    UPDATE pgqueue.jobs AS j
+    SET status = 'queued', attempts = greatest(j.attempts - 1, 0), run_at = now(), updated_at = now(),
+        lease_token = NULL, lease_expires_at = NULL
+    FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS i(id, token)
+    WHERE j.id = i.id AND j.lease_token = i.token AND j.status = 'running'
+    RETURNING j.id
+), events AS (
+    INSERT INTO pgqueue.events (job_id, type, data) SELECT id, 'released', '{}' FROM released
+)
+SELECT id FROM released;
+
+-- name: extend_leases :many
+-- Heartbeat: push the lease of each job this worker holds; returns the ones still held
+-- (a missing id means the lease was lost) and whether cancellation was requested.
+UPDATE pgqueue.jobs AS j
+SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS i(id, token)
+WHERE j.id = i.id AND j.lease_token = i.token AND j.status = 'running'
+RETURNING j.id, j.cancel_requested;
+
+-- name: lease_held :one
+-- Whether a lease is still the caller's; locks the job row until the caller's transaction ends,
+-- so a checkpoint and the work it covers commit only while the lease is held.
+SELECT cancel_requested FROM pgqueue.jobs
+WHERE id = %(id)s AND lease_token = %(token)s AND status = 'running'
+FOR NO KEY UPDATE;
+
+-- name: rescue_expired_leases :many
+-- Jobs whose worker stopped heartbeating (killed, partitioned): count the attempt and make
+-- them runnable at once, or dead when out of attempts, or cancelled when that was asked for.
+WITH expired AS (
+    SELECT id FROM pgqueue.jobs
+    WHERE status = 'running' AND lease_expires_at < now()
+    ORDER BY lease_expires_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), rescued AS (
+    UPDATE pgqueue.jobs AS j
+    SET status = CASE WHEN j.cancel_requested THEN 'cancelled'
+                      WHEN j.attempts >= j.max_attempts THEN 'dead' ELSE 'failed' END,
+        run_at = now(),
+        finished_at = CASE WHEN j.cancel_requested OR j.attempts >= j.max_attempts THEN now() END,
+        last_error = 'lease expired: worker ' || coalesce(j.lease_owner, '?') || ' stopped heartbeating',
+        lease_token = NULL, lease_expires_at = NULL, updated_at = now()
+    FROM expired AS e WHERE j.id = e.id
+    RETURNING j.*
+), errors AS (
+    INSERT INTO pgqueue.job_errors (job_id, attempt, worker_id, error)
+    SELECT id, attempts, lease_owner, last_error FROM rescued
+), events AS (
+    INSERT INTO pgqueue.events (job_id, type, data)
+    SELECT id, CASE status WHEN 'failed' THEN 'rescued' ELSE status END,
+           jsonb_build_object('attempt', attempts, 'error', last_error)
+    FROM rescued
+)
+SELECT id, status, lease_owner FROM rescued;
+
+-- name: prune_finished_jobs :many
+-- Delete finished jobs past their retention, in bounded batches (errors and checkpoints cascade).
+WITH doomed AS (
+    SELECT id FROM pgqueue.jobs
+    WHERE finished_at < now() - make_interval(secs => %(older_than_seconds)s)
+      AND status = ANY(%(statuses)s)
+    ORDER BY finished_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM pgqueue.jobs AS j USING doomed WHERE j.id = doomed.id RETURNING j.id;
+
+-- name: prune_events :many
+-- Delete old events in bounded batches.
+DELETE FROM pgqueue.events
+WHERE id IN (SELECT id FROM pgqueue.events WHERE created_at < now() - make_interval(secs => %(older_than_seconds)s)
+             ORDER BY id LIMIT %(limit)s)
+RETURNING id;
+
+-- name: prune_workers :many
+-- Forget workers that stopped heartbeating long ago.
+DELETE FROM pgqueue.workers WHERE heartbeat_at < now() - make_interval(secs => %(older_than_seconds)s)
+RETURNING id;
+
+-- name: get_job :one
+SELECT * FROM pgqueue.jobs WHERE id = %(id)s;
+
+-- name: lock_job :one
+-- The job row, locked for a state change decided in Python (cancel, retry).
+SELECT * FROM pgqueue.jobs WHERE id = %(id)s FOR UPDATE;
+
+-- name: cancel_queued_job :one
+WITH cancelled AS (
+    UPDATE pgqueue.jobs SET status = 'cancelled', finished_at = now(), updated_at = now()
+    WHERE id = %(id)s AND status IN ('queued', 'failed')
+    RETURNING *
+), events AS (
+    INSERT INTO pgqueue.events (job_id, type, data) SELECT id, 'cancelled', '{}' FROM cancelled
+)
+SELECT * FROM cancelled;
+
+-- name: request_cancel :one
+-- Flag a running job; its worker sees the flag by NOTIFY (and on its next heartbeat).
+WITH flagged AS (
+    UPDATE pgqueue.jobs SET cancel_requested = true, updated_at = now()
+    WHERE id = %(id)s AND status = 'running'
+    RETURNING *
+), events AS (
+    INSERT INTO pgqueue.events (job_id, type, data) SELECT id, 'cancel_requested', '{}' FROM flagged
+), wake AS (
+    SELECT pg_notify('pgqueue_control', 'cancel ' || id) FROM flagged
+)
+SELECT flagged.* FROM flagged, (SELECT count(*) FROM wake) AS w;
+
+-- name: redrive_job :one
+-- Re-run a dead or failed job now with a fresh attempt budget; its error history stays.
+WITH redriven AS (
+    UPDATE pgqueue.jobs
+    SET status = 'queued', attempts = 0, run_at = now(), finished_at = NULL, cancel_requested = false,
+        updated_at = now()
+    WHERE id = %(id)s AND status IN ('dead', 'failed')
+    RETURNING *
+), events AS (
+    INSERT INTO pgqueue.events (job_id, type, data) SELECT id, 'retried', '{}' FROM redriven
+), wake AS (
+    SELECT pg_notify('pgqueue_jobs', queue) FROM redriven
+)
+SELECT redriven.* FROM redriven, (SELECT count(*) FROM wake) AS w;
+
+-- name: delete_job :one
+-- Remove a job that is not running (its errors and checkpoint go with it).
+DELETE FROM pgqueue.jobs WHERE id = %(id)s AND status <> 'running' RETURNING id;
+
+-- name: job_errors :many
+SELECT attempt, worker_id, error, failed_at FROM pgqueue.job_errors WHERE job_id = %(job_id)s ORDER BY id;
+
+-- name: insert_event :one
+-- An event written by a handler (progress, log) in its own short transaction.
+INSERT INTO pgqueue.events (job_id, type, data) VALUES (%(job_id)s, %(type)s, %(data)s) RETURNING id;
+
+-- name: insert_events :none
+-- Several handler events at once (progress and log lines flushed together).
+INSERT INTO pgqueue.events (job_id, type, data)
+SELECT * FROM unnest(%(job_ids)s::bigint[], %(types)s::text[], %(datas)s::jsonb[]);
+
+-- name: job_events :many
+-- A job's events after an id (0 for all), oldest first: SSE replay and the job timeline.
+SELECT id, job_id, type, data, created_at FROM pgqueue.events
+WHERE job_id = %(job_id)s AND id > %(after_id)s ORDER BY id LIMIT %(limit)s;
+
+-- name: events_after :many
+-- Every event after an id, oldest first (the global stream's replay).
+SELECT id, job_id, type, data, created_at FROM pgqueue.events
+WHERE id > %(after_id)s ORDER BY id LIMIT %(limit)s;
+
+-- name: events_by_ids :many
+SELECT id, job_id, type, data, created_at FROM pgqueue.events WHERE id = ANY(%(ids)s) ORDER BY id;
+
+-- name: load_checkpoint :one
+SELECT state FROM pgqueue.checkpoints WHERE job_id = %(job_id)s;
+
+-- name: save_checkpoint :none
+INSERT INTO pgqueue.checkpoints (job_id, state) VALUES (%(job_id)s, %(state)s)
+ON CONFLICT (job_id) DO UPDATE SET state = excluded.state, updated_at = now();
+
+-- name: register_worker :none
+INSERT INTO pgqueue.workers (id, hostname, pid, queues, concurrency)
+VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s, %(concurrency)s)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = now();
+
+-- name: touch_worker :none
+UPDATE pgqueue.workers SET heartbeat_at = now() WHERE id = %(id)s;
+
+-- name: unregister_worker :none
+DELETE FROM pgqueue.workers WHERE id = %(id)s;
+
+-- name: next_run_at :one
+-- When the next scheduled job of these queues becomes runnable (lets an idle worker sleep until then).
+SELECT min(run_at) AS run_at, now() AS now FROM pgqueue.jobs
+WHERE queue = ANY(%(queues)s) AND status IN ('queued', 'failed');
+
+-- name: queue_stats :many
+-- Depth per queue and status (the `stats` command).
+SELECT queue, status, count(*) AS jobs FROM pgqueue.jobs GROUP BY queue, status ORDER BY queue, status;
+
+-- name: try_leader_lock :one
+-- Maintenance runs on one worker: whoever holds this session advisory lock.
+SELECT pg_try_advisory_lock(%(key)s) AS acquired;
+
+-- name: now :one
+SELECT now() AS now;

@@ -1,0 +1,260 @@
+"""The thin store: one method per named statement of sql/queries.sql.
+
+Typed parameters in, msgspec Structs out; driver errors become pgqueue errors here.
+Every method takes an optional connection so callers can act inside their own transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from psycopg.rows import kwargs_row, tuple_row
+from psycopg_pool import AsyncConnectionPool
+
+from pgqueue.db import AsyncConnection, Connection, transaction, translate_errors
+from pgqueue.models import Event, Job, JobError, NewJob
+from pgqueue.sql import QUERIES
+
+_encode_json = msgspec.json.Encoder().encode
+
+# Arbitrary constant naming pgqueue's maintenance leader lock (pg_try_advisory_lock key).
+LEADER_LOCK_KEY = 0x70677175  # "pgqu"
+
+
+def _json_text(value: Any) -> str:
+    return _encode_json(value).decode()
+
+
+def insert_params(jobs: Sequence[NewJob]) -> dict[str, list[Any]]:
+    """Column arrays for insert_jobs (shared by the async store and the sync enqueue)."""
+    return {
+        "queues": [j.queue for j in jobs],
+        "kinds": [j.kind for j in jobs],
+        "payloads": [_json_text(j.payload) for j in jobs],
+        "priorities": [j.priority for j in jobs],
+        "run_ats": [j.run_at for j in jobs],
+        "delays": [float(j.delay_seconds) for j in jobs],
+        "max_attempts": [j.max_attempts for j in jobs],
+        "unique_keys": [j.unique_key for j in jobs],
+        "owner_ids": [j.owner_id for j in jobs],
+    }
+
+
+def order_like_input(jobs: Sequence[NewJob], inserted: list[Job], existing: list[Job]) -> list[Job] | None:
+    """Map returned rows back to the input order; None when a duplicate's holder vanished meanwhile."""
+    by_key = {job.unique_key: job for job in existing}
+    by_key.update({job.unique_key: job for job in inserted if job.unique_key is not None})
+    plain = iter(job for job in inserted if job.unique_key is None)
+    ordered: list[Job] = []
+    for new in jobs:
+        if new.unique_key is None:
+            ordered.append(next(plain))
+        elif new.unique_key in by_key:
+            ordered.append(by_key[new.unique_key])
+        else:
+            return None
+    return ordered
+
+
+def insert_jobs_sync(conn: Connection, jobs: Sequence[NewJob]) -> list[Job]:
+    """insert_jobs on a plain psycopg connection (the sync enqueue for scripts and sync web apps)."""
+    with translate_errors():
+        for _ in range(5):
+            with conn.cursor(row_factory=kwargs_row(Job)) as cur:
+                cur.execute(QUERIES["insert_jobs"].sql, insert_params(jobs))
+                inserted = cur.fetchall()
+                existing: list[Job] = []
+                missing = _missing_unique_keys(jobs, inserted)
+                if missing:
+                    cur.execute(QUERIES["live_jobs_by_unique_key"].sql, {"unique_keys": missing})
+                    existing = cur.fetchall()
+            ordered = order_like_input(jobs, inserted, existing)
+            if ordered is not None:
+                return ordered
+    raise RuntimeError("unique-key holders kept finishing while enqueueing; giving up")
+
+
+def _missing_unique_keys(jobs: Sequence[NewJob], inserted: list[Job]) -> list[str]:
+    got = {job.unique_key for job in inserted}
+    return sorted({j.unique_key for j in jobs if j.unique_key is not None and j.unique_key not in got})
+
+
+class Store:
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self.pool = pool
+
+    async def _many(self, name: str, params: dict[str, Any], conn: AsyncConnection | None, row: Any = None) -> list[Any]:
+        async with transaction(self.pool, conn) as c:
+            async with c.cursor(row_factory=row or tuple_row) as cur:
+                await cur.execute(QUERIES[name].sql, params)
+                return await cur.fetchall() if cur.description else []
+
+    async def _one(self, name: str, params: dict[str, Any], conn: AsyncConnection | None, row: Any = None) -> Any:
+        rows = await self._many(name, params, conn, row)
+        return rows[0] if rows else None
+
+    # -- enqueue ---------------------------------------------------------------------------
+
+    async def insert_jobs(self, jobs: Sequence[NewJob], conn: AsyncConnection | None = None) -> list[Job]:
+        async with transaction(self.pool, conn) as c:
+            for _ in range(5):
+                inserted = await self._many("insert_jobs", insert_params(jobs), c, kwargs_row(Job))
+                missing = _missing_unique_keys(jobs, inserted)
+                existing = (
+                    await self._many("live_jobs_by_unique_key", {"unique_keys": missing}, c, kwargs_row(Job))
+                    if missing
+                    else []
+                )
+                ordered = order_like_input(jobs, inserted, existing)
+                if ordered is not None:
+                    return ordered
+        raise RuntimeError("unique-key holders kept finishing while enqueueing; giving up")
+
+    async def copy_jobs(self, jobs: Sequence[NewJob], conn: AsyncConnection | None = None) -> list[int]:
+        """COPY a batch of jobs runnable now and without unique keys.
+
+        The ids come from the sequence first (one round trip) so they can be returned.
+        """
+        async with transaction(self.pool, conn) as c:
+            ids = [row[0] for row in await self._many("reserve_job_ids", {"count": len(jobs)}, c)]
+            async with c.cursor() as cur:
+                async with cur.copy(QUERIES["copy_jobs"].sql) as copy:
+                    for job_id, job in zip(ids, jobs, strict=True):
+                        await copy.write_row(
+                            (job_id, job.queue, job.kind, _json_text(job.payload), job.priority,
+                             job.max_attempts, job.owner_id)
+                        )
+        return ids
+
+    # -- the worker's cycle ------------------------------------------------------------------
+
+    async def claim_jobs(self, queues: Sequence[str], limit: int, worker_id: str, lease_seconds: float,
+                         conn: AsyncConnection | None = None) -> list[Job]:
+        params = {"queues": list(queues), "limit": limit, "worker_id": worker_id, "lease_seconds": lease_seconds}
+        return await self._many("claim_jobs", params, conn, kwargs_row(Job))
+
+    async def complete_jobs(self, items: Sequence[tuple[int, uuid.UUID, Any]],
+                            conn: AsyncConnection | None = None) -> set[int]:
+        params = {
+            "ids": [i[0] for i in items],
+            "tokens": [i[1] for i in items],
+            "results": [None if i[2] is None else _json_text(i[2]) for i in items],
+        }
+        return {row[0] for row in await self._many("complete_jobs", params, conn)}
+
+    async def fail_job(self, job_id: int, token: uuid.UUID, error: str, *, retry_delay: float,
+                       permanent: bool = False, conn: AsyncConnection | None = None) -> Job | None:
+        params = {"id": job_id, "token": token, "error": error, "retry_delay": retry_delay, "permanent": permanent}
+        return await self._one("fail_job", params, conn, kwargs_row(Job))
+
+    async def finish_cancelled_job(self, job_id: int, token: uuid.UUID, conn: AsyncConnection | None = None) -> Job | None:
+        return await self._one("finish_cancelled_job", {"id": job_id, "token": token}, conn, kwargs_row(Job))
+
+    async def release_jobs(self, items: Sequence[tuple[int, uuid.UUID]], conn: AsyncConnection | None = None) -> list[int]:
+        params = {"ids": [i[0] for i in items], "tokens": [i[1] for i in items]}
+        return [row[0] for row in await self._many("release_jobs", params, conn)]
+
+    async def extend_leases(self, items: Sequence[tuple[int, uuid.UUID]], lease_seconds: float,
+                            conn: AsyncConnection | None = None) -> dict[int, bool]:
+        params = {"ids": [i[0] for i in items], "tokens": [i[1] for i in items], "lease_seconds": lease_seconds}
+        return {row[0]: row[1] for row in await self._many("extend_leases", params, conn)}
+
+    async def lease_held(self, job_id: int, token: uuid.UUID, conn: AsyncConnection | None = None) -> bool:
+        return await self._one("lease_held", {"id": job_id, "token": token}, conn) is not None
+
+    # -- maintenance -------------------------------------------------------------------------
+
+    async def rescue_expired_leases(self, limit: int, conn: AsyncConnection | None = None) -> list[tuple[int, str, str]]:
+        return await self._many("rescue_expired_leases", {"limit": limit}, conn)
+
+    async def prune_finished_jobs(self, statuses: Sequence[str], older_than_seconds: float, limit: int,
+                                  conn: AsyncConnection | None = None) -> int:
+        params = {"statuses": list(statuses), "older_than_seconds": older_than_seconds, "limit": limit}
+        return len(await self._many("prune_finished_jobs", params, conn))
+
+    async def prune_events(self, older_than_seconds: float, limit: int, conn: AsyncConnection | None = None) -> int:
+        return len(await self._many("prune_events", {"older_than_seconds": older_than_seconds, "limit": limit}, conn))
+
+    async def prune_workers(self, older_than_seconds: float, conn: AsyncConnection | None = None) -> int:
+        return len(await self._many("prune_workers", {"older_than_seconds": older_than_seconds}, conn))
+
+    async def try_leader_lock(self, conn: AsyncConnection) -> bool:
+        return bool((await self._one("try_leader_lock", {"key": LEADER_LOCK_KEY}, conn))[0])
+
+    # -- single jobs -------------------------------------------------------------------------
+
+    async def get_job(self, job_id: int, conn: AsyncConnection | None = None) -> Job | None:
+        return await self._one("get_job", {"id": job_id}, conn, kwargs_row(Job))
+
+    async def lock_job(self, job_id: int, conn: AsyncConnection) -> Job | None:
+        return await self._one("lock_job", {"id": job_id}, conn, kwargs_row(Job))
+
+    async def cancel_queued_job(self, job_id: int, conn: AsyncConnection | None = None) -> Job | None:
+        return await self._one("cancel_queued_job", {"id": job_id}, conn, kwargs_row(Job))
+
+    async def request_cancel(self, job_id: int, conn: AsyncConnection | None = None) -> Job | None:
+        return await self._one("request_cancel", {"id": job_id}, conn, kwargs_row(Job))
+
+    async def redrive_job(self, job_id: int, conn: AsyncConnection | None = None) -> Job | None:
+        return await self._one("redrive_job", {"id": job_id}, conn, kwargs_row(Job))
+
+    async def delete_job(self, job_id: int, conn: AsyncConnection | None = None) -> bool:
+        return await self._one("delete_job", {"id": job_id}, conn) is not None
+
+    async def job_errors(self, job_id: int, conn: AsyncConnection | None = None) -> list[JobError]:
+        return await self._many("job_errors", {"job_id": job_id}, conn, kwargs_row(JobError))
+
+    # -- events and checkpoints --------------------------------------------------------------
+
+    async def insert_events(self, events: Sequence[tuple[int, str, Any]], conn: AsyncConnection | None = None) -> None:
+        params = {
+            "job_ids": [e[0] for e in events],
+            "types": [e[1] for e in events],
+            "datas": [_json_text(e[2]) for e in events],
+        }
+        await self._many("insert_events", params, conn)
+
+    async def job_events(self, job_id: int, after_id: int = 0, limit: int = 1000,
+                         conn: AsyncConnection | None = None) -> list[Event]:
+        params = {"job_id": job_id, "after_id": after_id, "limit": limit}
+        return await self._many("job_events", params, conn, kwargs_row(Event))
+
+    async def events_after(self, after_id: int, limit: int = 1000, conn: AsyncConnection | None = None) -> list[Event]:
+        return await self._many("events_after", {"after_id": after_id, "limit": limit}, conn, kwargs_row(Event))
+
+    async def events_by_ids(self, ids: Sequence[int], conn: AsyncConnection | None = None) -> list[Event]:
+        return await self._many("events_by_ids", {"ids": list(ids)}, conn, kwargs_row(Event))
+
+    async def load_checkpoint(self, job_id: int, conn: AsyncConnection | None = None) -> Any:
+        row = await self._one("load_checkpoint", {"job_id": job_id}, conn)
+        return None if row is None else row[0]
+
+    async def save_checkpoint(self, job_id: int, state: Any, conn: AsyncConnection | None = None) -> None:
+        await self._many("save_checkpoint", {"job_id": job_id, "state": _json_text(state)}, conn)
+
+    # -- workers and stats -------------------------------------------------------------------
+
+    async def register_worker(self, worker_id: str, hostname: str, pid: int, queues: Sequence[str], concurrency: int,
+                              conn: AsyncConnection | None = None) -> None:
+        params = {"id": worker_id, "hostname": hostname, "pid": pid, "queues": list(queues), "concurrency": concurrency}
+        await self._many("register_worker", params, conn)
+
+    async def touch_worker(self, worker_id: str, conn: AsyncConnection | None = None) -> None:
+        await self._many("touch_worker", {"id": worker_id}, conn)
+
+    async def unregister_worker(self, worker_id: str, conn: AsyncConnection | None = None) -> None:
+        await self._many("unregister_worker", {"id": worker_id}, conn)
+
+    async def next_run_at(self, queues: Sequence[str], conn: AsyncConnection | None = None) -> tuple[datetime | None, datetime]:
+        row = await self._one("next_run_at", {"queues": list(queues)}, conn)
+        return row[0], row[1]
+
+    async def queue_stats(self, conn: AsyncConnection | None = None) -> list[tuple[str, str, int]]:
+        return await self._many("queue_stats", {}, conn)
+
+    async def now(self, conn: AsyncConnection | None = None) -> datetime:
+        return (await self._one("now", {}, conn))[0]
