@@ -1,2 +1,128 @@
-"""Placeholder, real context comes next."""
-class JobContext: ...
+"""What a handler receives besides its payload: the job, progress and log helpers,
+checkpoints, a transaction bound to the job's lease, and the cancellation signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pgqueue.errors import JobCancelled, LeaseLost
+from pgqueue.models import Job
+
+if TYPE_CHECKING:
+    from pgqueue.queue import Queue
+
+T = TypeVar("T")
+
+# Pending log lines kept per job between two flushes; past this, lines are counted as dropped.
+MAX_PENDING_LOG_LINES = 1000
+
+
+class EventBuffer:
+    """Progress and log events waiting to be written, coalesced so a chatty job cannot flood.
+
+    Progress updates inside the same 10% band replace each other (the newest wins), so every
+    band a job passes through (10%, 20%, ... 100%) is still reported; log lines are kept.
+    Thread-safe: sync handlers call it from worker threads.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: list[tuple[int, str, dict[str, Any]]] = []
+        self._dropped: dict[int, int] = {}
+        self._log_counts: dict[int, int] = {}
+
+    def progress(self, job_id: int, percent: float, message: str | None) -> None:
+        data = {"percent": round(percent, 2), "message": message}
+        band = int(percent // 10)
+        with self._lock:
+            for index in range(len(self._pending) - 1, -1, -1):
+                pending_id, kind, old = self._pending[index]
+                if pending_id == job_id and kind == "progress":
+                    if int(old["percent"] // 10) == band:
+                        self._pending[index] = (job_id, "progress", data)
+                        return
+                    break
+            self._pending.append((job_id, "progress", data))
+
+    def log(self, job_id: int, line: str, level: str) -> None:
+        with self._lock:
+            count = self._log_counts.get(job_id, 0)
+            if count >= MAX_PENDING_LOG_LINES:
+                self._dropped[job_id] = self._dropped.get(job_id, 0) + 1
+                return
+            self._log_counts[job_id] = count + 1
+            self._pending.append((job_id, "log", {"line": line[:4000], "level": level}))
+
+    def take(self) -> list[tuple[int, str, dict[str, Any]]]:
+        with self._lock:
+            pending, self._pending = self._pending, []
+            for job_id, dropped in self._dropped.items():
+                pending.append((job_id, "log", {"line": f"[{dropped} log lines dropped: too many too fast]",
+                                                "level": "warning"}))
+            self._dropped.clear()
+            self._log_counts.clear()
+            return pending
+
+    def put_back(self, events: list[tuple[int, str, dict[str, Any]]]) -> None:
+        with self._lock:
+            self._pending[:0] = events
+
+
+class JobContext:
+    def __init__(self, job: Job, queue: Queue, events: EventBuffer, loop: asyncio.AbstractEventLoop) -> None:
+        self.job = job
+        self.queue = queue
+        self.cancelled = threading.Event()  # set when cancellation was requested or the lease was lost
+        self.lease_lost = False
+        self._events = events
+        self._loop = loop
+
+    @property
+    def attempt(self) -> int:
+        return self.job.attempts
+
+    def progress(self, percent: float, message: str | None = None) -> None:
+        """Report progress (0-100); written and announced within ~100 ms, coalesced."""
+        self._events.progress(self.job.id, max(0.0, min(100.0, float(percent))), message)
+
+    def log(self, line: str, level: str = "info") -> None:
+        """A log line for this job, streamed live to anyone watching it."""
+        self._events.log(self.job.id, str(line), level)
+
+    def raise_if_cancelled(self) -> None:
+        if self.cancelled.is_set():
+            raise LeaseLost(self.job.id) if self.lease_lost else JobCancelled(f"job {self.job.id} was cancelled")
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        """A pooled connection in a transaction that commits only while this job's lease is held.
+
+        Write your own rows and ``save_checkpoint(..., conn=conn)`` inside it: both commit or neither.
+        """
+        assert self.job.lease_token is not None
+        async with self.queue.pool.connection() as conn:
+            async with conn.transaction():
+                # Locks the job row: a rescuer cannot take the job away until this commits.
+                if not await self.queue.store.lease_held(self.job.id, self.job.lease_token, conn):
+                    self.lease_lost = True
+                    self.cancelled.set()
+                    raise LeaseLost(self.job.id)
+                yield conn
+
+    async def load_checkpoint(self) -> Any:
+        """The state saved by an earlier attempt of this job (None on a first run)."""
+        return await self.queue.load_checkpoint(self.job.id)
+
+    async def save_checkpoint(self, state: Any, conn: Any = None) -> None:
+        """Remember where the handler got to, in ``conn``'s transaction (from ``ctx.transaction()``)
+        so the checkpoint commits together with the work it covers."""
+        assert self.job.lease_token is not None
+        await self.queue.save_checkpoint(self.job.id, self.job.lease_token, state, conn)
+
+    def wait(self, coro: Coroutine[Any, Any, T]) -> T:
+        """From a sync handler (a worker thread): run one of the async helpers on the worker's loop."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()

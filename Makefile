@@ -1,0 +1,33 @@
+# pgqueue: `make run` and `make test` are all a newcomer needs (Python 3.11+ and make).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: install run test bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m app run --host $(HOST) --port $(PORT)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m pgqueue bench --output bench-results.json
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pgqueue app tests
+	$(VENV)/bin/mypy pgqueue
+
+clean:
+	rm -rf $(VENV) .data *.egg-info

@@ -1,0 +1,271 @@
+"""Command line: `python -m pgqueue {migrate,worker,enqueue,stats,dev,bench} --help`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from pgqueue.config import Settings
+from pgqueue.errors import ConfigError, InvalidPayload, PgQueueError
+from pgqueue.registry import JobRegistry
+
+log = logging.getLogger("pgqueue")
+
+
+def load_registry(spec: str | None) -> JobRegistry:
+    """`module` or `module:attribute`; without an attribute, the module's JobRegistry."""
+    if not spec:
+        return JobRegistry()
+    module_name, _, attr = spec.partition(":")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import --app module {module_name!r}: {exc}") from None
+    if attr:
+        registry = getattr(module, attr, None)
+    else:
+        found = [value for value in vars(module).values() if isinstance(value, JobRegistry)]
+        registry = found[0] if len(found) == 1 else getattr(module, "jobs", None)
+    if not isinstance(registry, JobRegistry):
+        raise ConfigError(f"--app {spec!r} does not name a JobRegistry (use module:attribute)")
+    return registry
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env(database_url=getattr(args, "database_url", None))
+    if not settings.database_url:
+        raise ConfigError("no database URL: pass --database-url or set PGQUEUE_DATABASE_URL")
+    return settings
+
+
+def _url(args: argparse.Namespace) -> str:
+    url = _settings(args).database_url
+    assert url is not None
+    return url
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from pgqueue.migrate import migrate, rollback
+
+    if args.rollback:
+        done = rollback(_url(args), args.rollback)
+        print("rolled back: " + (", ".join(done) or "nothing"))
+    else:
+        done = migrate(_url(args))
+        print("applied: " + (", ".join(done) if done else "nothing (up to date)"))
+    return 0
+
+
+async def run_worker(settings: Settings, registry: JobRegistry, queues: list[str], concurrency: int,
+                     grace: float) -> None:
+    from pgqueue.queue import Queue
+    from pgqueue.worker import Worker
+
+    queue = await Queue.connect(settings.database_url, registry, settings=settings,
+                                max_size=min(concurrency, 20) + 2)
+    worker = Worker(queue, queues, concurrency, shutdown_grace=grace)
+    loop = asyncio.get_running_loop()
+    presses = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal presses
+        presses += 1
+        if presses == 1:
+            log.info("%s received: no new jobs; finishing running ones (up to %.0fs)",
+                     signal.Signals(signum).name, grace)
+            worker.stop()
+        else:
+            log.info("second signal: releasing running jobs now")
+            worker.shutdown_grace = 0
+            for running in list(worker.running.values()):
+                running.task.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await worker.run()
+    finally:
+        await queue.close()
+
+
+def _queues(raw: str | None, registry: JobRegistry) -> list[str]:
+    if raw:
+        return [q.strip() for q in raw.split(",") if q.strip()]
+    return sorted({spec.queue for spec in registry.kinds.values()}) or ["default"]
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    registry = load_registry(args.app)
+    asyncio.run(run_worker(_settings(args), registry, _queues(args.queues, registry), args.concurrency, args.grace))
+    return 0
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    from pgqueue.queue import SyncQueue
+
+    registry = load_registry(args.app)
+    if not registry.kinds:
+        # without --app any kind is accepted, with an untyped payload
+        registry.declare(args.kind, queue=args.queue or "default")
+    try:
+        payload = msgspec.json.decode(args.payload) if args.payload else {}
+    except msgspec.DecodeError as exc:
+        raise InvalidPayload([{"field": "payload", "message": f"not valid JSON: {exc}"}]) from None
+    run_at = None
+    if args.run_at:
+        try:
+            run_at = datetime.fromisoformat(args.run_at)
+        except ValueError:
+            raise InvalidPayload([{"field": "run_at", "message": "not an ISO 8601 datetime"}]) from None
+    options: dict[str, Any] = {
+        "priority": args.priority, "queue": args.queue, "delay": args.delay, "run_at": run_at,
+        "unique_key": args.unique_key, "max_attempts": args.max_attempts,
+    }
+    jobs = [(args.kind, payload, {k: v for k, v in options.items() if v is not None})] * args.count
+    created = SyncQueue(_url(args), registry).enqueue_many(jobs)
+    for job in created[:10]:
+        print(f"job {job.id}: {job.kind} on {job.queue}, priority {job.priority}, {job.status}, run_at {job.run_at:%Y-%m-%d %H:%M:%S%z}")
+    if len(created) > 10:
+        print(f"... {len(created)} jobs")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from pgqueue.queue import Queue
+
+    async def fetch() -> dict[str, dict[str, int]]:
+        async with await Queue.connect(_url(args), max_size=1) as queue:
+            return await queue.stats()
+
+    stats = asyncio.run(fetch())
+    columns = ["queued", "running", "failed", "succeeded", "dead", "cancelled"]
+    print(f"{'queue':<20}" + "".join(f"{c:>11}" for c in columns))
+    for name, counts in sorted(stats.items()):
+        print(f"{name:<20}" + "".join(f"{counts.get(c, 0):>11}" for c in columns))
+    if not stats:
+        print("(no jobs)")
+    return 0
+
+
+def start_dev_database(data_dir: str) -> str:
+    """PGQUEUE_DATABASE_URL when set; otherwise an embedded server kept in data_dir."""
+    from pgqueue.embedded import EmbeddedPostgres
+
+    if url := os.environ.get("PGQUEUE_DATABASE_URL"):
+        return url
+    port_file = Path(data_dir) / "pgqueue-port"
+    port = int(port_file.read_text()) if port_file.exists() else None
+    server = EmbeddedPostgres(Path(data_dir) / "pg", port=port, fast=False)
+    if not server.is_running():
+        server.start()
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    port_file.write_text(str(server.port))
+    print(f"embedded PostgreSQL at {server.url} (data in {data_dir}; stop: pg_ctl -D {server.data_dir} stop)")
+    return server.url
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from pgqueue.migrate import migrate
+
+    url = start_dev_database(args.data_dir)
+    os.environ["PGQUEUE_DATABASE_URL"] = url
+    migrate(url)
+    registry = load_registry(args.app)
+    settings = Settings.from_env(database_url=url)
+    asyncio.run(run_worker(settings, registry, _queues(args.queues, registry), args.concurrency, args.grace))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pgqueue.bench import main as bench_main
+
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pgqueue", description="Postgres-native job queue")
+    parser.add_argument("--log-level", default=os.environ.get("PGQUEUE_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def database(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--database-url", help="postgresql:// URL (default: $PGQUEUE_DATABASE_URL)")
+
+    def worker_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--app", help="module (or module:attribute) holding your JobRegistry")
+        p.add_argument("--queues", help="comma-separated queues (default: the queues of the app's kinds)")
+        p.add_argument("--concurrency", type=int, default=10, help="job slots (default 10)")
+        p.add_argument("--grace", type=float, default=30.0, help="seconds running jobs get on SIGTERM (default 30)")
+
+    p = sub.add_parser("migrate", help="apply the schema migrations (idempotent, safe to run concurrently)")
+    database(p)
+    p.add_argument("--rollback", type=int, metavar="N", help="roll back the last N migrations instead")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("worker", help="run a worker")
+    database(p)
+    worker_options(p)
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("enqueue", help="enqueue a job")
+    database(p)
+    p.add_argument("kind")
+    p.add_argument("payload", nargs="?", help="JSON payload (default {})")
+    p.add_argument("--app", help="module holding your JobRegistry (validates the payload)")
+    p.add_argument("--priority", type=int, help="1-5, higher runs first (default: the kind's, else 3)")
+    p.add_argument("--queue")
+    p.add_argument("--delay", type=float, help="seconds from now")
+    p.add_argument("--run-at", help="ISO 8601 datetime with a time zone")
+    p.add_argument("--unique-key")
+    p.add_argument("--max-attempts", type=int)
+    p.add_argument("--count", type=int, default=1, help="enqueue this many copies in one round trip")
+    p.set_defaults(func=cmd_enqueue)
+
+    p = sub.add_parser("stats", help="queue depth by queue and status")
+    database(p)
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("dev", help="embedded PostgreSQL (unless PGQUEUE_DATABASE_URL is set) + migrate + worker")
+    worker_options(p)
+    p.add_argument("--data-dir", default=".data", help="where the embedded server keeps its files (default .data)")
+    p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser("bench", help="measure enqueue, drain, wake-up latency against the raw Postgres ceiling")
+    database(p)
+    p.add_argument("--jobs", type=int, default=20000)
+    p.add_argument("--output", default="bench-results.json")
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except InvalidPayload as exc:
+        print(f"error: invalid job: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except PgQueueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

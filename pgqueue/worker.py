@@ -1,0 +1,439 @@
+"""The worker: one asyncio loop with N job slots.
+
+Tasks inside one worker:
+- fetcher: claims up to the free slots (SKIP LOCKED), woken by NOTIFY, a jittered poll as safety net;
+- listener: a dedicated LISTEN connection (re-established when lost);
+- heartbeat + maintenance: a second dedicated connection, so a busy pool cannot starve them;
+  it extends leases, notices cancellation, and, while holding the leader lock, rescues
+  expired leases and prunes;
+- flushers: completions and progress/log events are written in batches.
+Async handlers run on the loop; sync handlers in a thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import random
+import secrets
+import socket
+import time
+import traceback
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from pgqueue.context import EventBuffer, JobContext
+from pgqueue.db import CONNECTION_ERRORS, AsyncConnection, connect
+from pgqueue.errors import JobCancelled, LeaseLost, PermanentFailure, UnknownKind
+from pgqueue.maintenance import LeaseRescuer, Pruner
+from pgqueue.models import Job
+from pgqueue.queue import Queue
+
+log = logging.getLogger("pgqueue.worker")
+
+JOBS_CHANNEL = "pgqueue_jobs"
+CONTROL_CHANNEL = "pgqueue_control"
+
+
+def new_worker_id() -> str:
+    """Never reused: host + pid + random, so a restarted process cannot act on an old lease."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class _Running:
+    __slots__ = ("ctx", "job", "task")
+
+    def __init__(self, job: Job, ctx: JobContext, task: asyncio.Task[None]) -> None:
+        self.job = job
+        self.ctx = ctx
+        self.task = task
+
+
+class Worker:
+    def __init__(self, queue: Queue, queues: Sequence[str] = ("default",), concurrency: int = 10, *,
+                 url: str | None = None, shutdown_grace: float = 30.0, maintenance: bool = True,
+                 maintenance_interval: float = 5.0, worker_id: str | None = None) -> None:
+        self.queue = queue
+        self.queues = list(queues)
+        self.concurrency = max(1, concurrency)
+        self.url = url or queue.settings.database_url or queue.pool.conninfo
+        self.settings = queue.settings
+        self.shutdown_grace = shutdown_grace
+        self.maintenance = maintenance
+        self.maintenance_interval = maintenance_interval
+        self.worker_id = worker_id or new_worker_id()
+        self.running: dict[int, _Running] = {}
+        self.events = EventBuffer()
+        self.stopping = asyncio.Event()
+        self.stopped = asyncio.Event()
+        self.is_leader = False
+        self.counters = {"claimed": 0, "succeeded": 0, "failed": 0, "dead": 0, "cancelled": 0, "lease_lost": 0}
+        self._wake = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._completions: list[tuple[int, uuid.UUID, Any]] = []
+        self._completions_ready = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="pgqueue-job")
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop claiming; running jobs get `shutdown_grace` seconds to finish."""
+        self.stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._register()
+        log.info("worker %s started: queues=%s concurrency=%s", self.worker_id, ",".join(self.queues), self.concurrency)
+        helpers = [
+            asyncio.create_task(self._listen_loop(), name="pgqueue-listen"),
+            asyncio.create_task(self._heartbeat_loop(), name="pgqueue-heartbeat"),
+            asyncio.create_task(self._flush_completions_loop(), name="pgqueue-complete"),
+            asyncio.create_task(self._flush_events_loop(), name="pgqueue-events"),
+        ]
+        try:
+            await self._fetch_loop()
+            await self._drain()
+        finally:
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            await self._flush_completions()
+            await self._flush_events()
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await self.queue.store.unregister_worker(self.worker_id)
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self.stopped.set()
+            log.info("worker %s stopped", self.worker_id)
+
+    async def _register(self) -> None:
+        delay = 0.5
+        while not self.stopping.is_set():
+            try:
+                await self.queue.store.register_worker(self.worker_id, socket.gethostname(), os.getpid(), self.queues,
+                                                       self.concurrency)
+                return
+            except CONNECTION_ERRORS as exc:
+                log.warning("database unavailable at start (%s); retrying in %.1fs", exc, delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _drain(self) -> None:
+        """Graceful shutdown: wait for running jobs, then release what did not finish."""
+        if self.running:
+            log.info("waiting up to %.0fs for %d running job(s)", self.shutdown_grace, len(self.running))
+            tasks = [r.task for r in self.running.values()]
+            await asyncio.wait(tasks, timeout=self.shutdown_grace)
+        leftovers = list(self.running.values())
+        if not leftovers:
+            return
+        await self._flush_completions()
+        items = [(r.job.id, r.job.lease_token) for r in leftovers if r.job.lease_token]
+        for r in leftovers:
+            r.ctx.cancelled.set()
+            r.task.cancel()
+        try:
+            released = await self.queue.release(items)  # type: ignore[arg-type]
+            for job_id in released:
+                log.info("job %s released (shutdown grace period over)", job_id)
+        except CONNECTION_ERRORS as exc:
+            log.warning("could not release %d job(s) (%s); their leases will expire and they will be rescued",
+                        len(items), exc)
+        self.running.clear()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+
+    # -- fetching ----------------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        error_delay = 0.2
+        while not self.stopping.is_set():
+            free = self.concurrency - len(self.running)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                # let every job that is finishing right now finish, then claim for all free slots at once
+                await asyncio.sleep(0)
+                continue
+            self._wake.clear()
+            try:
+                jobs = await self.queue.claim(self.queues, free, self.worker_id)
+                error_delay = 0.2
+            except CONNECTION_ERRORS as exc:
+                log.warning("claim failed (%s); retrying in %.1fs", exc, error_delay)
+                await self._sleep(error_delay)
+                error_delay = min(error_delay * 2, 5.0)
+                continue
+            for job in jobs:
+                self._start(job)
+            if len(jobs) < free:
+                await self._idle()
+
+    async def _idle(self) -> None:
+        """Wait for a NOTIFY, a free slot, or the (jittered) poll timer, or the next scheduled job."""
+        timeout = self.settings.poll_seconds * random.uniform(0.8, 1.2)
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            next_at, now = await self.queue.store.next_run_at(self.queues)
+            if next_at is not None and next_at > now:
+                timeout = min(timeout, (next_at - now).total_seconds())
+            elif next_at is not None and len(self.running) < self.concurrency:
+                # something is runnable already (e.g. rows another worker just released): fetch again soon
+                timeout = min(timeout, 0.05)
+        if self._wake.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), max(timeout, 0.001))
+
+    def _start(self, job: Job) -> None:
+        self.counters["claimed"] += 1
+        log.info("job %s %s started (attempt %s/%s)", job.id, job.kind, job.attempts, job.max_attempts)
+        assert self._loop is not None
+        ctx = JobContext(job, self.queue, self.events, self._loop)
+        task = asyncio.create_task(self._execute(job, ctx), name=f"pgqueue-job-{job.id}")
+        self.running[job.id] = _Running(job, ctx, task)
+
+    # -- running one job ---------------------------------------------------------------------
+
+    async def _execute(self, job: Job, ctx: JobContext) -> None:
+        assert job.lease_token is not None
+        try:
+            outcome = await self._call_handler(job, ctx)
+            await self._record(job, ctx, *outcome)
+        except asyncio.CancelledError:
+            if not self.stopping.is_set() and ctx.cancelled.is_set() and not ctx.lease_lost:
+                await self._record(job, ctx, "cancelled", None)
+        finally:
+            self.running.pop(job.id, None)
+            self._slot_free.set()
+
+    async def _call_handler(self, job: Job, ctx: JobContext) -> tuple[str, Any]:
+        try:
+            spec = self.queue.registry.get(job.kind)
+            if spec.handler is None:
+                raise UnknownKind(job.kind)
+            payload = spec.decode_payload(job.payload)
+            if spec.is_async:
+                result = await spec.handler(ctx, payload)
+            else:
+                assert self._loop is not None
+                result = await self._loop.run_in_executor(self._executor, functools.partial(spec.handler, ctx, payload))
+            return "succeeded", result
+        except asyncio.CancelledError:
+            raise
+        except JobCancelled:
+            return "cancelled", None
+        except LeaseLost:
+            return "lease_lost", None
+        except (PermanentFailure, UnknownKind, msgspec.ValidationError) as exc:
+            return "dead", f"{type(exc).__name__}: {exc}"
+        except Exception:
+            return "failed", traceback.format_exc(limit=20)[-8000:]
+
+    async def _record(self, job: Job, ctx: JobContext, outcome: str, value: Any) -> None:
+        token = job.lease_token
+        assert token is not None
+        if ctx.lease_lost or outcome == "lease_lost":
+            self.counters["lease_lost"] += 1
+            log.warning("job %s lease lost; its outcome is discarded", job.id)
+            return
+        if outcome == "succeeded":
+            try:
+                msgspec.json.encode(value)
+            except (TypeError, ValueError) as exc:
+                outcome, value = "dead", f"handler result is not JSON-serialisable: {exc}"
+            else:
+                self._completions.append((job.id, token, value))
+                self._completions_ready.set()
+                return
+        if outcome == "cancelled" and not ctx.cancelled.is_set():
+            outcome, value = "failed", "JobCancelled raised without a cancellation request"
+        await self._retrying(self._finish_unsuccessful, job, ctx, outcome, value)
+
+    async def _finish_unsuccessful(self, job: Job, ctx: JobContext, outcome: str, value: Any) -> None:
+        assert job.lease_token is not None
+        await self._flush_events()
+        try:
+            if outcome == "cancelled":
+                await self.queue.finish_cancelled(job.id, job.lease_token)
+                self.counters["cancelled"] += 1
+                log.info("job %s cancelled", job.id)
+                return
+            spec = self.queue.registry.kinds.get(job.kind)
+            delay = spec.retry_delay(job.attempts) if spec else 2.0
+            failed = await self.queue.fail(job.id, job.lease_token, str(value), retry_delay=delay,
+                                           permanent=outcome == "dead")
+        except LeaseLost:
+            self.counters["lease_lost"] += 1
+            log.warning("job %s lease lost before its outcome (%s) could be recorded", job.id, outcome)
+            return
+        self.counters[failed.status] = self.counters.get(failed.status, 0) + 1
+        first_line = str(value).strip().splitlines()[-1] if str(value).strip() else ""
+        if failed.status == "dead":
+            log.error("job %s dead after %s attempt(s): %s", job.id, failed.attempts, first_line)
+        else:
+            log.warning("job %s failed (attempt %s/%s), retry at %s: %s", job.id, failed.attempts,
+                        failed.max_attempts, _fmt(failed.run_at), first_line)
+
+    async def _retrying(self, fn: Any, *args: Any) -> None:
+        """Keep trying a state write through a database outage (until the lease would be rescued anyway)."""
+        delay = 0.2
+        deadline = time.monotonic() + max(self.settings.lease_seconds * 4, 60)
+        while True:
+            try:
+                await fn(*args)
+                return
+            except CONNECTION_ERRORS as exc:
+                if time.monotonic() > deadline:
+                    log.error("giving up writing a job outcome (%s); the lease will expire and be rescued", exc)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # -- batched writes ----------------------------------------------------------------------
+
+    async def _flush_completions_loop(self) -> None:
+        while True:
+            await self._completions_ready.wait()
+            self._completions_ready.clear()
+            await self._retrying(self._flush_completions)
+
+    async def _flush_completions(self) -> None:
+        if not self._completions:
+            return
+        await self._flush_events()  # a job's last progress and log lines come before its terminal event
+        batch, self._completions = self._completions, []
+        try:
+            done = await self.queue.complete_many(batch)
+        except BaseException:
+            self._completions[:0] = batch
+            raise
+        self.counters["succeeded"] += len(done)
+        for job_id, _token, _result in batch:
+            if job_id in done:
+                log.info("job %s succeeded", job_id)
+            else:
+                self.counters["lease_lost"] += 1
+                log.warning("job %s finished but its lease was lost; result discarded", job_id)
+
+    async def _flush_events_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            await self._retrying(self._flush_events)
+
+    async def _flush_events(self) -> None:
+        pending = self.events.take()
+        if not pending:
+            return
+        try:
+            await self.queue.add_events(pending)
+        except BaseException:
+            self.events.put_back(pending)
+            raise
+
+    # -- LISTEN ------------------------------------------------------------------------------
+
+    async def _listen_loop(self) -> None:
+        delay = 0.5
+        while True:
+            conn: AsyncConnection | None = None
+            try:
+                conn = await connect(self.url, application_name="pgqueue-worker-listen")
+                await conn.execute(f"LISTEN {JOBS_CHANNEL}")
+                await conn.execute(f"LISTEN {CONTROL_CHANNEL}")
+                delay = 0.5
+                self._wake.set()  # anything enqueued while we were not listening
+                while True:
+                    async for note in conn.notifies(timeout=self.settings.poll_seconds * 5):
+                        self._on_notify(note.channel, note.payload)
+                    await conn.execute("SELECT 1")  # quiet for a while: make sure the connection still lives
+            except asyncio.CancelledError:
+                raise
+            except CONNECTION_ERRORS as exc:
+                log.warning("LISTEN connection lost (%s); reconnecting in %.1fs (polling meanwhile)", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+
+    def _on_notify(self, channel: str, payload: str) -> None:
+        if channel == JOBS_CHANNEL:
+            if payload in self.queues:
+                self._wake.set()
+        elif channel == CONTROL_CHANNEL:
+            action, _, raw_id = payload.partition(" ")
+            if action == "cancel" and raw_id.isdigit():
+                self._cancel_running(int(raw_id))
+
+    def _cancel_running(self, job_id: int, lease_lost: bool = False) -> None:
+        running = self.running.get(job_id)
+        if running is None or running.ctx.cancelled.is_set():
+            return
+        running.ctx.lease_lost = lease_lost
+        running.ctx.cancelled.set()
+        log.info("job %s %s; stopping it", job_id, "lost its lease" if lease_lost else "cancellation requested")
+        spec = self.queue.registry.kinds.get(running.job.kind)
+        if spec is not None and spec.is_async:
+            running.task.cancel()  # async handlers stop at their next await; sync ones see ctx.cancelled
+
+    # -- heartbeat and maintenance -----------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        conn: AsyncConnection | None = None
+        last_maintenance = 0.0
+        rescuer, pruner = LeaseRescuer(self.queue.store), Pruner(self.queue.store, self.settings)
+        while True:
+            try:
+                if conn is None or conn.closed:
+                    conn = await connect(self.url, application_name="pgqueue-worker-heartbeat")
+                    self.is_leader = False
+                await self._heartbeat(conn)
+                if self.maintenance and time.monotonic() - last_maintenance >= self.maintenance_interval:
+                    last_maintenance = time.monotonic()
+                    if not self.is_leader:
+                        self.is_leader = await self.queue.store.try_leader_lock(conn)
+                        if self.is_leader:
+                            log.info("worker %s is the maintenance leader", self.worker_id)
+                    if self.is_leader:
+                        await rescuer.run_once(conn)
+                        await pruner.run_once(conn)
+            except asyncio.CancelledError:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+                raise
+            except CONNECTION_ERRORS as exc:
+                log.warning("heartbeat failed (%s); reconnecting", exc)
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+                conn = None
+                self.is_leader = False
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+
+    async def _heartbeat(self, conn: AsyncConnection) -> None:
+        items = [(r.job.id, r.job.lease_token) for r in list(self.running.values()) if r.job.lease_token]
+        held = await self.queue.heartbeat(items, conn=conn)  # type: ignore[arg-type]
+        await self.queue.store.touch_worker(self.worker_id, conn)
+        for job_id, _token in items:
+            if job_id not in held:
+                if job_id in self.running and not any(c[0] == job_id for c in self._completions):
+                    self._cancel_running(job_id, lease_lost=True)
+            elif held[job_id]:
+                self._cancel_running(job_id)
+
+
+def _fmt(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds")

@@ -1,0 +1,100 @@
+"""Job kinds used by the tests (also loaded by worker subprocesses with --app tests.jobs)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import msgspec
+
+from pgqueue import JobContext, JobRegistry, PermanentFailure
+
+jobs = JobRegistry()
+
+
+class Email(msgspec.Struct):
+    to: str
+    subject: str = ""
+
+
+class Marker(msgspec.Struct):
+    key: str
+    sleep: float = 0.0
+
+
+@jobs.kind("email", queue="mail", priority=3)
+async def send_email(ctx: JobContext, email: Email) -> dict:
+    return {"sent_to": email.to}
+
+
+@jobs.kind("noop")
+async def noop(ctx: JobContext, payload: dict) -> None:
+    return None
+
+
+@jobs.kind("mark")
+async def mark(ctx: JobContext, marker: Marker) -> None:
+    """Records each run in test_runs (so tests can count executions), optionally sleeping first."""
+    if marker.sleep:
+        await asyncio.sleep(marker.sleep)
+    async with ctx.transaction() as conn:
+        await conn.execute(
+            "INSERT INTO test_runs (job_id, key, worker_pid) VALUES (%s, %s, %s)", (ctx.job.id, marker.key, os.getpid())
+        )
+
+
+@jobs.kind("sync_mark")
+def sync_mark(ctx: JobContext, marker: Marker) -> str:
+    deadline = time.monotonic() + marker.sleep
+    while time.monotonic() < deadline:
+        ctx.raise_if_cancelled()
+        time.sleep(0.01)
+    return marker.key
+
+
+@jobs.kind("flaky", max_attempts=3, backoff_base=0.05, backoff_max=0.2)
+async def flaky(ctx: JobContext, payload: dict) -> str:
+    if ctx.attempt < payload.get("succeed_on", 99):
+        raise RuntimeError(f"boom on attempt {ctx.attempt}")
+    return "ok"
+
+
+@jobs.kind("fatal")
+async def fatal(ctx: JobContext, payload: dict) -> None:
+    raise PermanentFailure("do not retry me")
+
+
+@jobs.kind("slow")
+async def slow(ctx: JobContext, payload: dict) -> str:
+    for step in range(int(payload.get("steps", 10))):
+        ctx.progress(step * 100 / payload.get("steps", 10), f"step {step}")
+        ctx.log(f"line {step}")
+        await asyncio.sleep(payload.get("step_seconds", 0.1))
+    ctx.progress(100, "done")
+    return "slow done"
+
+
+class Count(msgspec.Struct):
+    total: int
+    crash_at: int = -1
+    step_seconds: float = 0.0
+
+
+@jobs.kind("counter", max_attempts=5, backoff_base=0.01, backoff_max=0.05)
+async def counter(ctx: JobContext, count: Count) -> int:
+    """Writes rows 0..total-1 to test_items in batches of 10 with a checkpoint; may crash once."""
+    state = await ctx.load_checkpoint() or {"next": 0}
+    position = state["next"]
+    while position < count.total:
+        batch = range(position, min(position + 10, count.total))
+        async with ctx.transaction() as conn:
+            for item in batch:
+                await conn.execute("INSERT INTO test_items (job_id, item) VALUES (%s, %s)", (ctx.job.id, item))
+            position = batch[-1] + 1
+            await ctx.save_checkpoint({"next": position}, conn=conn)
+        if count.crash_at >= 0 and position >= count.crash_at and ctx.attempt == 1:
+            raise RuntimeError("crash after a committed batch")
+        if count.step_seconds:
+            await asyncio.sleep(count.step_seconds)
+    return position
