@@ -98,3 +98,18 @@ async def counter(ctx: JobContext, count: Count) -> int:
         if count.step_seconds:
             await asyncio.sleep(count.step_seconds)
     return position
+
+
+class Burn(msgspec.Struct):
+    seconds: float
+
+
+@jobs.kind("busy")
+def busy(ctx: JobContext, burn: Burn) -> int:
+    """A sync handler that burns CPU in pure Python (no sleeps, no I/O) for `seconds`: the
+    worker's heartbeats must keep its lease alive meanwhile."""
+    deadline = time.monotonic() + burn.seconds
+    spins = 0
+    while time.monotonic() < deadline:
+        spins += 1
+    return spins
