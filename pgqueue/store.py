@@ -229,6 +229,15 @@ class Store:
     async def events_by_ids(self, ids: Sequence[int], conn: AsyncConnection | None = None) -> list[Event]:
         return await self._many("events_by_ids", {"ids": list(ids)}, conn, kwargs_row(Event))
 
+    async def owner_events_after(self, owner_id: str, after_id: int, limit: int = 1000,
+                                 conn: AsyncConnection | None = None) -> list[Event]:
+        params = {"owner_id": owner_id, "after_id": after_id, "limit": limit}
+        return await self._many("owner_events_after", params, conn, kwargs_row(Event))
+
+    async def job_owners(self, ids: Sequence[int], conn: AsyncConnection | None = None) -> dict[int, str | None]:
+        """{job_id: owner_id} for the jobs that exist."""
+        return dict(await self._many("job_owners", {"ids": list(ids)}, conn))
+
     async def load_checkpoint(self, job_id: int, conn: AsyncConnection | None = None) -> Any:
         row = await self._one("load_checkpoint", {"job_id": job_id}, conn)
         return None if row is None else row[0]

@@ -265,6 +265,16 @@ WHERE id > %(after_id)s ORDER BY id LIMIT %(limit)s;
 -- name: events_by_ids :many
 SELECT id, job_id, type, data, created_at FROM pgqueue.events WHERE id = ANY(%(ids)s) ORDER BY id;
 
+-- name: owner_events_after :many
+-- Events of one owner's jobs after an id, oldest first (a user's global stream replay).
+SELECT e.id, e.job_id, e.type, e.data, e.created_at
+FROM pgqueue.events e JOIN pgqueue.jobs j ON j.id = e.job_id
+WHERE j.owner_id = %(owner_id)s AND e.id > %(after_id)s ORDER BY e.id LIMIT %(limit)s;
+
+-- name: job_owners :many
+-- The owner of each job (the SSE hub routes events to the users allowed to see them).
+SELECT id, owner_id FROM pgqueue.jobs WHERE id = ANY(%(ids)s);
+
 -- name: load_checkpoint :one
 SELECT state FROM pgqueue.checkpoints WHERE job_id = %(job_id)s;
 
