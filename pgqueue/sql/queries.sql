@@ -33,12 +33,20 @@ WHERE unique_key = ANY(%(unique_keys)s) AND status IN ('queued', 'running', 'fai
 -- The locking SELECT sits in a CTE on purpose: written as
 -- `WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)` the planner may run the
 -- subquery more than once and claim more than n rows.
+-- One LATERAL index scan per queue (`queue = ANY(...)` would defeat the ordered scan of
+-- jobs_claim_idx and sort every runnable row); rows locked there but not kept by the outer
+-- LIMIT are only skipped by other workers until this statement's transaction ends.
 WITH candidates AS (
-    SELECT id FROM pgqueue.jobs
-    WHERE queue = ANY(%(queues)s) AND status IN ('queued', 'failed') AND run_at <= now()
-    ORDER BY priority DESC, run_at, id
+    SELECT c.id FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at FROM pgqueue.jobs
+        WHERE queue = q.name AND status IN ('queued', 'failed') AND run_at <= now()
+        ORDER BY priority DESC, run_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    ORDER BY c.priority DESC, c.run_at, c.id
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE pgqueue.jobs AS j
     SET status = 'running', attempts = j.attempts + 1, lease_owner = %(worker_id)s,
