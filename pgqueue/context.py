@@ -1,19 +1,25 @@
 """What a handler receives besides its payload: the job, progress and log helpers,
-checkpoints, a transaction bound to the job's lease, and the cancellation signal."""
+checkpoints, a transaction bound to the job's lease, and the cancellation signal; and
+`run_handler`, which runs one job's handler and names its outcome (worker and memory backend)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
+import traceback
 from collections.abc import AsyncIterator, Coroutine
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pgqueue.errors import JobCancelled, LeaseLost
+import msgspec
+
+from pgqueue.errors import JobCancelled, LeaseLost, PermanentFailure, UnknownKind
 from pgqueue.models import Job
 
 if TYPE_CHECKING:
-    from pgqueue.queue import Queue
+    from pgqueue.queue import QueueBackend
 
 T = TypeVar("T")
 
@@ -73,7 +79,7 @@ class EventBuffer:
 
 
 class JobContext:
-    def __init__(self, job: Job, queue: Queue, events: EventBuffer, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, job: Job, queue: QueueBackend, events: EventBuffer, loop: asyncio.AbstractEventLoop) -> None:
         self.job = job
         self.queue = queue
         self.cancelled = threading.Event()  # set when cancellation was requested or the lease was lost
@@ -102,16 +108,17 @@ class JobContext:
         """A pooled connection in a transaction that commits only while this job's lease is held.
 
         Write your own rows and ``save_checkpoint(..., conn=conn)`` inside it: both commit or neither.
+        (The in-memory backend checks the lease and yields None: there is no connection to write on.)
         """
         assert self.job.lease_token is not None
-        async with self.queue.pool.connection() as conn:
-            async with conn.transaction():
-                # Locks the job row: a rescuer cannot take the job away until this commits.
-                if not await self.queue.store.lease_held(self.job.id, self.job.lease_token, conn):
-                    self.lease_lost = True
-                    self.cancelled.set()
-                    raise LeaseLost(self.job.id)
+        try:
+            async with self.queue.lease_transaction(self.job.id, self.job.lease_token) as conn:
                 yield conn
+        except LeaseLost as exc:
+            if exc.job_id == self.job.id:
+                self.lease_lost = True
+                self.cancelled.set()
+            raise
 
     async def load_checkpoint(self) -> Any:
         """The state saved by an earlier attempt of this job (None on a first run)."""
@@ -126,3 +133,50 @@ class JobContext:
     def wait(self, coro: Coroutine[Any, Any, T]) -> T:
         """From a sync handler (a worker thread): run one of the async helpers on the worker's loop."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+
+async def run_handler(ctx: JobContext, executor: Executor | None = None) -> tuple[str, Any]:
+    """Run the job's handler (async on this loop, sync in ``executor``) and say how it ended.
+
+    Returns ("succeeded", result), ("failed", traceback), ("dead", reason), ("cancelled", None)
+    or ("lease_lost", None). Shared by the worker and the in-memory backend so both map a
+    handler's ending the same way. An asyncio cancellation of the caller propagates.
+    """
+    job = ctx.job
+    try:
+        spec = ctx.queue.registry.get(job.kind)
+        if spec.handler is None:
+            raise UnknownKind(job.kind)
+        payload = spec.decode_payload(job.payload)
+        if spec.is_async:
+            result = await spec.handler(ctx, payload)
+        else:
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(executor, functools.partial(spec.handler, ctx, payload))
+    except asyncio.CancelledError:
+        raise
+    except JobCancelled:
+        return settle_outcome(ctx, "cancelled", None)
+    except LeaseLost:
+        return "lease_lost", None
+    except (PermanentFailure, UnknownKind, msgspec.ValidationError) as exc:
+        return settle_outcome(ctx, "dead", f"{type(exc).__name__}: {exc}")
+    except Exception:
+        return settle_outcome(ctx, "failed", traceback.format_exc(limit=20)[-8000:])
+    return settle_outcome(ctx, "succeeded", result)
+
+
+def settle_outcome(ctx: JobContext, outcome: str, value: Any) -> tuple[str, Any]:
+    """The outcome to record: a lost lease overrides everything (the job is someone else's now),
+    a result that cannot be stored as JSON kills the job (retrying would not help), and a
+    JobCancelled nobody asked for is an ordinary failure."""
+    if ctx.lease_lost:
+        return "lease_lost", None
+    if outcome == "succeeded":
+        try:
+            msgspec.json.encode(value)
+        except (TypeError, ValueError) as exc:
+            return "dead", f"handler result is not JSON-serialisable: {exc}"
+    if outcome == "cancelled" and not ctx.cancelled.is_set():
+        return "failed", "JobCancelled raised without a cancellation request"
+    return outcome, value

@@ -19,6 +19,8 @@ from pgqueue.errors import ConfigError, DatabaseUnavailable
 
 AsyncConnection = psycopg.AsyncConnection[Any]
 Connection = psycopg.Connection[Any]
+# The pool's type, for modules that name it but must not import the driver (see the import rules).
+ConnectionPool = AsyncConnectionPool
 
 
 def _json_dumps(value: Any) -> str:

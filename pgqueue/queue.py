@@ -7,14 +7,13 @@ pgqueue/memory.py honours the same contract.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Iterable, Sequence
-from typing import Any
-
-from psycopg_pool import AsyncConnectionPool
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any, Protocol
 
 from pgqueue.config import Settings
-from pgqueue.db import AsyncConnection, Connection, connect_sync, open_pool, transaction
+from pgqueue.db import AsyncConnection, Connection, ConnectionPool, connect_sync, open_pool, transaction
 from pgqueue.errors import ConfigError, InvalidTransition, JobNotFound, LeaseLost
 from pgqueue.models import Event, Job, JobError, NewJob
 from pgqueue.registry import JobRegistry
@@ -42,7 +41,7 @@ def _copyable(jobs: Sequence[NewJob]) -> bool:
 
 
 class Queue:
-    def __init__(self, pool: AsyncConnectionPool, registry: JobRegistry | None = None,
+    def __init__(self, pool: ConnectionPool, registry: JobRegistry | None = None,
                  settings: Settings | None = None) -> None:
         self.pool = pool
         self.store = Store(pool)
@@ -184,6 +183,17 @@ class Queue:
         if events:
             await self.store.insert_events(events)
 
+    @contextlib.asynccontextmanager
+    async def lease_transaction(self, job_id: int, token: uuid.UUID) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection in a transaction that starts only while the job's lease is held.
+
+        The check locks the job row, so a rescuer cannot take the job away before this commits.
+        """
+        async with transaction(self.pool) as conn:
+            if not await self.store.lease_held(job_id, token, conn):
+                raise LeaseLost(job_id)
+            yield conn
+
     async def load_checkpoint(self, job_id: int, conn: AsyncConnection | None = None) -> Any:
         return await self.store.load_checkpoint(job_id, conn)
 
@@ -200,6 +210,62 @@ class Queue:
         for queue, status, count in await self.store.queue_stats():
             out.setdefault(queue, {})[status] = count
         return out
+
+
+class QueueBackend(Protocol):
+    """The contract `Queue` (PostgreSQL) and `MemoryQueue` (pgqueue/memory.py) both honour;
+    tests/test_contract.py runs one behavioural suite against each. ``conn`` arguments are
+    the caller's connection for Postgres; the memory backend has none and ignores them."""
+
+    registry: JobRegistry
+    settings: Settings
+
+    async def close(self) -> None: ...
+
+    async def enqueue(self, kind: str, payload: Any = None, *, conn: Any = None, **options: Any) -> Job: ...
+
+    async def enqueue_many(self, items: Iterable[EnqueueItem], *, conn: Any = None) -> list[int]: ...
+
+    async def claim(self, queues: Sequence[str], limit: int, worker_id: str, *,
+                    lease_seconds: float | None = None) -> list[Job]: ...
+
+    async def complete(self, job_id: int, token: uuid.UUID, result: Any = None) -> None: ...
+
+    async def complete_many(self, items: Sequence[tuple[int, uuid.UUID, Any]]) -> set[int]: ...
+
+    async def fail(self, job_id: int, token: uuid.UUID, error: str, *, retry_delay: float | None = None,
+                   permanent: bool = False) -> Job: ...
+
+    async def finish_cancelled(self, job_id: int, token: uuid.UUID) -> Job: ...
+
+    async def heartbeat(self, items: Sequence[tuple[int, uuid.UUID]], *, lease_seconds: float | None = None,
+                        conn: Any = None) -> dict[int, bool]: ...
+
+    async def release(self, items: Sequence[tuple[int, uuid.UUID]]) -> list[int]: ...
+
+    async def rescue_expired_leases(self, limit: int = 1000, conn: Any = None) -> list[int]: ...
+
+    async def get(self, job_id: int, conn: Any = None) -> Job: ...
+
+    async def cancel(self, job_id: int) -> Job: ...
+
+    async def retry(self, job_id: int) -> Job: ...
+
+    async def delete(self, job_id: int) -> None: ...
+
+    async def errors(self, job_id: int) -> list[JobError]: ...
+
+    async def events(self, job_id: int, after_id: int = 0, limit: int = 1000) -> list[Event]: ...
+
+    async def add_events(self, events: Sequence[tuple[int, str, Any]]) -> None: ...
+
+    def lease_transaction(self, job_id: int, token: uuid.UUID) -> contextlib.AbstractAsyncContextManager[Any]: ...
+
+    async def load_checkpoint(self, job_id: int, conn: Any = None) -> Any: ...
+
+    async def save_checkpoint(self, job_id: int, token: uuid.UUID, state: Any, conn: Any = None) -> None: ...
+
+    async def stats(self) -> dict[str, dict[str, int]]: ...
 
 
 class SyncQueue:

@@ -14,25 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import random
 import secrets
 import socket
 import time
-import traceback
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
-import msgspec
-
-from pgqueue.context import EventBuffer, JobContext
+from pgqueue.context import EventBuffer, JobContext, run_handler, settle_outcome
 from pgqueue.db import CONNECTION_ERRORS, AsyncConnection, connect
-from pgqueue.errors import JobCancelled, LeaseLost, PermanentFailure, UnknownKind
+from pgqueue.errors import LeaseLost
 from pgqueue.maintenance import LeaseRescuer, Pruner
 from pgqueue.models import Job
 from pgqueue.queue import Queue
@@ -208,56 +204,26 @@ class Worker:
     async def _execute(self, job: Job, ctx: JobContext) -> None:
         assert job.lease_token is not None
         try:
-            outcome = await self._call_handler(job, ctx)
-            await self._record(job, ctx, *outcome)
+            await self._record(job, ctx, *await run_handler(ctx, self._executor))
         except asyncio.CancelledError:
             if not self.stopping.is_set() and ctx.cancelled.is_set() and not ctx.lease_lost:
-                await self._record(job, ctx, "cancelled", None)
+                await self._record(job, ctx, *settle_outcome(ctx, "cancelled", None))
         finally:
             self.running.pop(job.id, None)
             self._slot_free.set()
 
-    async def _call_handler(self, job: Job, ctx: JobContext) -> tuple[str, Any]:
-        try:
-            spec = self.queue.registry.get(job.kind)
-            if spec.handler is None:
-                raise UnknownKind(job.kind)
-            payload = spec.decode_payload(job.payload)
-            if spec.is_async:
-                result = await spec.handler(ctx, payload)
-            else:
-                assert self._loop is not None
-                result = await self._loop.run_in_executor(self._executor, functools.partial(spec.handler, ctx, payload))
-            return "succeeded", result
-        except asyncio.CancelledError:
-            raise
-        except JobCancelled:
-            return "cancelled", None
-        except LeaseLost:
-            return "lease_lost", None
-        except (PermanentFailure, UnknownKind, msgspec.ValidationError) as exc:
-            return "dead", f"{type(exc).__name__}: {exc}"
-        except Exception:
-            return "failed", traceback.format_exc(limit=20)[-8000:]
-
     async def _record(self, job: Job, ctx: JobContext, outcome: str, value: Any) -> None:
+        """Write an outcome from run_handler: successes go to the batched completions."""
         token = job.lease_token
         assert token is not None
-        if ctx.lease_lost or outcome == "lease_lost":
+        if outcome == "lease_lost":
             self.counters["lease_lost"] += 1
             log.warning("job %s lease lost; its outcome is discarded", job.id)
             return
         if outcome == "succeeded":
-            try:
-                msgspec.json.encode(value)
-            except (TypeError, ValueError) as exc:
-                outcome, value = "dead", f"handler result is not JSON-serialisable: {exc}"
-            else:
-                self._completions.append((job.id, token, value))
-                self._completions_ready.set()
-                return
-        if outcome == "cancelled" and not ctx.cancelled.is_set():
-            outcome, value = "failed", "JobCancelled raised without a cancellation request"
+            self._completions.append((job.id, token, value))
+            self._completions_ready.set()
+            return
         await self._retrying(self._finish_unsuccessful, job, ctx, outcome, value)
 
     async def _finish_unsuccessful(self, job: Job, ctx: JobContext, outcome: str, value: Any) -> None:
