@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -28,10 +29,17 @@ def _yoyo_url(url: str) -> str:
     return urlunsplit(parts._replace(scheme="postgresql+psycopg"))
 
 
+@contextlib.contextmanager
 def _backend_and_migrations(url: str, directory: Path | None):
     from yoyo import get_backend, read_migrations
 
-    return get_backend(_yoyo_url(validate_database_url(url))), read_migrations(str(directory or schema_dir()))
+    backend = get_backend(_yoyo_url(validate_database_url(url)))
+    try:
+        yield backend, read_migrations(str(directory or schema_dir()))
+    finally:
+        # yoyo never closes its connection; left to the garbage collector it keeps the database
+        # busy (e.g. CREATE DATABASE ... TEMPLATE of a just-migrated database fails)
+        backend.connection.close()
 
 
 def migrate(url: str, directory: Path | None = None) -> list[str]:
@@ -39,8 +47,7 @@ def migrate(url: str, directory: Path | None = None) -> list[str]:
     with connect_sync(url, autocommit=True) as lock_conn:
         lock_conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
         try:
-            backend, migrations = _backend_and_migrations(url, directory)
-            with backend.lock():
+            with _backend_and_migrations(url, directory) as (backend, migrations), backend.lock():
                 pending = backend.to_apply(migrations)
                 backend.apply_migrations(pending)
             return [m.id for m in pending]
@@ -53,8 +60,7 @@ def rollback(url: str, count: int = 1, directory: Path | None = None) -> list[st
     with connect_sync(url, autocommit=True) as lock_conn:
         lock_conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
         try:
-            backend, migrations = _backend_and_migrations(url, directory)
-            with backend.lock():
+            with _backend_and_migrations(url, directory) as (backend, migrations), backend.lock():
                 applied = backend.to_rollback(migrations)[:count]
                 backend.rollback_migrations(applied)
             return [m.id for m in applied]
@@ -63,5 +69,5 @@ def rollback(url: str, count: int = 1, directory: Path | None = None) -> list[st
 
 
 def pending(url: str, directory: Path | None = None) -> list[str]:
-    backend, migrations = _backend_and_migrations(url, directory)
-    return [m.id for m in backend.to_apply(migrations)]
+    with _backend_and_migrations(url, directory) as (backend, migrations):
+        return [m.id for m in backend.to_apply(migrations)]
