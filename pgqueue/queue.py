@@ -25,7 +25,8 @@ EnqueueItem = NewJob | tuple[str, Any] | tuple[str, Any, dict[str, Any]]
 DEFAULT_RETRY_BASE, DEFAULT_RETRY_MAX = 2.0, 3600.0
 
 
-def _build_all(registry: JobRegistry, items: Iterable[EnqueueItem]) -> list[NewJob]:
+def build_jobs(registry: JobRegistry, items: Iterable[EnqueueItem]) -> list[NewJob]:
+    """Validate every item before anything is written (shared by both backends and SyncQueue)."""
     jobs = []
     for item in items:
         if isinstance(item, NewJob):
@@ -81,7 +82,7 @@ class Queue:
 
     async def enqueue_many(self, items: Iterable[EnqueueItem], *, conn: AsyncConnection | None = None) -> list[int]:
         """Insert many jobs in one round trip (COPY when it can); returns their ids in order."""
-        jobs = _build_all(self.registry, items)
+        jobs = build_jobs(self.registry, items)
         if not jobs:
             return []
         if _copyable(jobs):
@@ -282,7 +283,7 @@ class SyncQueue:
         return self.enqueue_many([(kind, {} if payload is None else payload, options)], conn=conn)[0]
 
     def enqueue_many(self, items: Iterable[EnqueueItem], *, conn: Connection | None = None) -> list[Job]:
-        jobs = _build_all(self.registry, items)
+        jobs = build_jobs(self.registry, items)
         if conn is not None:
             return insert_jobs_sync(conn, jobs)
         if not self.url:
