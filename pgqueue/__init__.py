@@ -13,8 +13,9 @@ from pgqueue.errors import (
     PgQueueError,
     UnknownKind,
 )
+from pgqueue.memory import MemoryQueue
 from pgqueue.models import Event, Job, JobError, NewJob
-from pgqueue.queue import Queue, SyncQueue
+from pgqueue.queue import Queue, QueueBackend, SyncQueue
 from pgqueue.registry import JobRegistry
 
 __all__ = [
@@ -30,10 +31,12 @@ __all__ = [
     "JobNotFound",
     "JobRegistry",
     "LeaseLost",
+    "MemoryQueue",
     "NewJob",
     "PermanentFailure",
     "PgQueueError",
     "Queue",
+    "QueueBackend",
     "SyncQueue",
     "UnknownKind",
 ]

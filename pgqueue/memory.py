@@ -1,0 +1,470 @@
+"""An in-memory queue backend for your own unit tests: the contract of `Queue` without a database.
+
+    mq = MemoryQueue(jobs)                     # jobs: your JobRegistry
+    await mq.enqueue("email", {"to": "a@b.c"})
+    counts = await mq.run_until_empty()        # runs the handlers, in-process
+    assert counts["succeeded"] == 1
+
+`MemoryQueue` honours the same contract as the PostgreSQL `Queue` (tests/test_contract.py runs
+one behavioural suite against both): validation, unique keys among live jobs, priority then
+age ordering, run_at/delay, leases, retries with backoff, dead jobs, cancellation, re-drive,
+errors, events with increasing ids, checkpoints and stats. What differs, on purpose:
+
+- Time comes from an injectable clock (`clock=`, default: the system's UTC time) plus an
+  offset that `advance(seconds)` moves, so a test can expire leases or reach a retry time
+  without sleeping.
+- There are no connections: every ``conn`` argument is accepted and ignored, a job exists as
+  soon as `enqueue` returns, and `ctx.transaction()` checks the lease and yields None (a
+  checkpoint saved with ``conn=None`` is stored at once; there is nothing to roll back).
+- Progress and log events of a job run by `run_until_empty` are written when its handler
+  returns (coalesced like the worker does), just before its terminal event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from pgqueue.config import Settings
+from pgqueue.context import EventBuffer, JobContext, run_handler, settle_outcome
+from pgqueue.errors import InvalidTransition, JobNotFound, LeaseLost
+from pgqueue.models import LIVE_STATUSES, Event, Job, JobError, NewJob
+from pgqueue.queue import DEFAULT_RETRY_BASE, EnqueueItem, build_jobs
+from pgqueue.registry import JobRegistry
+
+# The lease owner `run_until_empty` claims under.
+MEMORY_WORKER_ID = "memory"
+RUNNABLE_STATUSES = ("queued", "failed")
+# Keys of the dict `run_until_empty` returns; "failed" counts failed attempts that will be retried.
+RUN_OUTCOMES = ("succeeded", "failed", "dead", "cancelled", "lease_lost")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _through_json(value: Any) -> Any:
+    """What Postgres would hand back after storing ``value`` as jsonb (and the same TypeError
+    for a value that is not JSON-serialisable)."""
+    return msgspec.json.decode(msgspec.json.encode(value))
+
+
+class _RunningHandler:
+    __slots__ = ("ctx", "task")
+
+    def __init__(self, ctx: JobContext, task: asyncio.Task[tuple[str, Any]]) -> None:
+        self.ctx = ctx
+        self.task = task
+
+
+class MemoryQueue:
+    def __init__(self, registry: JobRegistry | None = None, settings: Settings | None = None, *,
+                 clock: Callable[[], datetime] | None = None) -> None:
+        self.registry = registry or JobRegistry()
+        self.settings = settings or Settings()
+        self._clock = clock or _utc_now
+        self._offset = timedelta(0)
+        self._jobs: dict[int, Job] = {}
+        self._errors: dict[int, list[JobError]] = {}
+        self._events: list[Event] = []
+        self._checkpoints: dict[int, Any] = {}
+        self._job_ids = itertools.count(1)
+        self._event_ids = itertools.count(1)
+        self._running: dict[int, _RunningHandler] = {}
+        self._event_buffer = EventBuffer()
+
+    async def close(self) -> None:
+        """Nothing to release; here so code written against `Queue` runs unchanged."""
+
+    async def __aenter__(self) -> MemoryQueue:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- time ----------------------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """The backend's current time: the clock plus whatever `advance` added."""
+        return self._clock() + self._offset
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward (expire leases, reach scheduled and retry times) without sleeping."""
+        if seconds < 0:
+            raise ValueError("time only moves forward")
+        self._offset += timedelta(seconds=seconds)
+
+    # -- enqueue -------------------------------------------------------------------------------
+
+    async def enqueue(self, kind: str, payload: Any = None, *, conn: Any = None, **options: Any) -> Job:
+        """Validate and store one job; a live job holding the same unique key is returned instead."""
+        new = self.registry.build(kind, {} if payload is None else payload, **options)
+        return self._snapshot(self._insert([new])[0])
+
+    async def enqueue_many(self, items: Iterable[EnqueueItem], *, conn: Any = None) -> list[int]:
+        """Store many jobs at once (all validated first); returns their ids in input order."""
+        return [job.id for job in self._insert(build_jobs(self.registry, items))]
+
+    def _insert(self, new_jobs: Sequence[NewJob]) -> list[Job]:
+        payloads = [_through_json(new.payload) for new in new_jobs]  # may raise: nothing written yet
+        now = self.now()
+        live_by_key = {job.unique_key: job for job in self._jobs.values()
+                       if job.unique_key is not None and job.status in LIVE_STATUSES}
+        ordered: list[Job] = []
+        for new, payload in zip(new_jobs, payloads, strict=True):
+            holder = live_by_key.get(new.unique_key) if new.unique_key is not None else None
+            if holder is not None:
+                ordered.append(holder)
+                continue
+            job = Job(id=next(self._job_ids), queue=new.queue, kind=new.kind, payload=payload,
+                      priority=new.priority, status="queued",
+                      run_at=new.run_at or now + timedelta(seconds=new.delay_seconds),
+                      attempts=0, max_attempts=new.max_attempts, unique_key=new.unique_key,
+                      owner_id=new.owner_id, created_at=now, updated_at=now)
+            self._jobs[job.id] = job
+            if job.unique_key is not None:
+                live_by_key[job.unique_key] = job
+            self._add_event(job.id, "created", {"kind": job.kind, "queue": job.queue, "owner_id": job.owner_id}, now)
+            ordered.append(job)
+        return ordered
+
+    # -- the worker's side ---------------------------------------------------------------------
+
+    async def claim(self, queues: Sequence[str], limit: int, worker_id: str, *,
+                    lease_seconds: float | None = None) -> list[Job]:
+        """Lease up to ``limit`` runnable jobs of these queues, best priority then oldest first."""
+        now = self.now()
+        lease = timedelta(seconds=lease_seconds or self.settings.lease_seconds)
+        wanted = set(queues)
+        runnable = sorted(
+            (job for job in self._jobs.values()
+             if job.queue in wanted and job.status in RUNNABLE_STATUSES and job.run_at <= now),
+            key=lambda job: (-job.priority, job.run_at, job.id),
+        )[: max(limit, 0)]
+        for job in runnable:
+            job.status = "running"
+            job.attempts += 1
+            job.lease_owner = worker_id
+            job.lease_token = uuid.uuid4()
+            job.lease_expires_at = now + lease
+            job.started_at = job.updated_at = now
+            self._add_event(job.id, "started", {"attempt": job.attempts, "worker_id": worker_id}, now)
+        return [self._snapshot(job) for job in runnable]
+
+    async def complete(self, job_id: int, token: uuid.UUID, result: Any = None) -> None:
+        if job_id not in await self.complete_many([(job_id, token, result)]):
+            raise LeaseLost(job_id)
+
+    async def complete_many(self, items: Sequence[tuple[int, uuid.UUID, Any]]) -> set[int]:
+        """Finish jobs as succeeded; returns the ids whose lease was still held."""
+        results = [_through_json(result) for _job_id, _token, result in items]  # may raise: nothing written yet
+        now = self.now()
+        done: set[int] = set()
+        for (job_id, token, _result), result in sorted(zip(items, results, strict=True), key=lambda pair: pair[0][0]):
+            job = self._held(job_id, token)
+            if job is None:
+                continue
+            job.status = "succeeded"
+            job.result = result
+            job.finished_at = job.updated_at = now
+            job.lease_token = job.lease_expires_at = None
+            self._add_event(job_id, "succeeded", {"attempt": job.attempts}, now)
+            done.add(job_id)
+        return done
+
+    async def fail(self, job_id: int, token: uuid.UUID, error: str, *, retry_delay: float | None = None,
+                   permanent: bool = False) -> Job:
+        """Record a failed attempt; the job retries after ``retry_delay`` (default: the kind's
+        backoff) or goes dead once its attempts are used up or when ``permanent``."""
+        job = self._held(job_id, token)
+        if job is None:
+            raise LeaseLost(job_id)
+        if retry_delay is None:
+            spec = self.registry.kinds.get(job.kind)
+            retry_delay = spec.retry_delay(job.attempts) if spec else DEFAULT_RETRY_BASE
+        now = self.now()
+        dead = permanent or job.attempts >= job.max_attempts
+        job.status = "dead" if dead else "failed"
+        if not dead:
+            job.run_at = now + timedelta(seconds=retry_delay)
+        job.finished_at = now if dead else None
+        job.last_error = error
+        job.lease_token = job.lease_expires_at = None
+        job.updated_at = now
+        self._add_error(job, error, now)
+        self._add_event(job_id, job.status, {"attempt": job.attempts, "error": error[:500],
+                                             "retry_at": None if dead else job.run_at.isoformat()}, now)
+        return self._snapshot(job)
+
+    async def finish_cancelled(self, job_id: int, token: uuid.UUID) -> Job:
+        """A running job whose handler stopped because cancellation was requested."""
+        job = self._held(job_id, token)
+        if job is None:
+            raise LeaseLost(job_id)
+        now = self.now()
+        job.status = "cancelled"
+        job.finished_at = job.updated_at = now
+        job.lease_token = job.lease_expires_at = None
+        job.last_error = "cancelled while running"
+        self._add_event(job_id, "cancelled", {"while_running": True}, now)
+        return self._snapshot(job)
+
+    async def heartbeat(self, items: Sequence[tuple[int, uuid.UUID]], *, lease_seconds: float | None = None,
+                        conn: Any = None) -> dict[int, bool]:
+        """Extend leases; returns {job_id: cancel_requested} for the leases still held."""
+        expires = self.now() + timedelta(seconds=lease_seconds or self.settings.lease_seconds)
+        held: dict[int, bool] = {}
+        for job_id, token in items:
+            job = self._held(job_id, token)
+            if job is not None:
+                job.lease_expires_at = expires
+                held[job_id] = job.cancel_requested
+        return held
+
+    async def release(self, items: Sequence[tuple[int, uuid.UUID]]) -> list[int]:
+        """Give jobs back untouched (shutdown ran out of time): the attempt is not counted."""
+        now = self.now()
+        released = []
+        for job_id, token in items:
+            job = self._held(job_id, token)
+            if job is None:
+                continue
+            job.status = "queued"
+            job.attempts = max(job.attempts - 1, 0)
+            job.run_at = job.updated_at = now
+            job.lease_token = job.lease_expires_at = None
+            self._add_event(job_id, "released", {}, now)
+            released.append(job_id)
+        return released
+
+    async def rescue_expired_leases(self, limit: int = 1000, conn: Any = None) -> list[int]:
+        """Jobs whose lease expired: the attempt counts; runnable again, dead, or cancelled if asked."""
+        now = self.now()
+        expired = sorted(
+            (job for job in self._jobs.values()
+             if job.status == "running" and job.lease_expires_at is not None and job.lease_expires_at < now),
+            key=lambda job: (job.lease_expires_at, job.id),
+        )[: max(limit, 0)]
+        for job in expired:
+            if job.cancel_requested:
+                job.status = "cancelled"
+            elif job.attempts >= job.max_attempts:
+                job.status = "dead"
+            else:
+                job.status = "failed"
+            job.run_at = job.updated_at = now
+            job.finished_at = None if job.status == "failed" else now
+            job.last_error = f"lease expired: worker {job.lease_owner or '?'} stopped heartbeating"
+            job.lease_token = job.lease_expires_at = None
+            self._add_error(job, job.last_error, now)
+            self._add_event(job.id, "rescued" if job.status == "failed" else job.status,
+                            {"attempt": job.attempts, "error": job.last_error}, now)
+        return [job.id for job in expired]
+
+    # -- operator actions ----------------------------------------------------------------------
+
+    async def get(self, job_id: int, conn: Any = None) -> Job:
+        return self._snapshot(self._existing(job_id))
+
+    async def cancel(self, job_id: int) -> Job:
+        """Cancel a waiting job at once; ask a running one to stop (its handler sees the request)."""
+        job = self._existing(job_id)
+        now = self.now()
+        if job.status in RUNNABLE_STATUSES:
+            job.status = "cancelled"
+            job.finished_at = job.updated_at = now
+            self._add_event(job_id, "cancelled", {}, now)
+        elif job.status == "running":
+            job.cancel_requested = True
+            job.updated_at = now
+            self._add_event(job_id, "cancel_requested", {}, now)
+            self._stop_running_handler(job)
+        else:
+            raise InvalidTransition(job_id, job.status, "cancel")
+        return self._snapshot(job)
+
+    async def retry(self, job_id: int) -> Job:
+        """Re-drive a dead (or failed, waiting) job now, with a fresh attempt budget."""
+        job = self._existing(job_id)
+        if job.status not in ("dead", "failed"):
+            raise InvalidTransition(job_id, job.status, "retry")
+        now = self.now()
+        job.status = "queued"
+        job.attempts = 0
+        job.run_at = job.updated_at = now
+        job.finished_at = None
+        job.cancel_requested = False
+        self._add_event(job_id, "retried", {}, now)
+        return self._snapshot(job)
+
+    async def delete(self, job_id: int) -> None:
+        """Remove a job that is not running, with its errors and checkpoint (its events stay)."""
+        job = self._existing(job_id)
+        if job.status == "running":
+            raise InvalidTransition(job_id, job.status, "delete")
+        del self._jobs[job_id]
+        self._errors.pop(job_id, None)
+        self._checkpoints.pop(job_id, None)
+
+    async def errors(self, job_id: int) -> list[JobError]:
+        return copy.deepcopy(self._errors.get(job_id, []))
+
+    async def events(self, job_id: int, after_id: int = 0, limit: int = 1000) -> list[Event]:
+        matching = (event for event in self._events if event.job_id == job_id and event.id > after_id)
+        return copy.deepcopy(list(itertools.islice(matching, max(limit, 0))))
+
+    async def add_events(self, events: Sequence[tuple[int, str, Any]]) -> None:
+        """Progress and log events (job_id, type, data)."""
+        datas = [_through_json(data) for _job_id, _type, data in events]  # may raise: nothing written yet
+        now = self.now()
+        for (job_id, event_type, _data), data in zip(events, datas, strict=True):
+            self._add_event(job_id, event_type, data, now)
+
+    @contextlib.asynccontextmanager
+    async def lease_transaction(self, job_id: int, token: uuid.UUID) -> AsyncIterator[None]:
+        """Checks the lease like the Postgres backend; yields None, as there is no connection."""
+        if self._held(job_id, token) is None:
+            raise LeaseLost(job_id)
+        yield None
+
+    async def load_checkpoint(self, job_id: int, conn: Any = None) -> Any:
+        return copy.deepcopy(self._checkpoints.get(job_id))
+
+    async def save_checkpoint(self, job_id: int, token: uuid.UUID, state: Any, conn: Any = None) -> None:
+        """Save a checkpoint, only while the lease is held."""
+        if self._held(job_id, token) is None:
+            raise LeaseLost(job_id)
+        self._checkpoints[job_id] = _through_json(state)
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """{queue: {status: count}}."""
+        out: dict[str, dict[str, int]] = {}
+        for job in self._jobs.values():
+            by_status = out.setdefault(job.queue, {})
+            by_status[job.status] = by_status.get(job.status, 0) + 1
+        return out
+
+    # -- conveniences for unit tests -----------------------------------------------------------
+
+    def list_jobs(self, *, kind: str | None = None, status: str | None = None, queue: str | None = None) -> list[Job]:
+        """Every job (oldest first), optionally only of one kind, status or queue."""
+        return [self._snapshot(job) for job in self._jobs.values()
+                if (kind is None or job.kind == kind) and (status is None or job.status == status)
+                and (queue is None or job.queue == queue)]
+
+    async def run_until_empty(self, queues: Sequence[str] | None = None, *, run_scheduled: bool = False,
+                              max_jobs: int = 10_000) -> dict[str, int]:
+        """Run runnable jobs through their registered handlers, one at a time, until none is left.
+
+        Handlers get a real `JobContext` (async ones run on this loop, sync ones in a thread, as
+        in the worker), and outcomes are recorded as the worker records them: success, a failed
+        attempt to be retried after the kind's backoff, dead, or cancelled. With
+        ``run_scheduled`` time is moved forward to each scheduled job or retry instead of
+        stopping, so retries run until the job succeeds or dies. Jobs enqueued by handlers run
+        too; ``max_jobs`` stops a job chain that never ends (RuntimeError).
+
+        Returns how many runs ended each way: {"succeeded", "failed", "dead", "cancelled", "lease_lost"}.
+        """
+        counts = dict.fromkeys(RUN_OUTCOMES, 0)
+        runs = 0
+        while True:
+            names = list(queues) if queues is not None else sorted({job.queue for job in self._jobs.values()})
+            claimed = await self.claim(names, 1, MEMORY_WORKER_ID)
+            if not claimed:
+                next_at = self._next_run_at(names) if run_scheduled else None
+                if next_at is None:
+                    return counts
+                self._offset += max(next_at - self.now(), timedelta(0))
+                continue
+            job = claimed[0]
+            if runs >= max_jobs:
+                assert job.lease_token is not None
+                await self.release([(job.id, job.lease_token)])
+                raise RuntimeError(f"run_until_empty ran {max_jobs} jobs and more keep coming; is a job re-enqueueing itself?")
+            runs += 1
+            counts[await self._run(job)] += 1
+
+    async def _run(self, job: Job) -> str:
+        ctx = JobContext(job, self, self._event_buffer, asyncio.get_running_loop())
+        task = asyncio.create_task(run_handler(ctx), name=f"pgqueue-memory-job-{job.id}")
+        self._running[job.id] = _RunningHandler(ctx, task)
+        try:
+            outcome, value = await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if (current is not None and current.cancelling()) or not ctx.cancelled.is_set():
+                raise  # our caller is being cancelled, not the job
+            outcome, value = settle_outcome(ctx, "cancelled", None)
+        finally:
+            self._running.pop(job.id, None)
+        await self.add_events(self._event_buffer.take())  # the job's progress and logs come before its end
+        return await self._record(job, outcome, value)
+
+    async def _record(self, job: Job, outcome: str, value: Any) -> str:
+        token = job.lease_token
+        assert token is not None
+        try:
+            if outcome == "succeeded":
+                await self.complete(job.id, token, value)
+                return "succeeded"
+            if outcome == "cancelled":
+                await self.finish_cancelled(job.id, token)
+                return "cancelled"
+            if outcome in ("failed", "dead"):
+                failed = await self.fail(job.id, token, str(value), permanent=outcome == "dead")
+                return failed.status
+        except LeaseLost:
+            pass
+        return "lease_lost"
+
+    def _stop_running_handler(self, job: Job) -> None:
+        """What the worker does on a cancel NOTIFY: signal the context, interrupt an async handler."""
+        running = self._running.get(job.id)
+        if running is None or running.ctx.cancelled.is_set():
+            return
+        running.ctx.cancelled.set()
+        spec = self.registry.kinds.get(job.kind)
+        if spec is not None and spec.is_async:
+            running.task.cancel()  # sync handlers see ctx.cancelled at their next raise_if_cancelled()
+
+    def _next_run_at(self, queues: Sequence[str]) -> datetime | None:
+        wanted = set(queues)
+        return min((job.run_at for job in self._jobs.values()
+                    if job.queue in wanted and job.status in RUNNABLE_STATUSES), default=None)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _existing(self, job_id: int) -> Job:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    def _held(self, job_id: int, token: uuid.UUID) -> Job | None:
+        """The job if ``token`` is its current lease, else None (the lease was lost or never held)."""
+        job = self._jobs.get(job_id)
+        if job is None or job.status != "running" or job.lease_token != token:
+            return None
+        return job
+
+    def _add_event(self, job_id: int, event_type: str, data: Any, now: datetime) -> None:
+        self._events.append(Event(id=next(self._event_ids), job_id=job_id, type=event_type, data=data, created_at=now))
+
+    def _add_error(self, job: Job, error: str, now: datetime) -> None:
+        self._errors.setdefault(job.id, []).append(
+            JobError(attempt=job.attempts, worker_id=job.lease_owner, error=error, failed_at=now)
+        )
+
+    @staticmethod
+    def _snapshot(job: Job) -> Job:
+        """A copy, as Postgres would return: later changes do not show through, and edits by the
+        caller do not leak in."""
+        return copy.deepcopy(job)
