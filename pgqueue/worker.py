@@ -85,6 +85,7 @@ class Worker:
         """Stop claiming; running jobs get `shutdown_grace` seconds to finish."""
         self.stopping.set()
         self._wake.set()
+        self._slot_free.set()  # a fetch loop waiting for a free slot must see the stop too
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
