@@ -1,0 +1,338 @@
+"""The event hub: ONE `LISTEN pgqueue_events` connection per app process, fanned out in memory
+to every SSE / WebSocket subscriber, so a browser never holds a Postgres connection.
+
+Notifications carry ids only ("event_id job_id type"). The hub collects the ids of one burst,
+keeps those somebody is subscribed to, fetches the rows once (not once per subscriber) through
+the queue's pool, and routes each event to the subscribers of its job and to the global
+subscribers allowed to see it (admins: everything; users: their own jobs, owner looked up once
+and cached).
+
+Slow subscribers: each has a bounded queue. When it overflows the hub does not block and does
+not buffer more: it empties that queue and marks the subscriber *lagged*. Its stream then catches
+up from the events table after the last id it sent (exactly what a reconnect with Last-Event-ID
+does), so the client loses nothing, memory stays bounded by `queue_size` per subscriber, and
+nobody else waits. A lost LISTEN connection is handled the same way: while reconnecting nothing
+can be delivered, so once LISTEN is back every subscriber is marked lagged and replays the gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import OrderedDict, deque
+from collections.abc import Iterator, Sequence
+from typing import Final, Literal
+
+from pgqueue.db import CONNECTION_ERRORS, AsyncConnection, connect
+from pgqueue.errors import DatabaseUnavailable
+from pgqueue.models import Event
+from pgqueue.store import Store
+
+log = logging.getLogger("app.hub")
+
+EVENTS_CHANNEL: Final = "pgqueue_events"
+HUB_APPLICATION_NAME: Final = "pgqueue-sse-hub"
+# One events_by_ids round trip per this many ids of a burst.
+FETCH_BATCH = 1000
+
+
+class Lagged:
+    """Put in a subscriber's queue in place of the events it could not hold: catch up from the table."""
+
+    def __repr__(self) -> str:
+        return "LAGGED"
+
+
+LAGGED: Final = Lagged()
+
+Offered = Literal["queued", "overflowed", "skipped"]
+
+
+class Subscription:
+    """One stream's view of the hub: a bounded queue of events, and whether it fell behind.
+
+    A job subscription (`job_id`) sees that job's events; a global one sees everything
+    (`see_all`, for admins) or the events of `owner_id`'s jobs.
+    """
+
+    def __init__(self, *, job_id: int | None, owner_id: str | None, see_all: bool, capacity: int) -> None:
+        self.job_id = job_id
+        self.owner_id = owner_id
+        self.see_all = see_all
+        self.capacity = capacity
+        self.lagged = False
+        # One slot more than the capacity so the LAGGED marker always fits.
+        self._queue: asyncio.Queue[Event | Lagged] = asyncio.Queue(capacity + 1)
+
+    def offer(self, event: Event) -> Offered:
+        """Queue an event without ever waiting; on overflow become lagged."""
+        if self.lagged:
+            return "skipped"  # it will read this event from the table when it catches up
+        if self._queue.qsize() >= self.capacity:
+            self.mark_lagged()
+            return "overflowed"
+        self._queue.put_nowait(event)
+        return "queued"
+
+    def mark_lagged(self) -> None:
+        """Forget the queued events (the table has them) and tell the reader to catch up."""
+        if self.lagged:
+            return
+        self.lagged = True
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(LAGGED)
+
+    def resume(self) -> None:
+        """Called by the reader right before it catches up from the table: queue live events again."""
+        self.lagged = False
+
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    async def get(self, timeout: float | None = None) -> Event | Lagged | None:
+        """The next event or LAGGED; None when nothing came within `timeout` seconds."""
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+
+class OwnerCache:
+    """job_id -> owner_id, least recently used first out. Owners never change after insert."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._owners: OrderedDict[int, str | None] = OrderedDict()
+
+    def get(self, job_id: int) -> tuple[bool, str | None]:
+        if job_id in self._owners:
+            self._owners.move_to_end(job_id)
+            return True, self._owners[job_id]
+        return False, None
+
+    def put(self, job_id: int, owner_id: str | None) -> None:
+        self._owners[job_id] = owner_id
+        self._owners.move_to_end(job_id)
+        while len(self._owners) > self.capacity:
+            self._owners.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._owners)
+
+
+class EventHub:
+    """Open with `await hub.start()`, close with `await hub.close()` (the app's lifespan does both)."""
+
+    def __init__(self, database_url: str, store: Store, *, queue_size: int = 256, owner_cache_size: int = 50_000,
+                 application_name: str = HUB_APPLICATION_NAME, reconnect_max_seconds: float = 5.0,
+                 liveness_check_seconds: float = 30.0) -> None:
+        self.database_url = database_url
+        self.store = store
+        self.queue_size = queue_size
+        self.application_name = application_name
+        self.reconnect_max_seconds = reconnect_max_seconds
+        self.liveness_check_seconds = liveness_check_seconds
+        # Test signal and readiness: set while the LISTEN is established, cleared while reconnecting.
+        self.listening = asyncio.Event()
+        self._by_job: dict[int, set[Subscription]] = {}
+        self._global: set[Subscription] = set()
+        self._owners = OwnerCache(owner_cache_size)
+        self._pending: deque[tuple[int, int]] = deque()  # (event_id, job_id) not yet dispatched
+        self._pending_ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._connection: AsyncConnection | None = None
+        # Counters for /metrics.
+        self.notifications = 0
+        self.delivered = 0
+        self.dropped = 0  # times a subscriber overflowed and had to catch up from the table
+        self.reconnects = 0
+        # Test signal: the highest event id whose notification has been handled (routed or skipped).
+        self.handled_through = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._listen_loop(), name="hub-listen"),
+            asyncio.create_task(self._dispatch_loop(), name="hub-dispatch"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        self.listening.clear()
+
+    async def wait_listening(self, timeout: float = 10.0) -> None:
+        await asyncio.wait_for(self.listening.wait(), timeout)
+
+    async def drop_connection(self) -> None:
+        """Close the LISTEN connection as if the network failed (tests of the reconnect path)."""
+        if self._connection is not None:
+            await self._connection.close()
+
+    # -- subscribers -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def subscribe(self, *, job_id: int | None = None, owner_id: str | None = None,
+                  see_all: bool = False) -> Iterator[Subscription]:
+        """A subscription for the duration of the `with` block; removed however the block ends."""
+        if job_id is None and owner_id is None and not see_all:
+            raise ValueError("subscribe to a job, an owner's jobs, or everything")
+        sub = Subscription(job_id=job_id, owner_id=owner_id, see_all=see_all, capacity=self.queue_size)
+        if job_id is not None:
+            self._by_job.setdefault(job_id, set()).add(sub)
+        else:
+            self._global.add(sub)
+        try:
+            yield sub
+        finally:
+            if job_id is not None:
+                subs = self._by_job.get(job_id)
+                if subs is not None:
+                    subs.discard(sub)
+                    if not subs:
+                        del self._by_job[job_id]
+            else:
+                self._global.discard(sub)
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(subs) for subs in self._by_job.values()) + len(self._global)
+
+    def metrics(self) -> dict[str, int]:
+        return {
+            "subscribers": self.subscriber_count,
+            "listening": int(self.listening.is_set()),
+            "notifications": self.notifications,
+            "delivered": self.delivered,
+            "dropped": self.dropped,
+            "reconnects": self.reconnects,
+            "owner_cache": len(self._owners),
+        }
+
+    def _all_subscribers(self) -> list[Subscription]:
+        return [sub for subs in self._by_job.values() for sub in subs] + list(self._global)
+
+    # -- LISTEN ----------------------------------------------------------------------------------
+
+    async def _listen_loop(self) -> None:
+        delay = 0.1
+        while True:
+            conn: AsyncConnection | None = None
+            try:
+                conn = await connect(self.database_url, application_name=self.application_name)
+                self._connection = conn
+                await conn.execute(f"LISTEN {EVENTS_CHANNEL}")
+                delay = 0.1
+                # Whatever was committed while we were not listening is only in the table:
+                # every current subscriber replays from its last id.
+                for sub in self._all_subscribers():
+                    sub.mark_lagged()
+                self.listening.set()
+                while True:
+                    async for note in conn.notifies(timeout=self.liveness_check_seconds):
+                        self._on_notify(note.payload)
+                    await conn.execute("SELECT 1")  # quiet for a while: make sure the connection still lives
+            except asyncio.CancelledError:
+                raise
+            except CONNECTION_ERRORS as exc:
+                self.listening.clear()
+                self.reconnects += 1
+                log.warning("hub LISTEN connection lost (%s); reconnecting in %.1fs", exc, delay)
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, self.reconnect_max_seconds)
+            finally:
+                self.listening.clear()
+                self._connection = None
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+
+    def _on_notify(self, payload: str) -> None:
+        try:
+            event_id, job_id = (int(part) for part in payload.split(" ", 2)[:2])
+        except ValueError:
+            log.warning("ignoring malformed %s payload %r", EVENTS_CHANNEL, payload)
+            return
+        self.notifications += 1
+        self._pending.append((event_id, job_id))
+        self._pending_ready.set()
+
+    # -- fetch and fan out -----------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            await self._pending_ready.wait()
+            self._pending_ready.clear()
+            # Everything announced since the last round: one burst, fetched together.
+            burst = list(self._pending)
+            self._pending.clear()
+            if not burst:
+                continue
+            try:
+                await self._dispatch(burst)
+            except asyncio.CancelledError:
+                raise
+            except (*CONNECTION_ERRORS, DatabaseUnavailable) as exc:
+                log.warning("hub could not fetch %d events (%s); subscribers will catch up", len(burst), exc)
+                self._mark_interested_lagged(burst)
+            except Exception:
+                log.exception("hub failed to dispatch %d events; subscribers will catch up", len(burst))
+                self._mark_interested_lagged(burst)
+            self.handled_through = max(self.handled_through, max(event_id for event_id, _ in burst))
+
+    def _wanted(self, job_id: int) -> bool:
+        return bool(self._global) or job_id in self._by_job
+
+    def _mark_interested_lagged(self, burst: Sequence[tuple[int, int]]) -> None:
+        job_ids = {job_id for _, job_id in burst}
+        for sub in self._all_subscribers():
+            if sub.job_id is None or sub.job_id in job_ids:
+                sub.mark_lagged()
+
+    async def _dispatch(self, burst: Sequence[tuple[int, int]]) -> None:
+        ids = [event_id for event_id, job_id in burst if self._wanted(job_id)]
+        for start in range(0, len(ids), FETCH_BATCH):
+            events = await self.store.events_by_ids(ids[start : start + FETCH_BATCH])
+            owners = await self._owners_of(events)
+            for event in events:
+                self._route(event, owners)
+
+    def _route(self, event: Event, owners: dict[int, str | None]) -> None:
+        targets = list(self._by_job.get(event.job_id, ()))
+        owner = owners.get(event.job_id)
+        targets.extend(sub for sub in self._global if sub.see_all or (owner is not None and sub.owner_id == owner))
+        for sub in targets:
+            offered = sub.offer(event)
+            if offered == "queued":
+                self.delivered += 1
+            elif offered == "overflowed":
+                self.dropped += 1
+
+    async def _owners_of(self, events: Sequence[Event]) -> dict[int, str | None]:
+        """Owners of the events' jobs, from the cache or one query; only when someone filters by owner."""
+        if not any(sub.owner_id is not None and not sub.see_all for sub in self._global):
+            return {}
+        owners: dict[int, str | None] = {}
+        missing: set[int] = set()
+        for event in events:
+            known, owner = self._owners.get(event.job_id)
+            if known:
+                owners[event.job_id] = owner
+            else:
+                missing.add(event.job_id)
+        if missing:
+            found = await self.store.job_owners(sorted(missing))
+            for job_id, owner in found.items():
+                self._owners.put(job_id, owner)
+                owners[job_id] = owner
+        return owners

@@ -1,0 +1,234 @@
+"""The SSE hub on a real PostgreSQL: one LISTEN connection, routing by job and by owner,
+bounded queues for slow subscribers, reconnects that lose nothing, cleanup of subscribers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import psycopg
+import pytest
+
+from app.hub import HUB_APPLICATION_NAME, LAGGED, EventHub, Subscription
+from pgqueue.models import Event
+from pgqueue.queue import Queue
+from tests.helpers import wait_for
+
+TIMEOUT = 15.0
+
+
+@pytest.fixture
+async def hub(db_url: str, queue: Queue) -> AsyncIterator[EventHub]:
+    hub = EventHub(db_url, queue.store, queue_size=8)
+    await hub.start()
+    await hub.wait_listening()
+    try:
+        yield hub
+    finally:
+        await hub.close()
+
+
+async def receive(sub: Subscription, count: int) -> list[Event]:
+    received: list[Event] = []
+    while len(received) < count:
+        item = await sub.get(TIMEOUT)
+        assert item is not None, f"nothing within {TIMEOUT}s after {len(received)} of {count} events"
+        assert item is not LAGGED, "a subscriber that reads in time must not lag"
+        assert isinstance(item, Event)
+        received.append(item)
+    return received
+
+
+async def settle(hub: EventHub, db_url: str) -> None:
+    """Wait until the hub has handled every event in the table (so older ones reach no new subscriber)."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        (latest,) = conn.execute("SELECT coalesce(max(id), 0) FROM pgqueue.events").fetchone() or (0,)
+
+    async def handled() -> bool:
+        return hub.handled_through >= latest
+
+    await wait_for(handled, TIMEOUT, message=f"the hub to handle event {latest}")
+
+
+def hub_backends(db_url: str) -> list[tuple[int, str]]:
+    dbname = psycopg.conninfo.conninfo_to_dict(db_url)["dbname"]
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        return conn.execute(
+            "SELECT pid, query FROM pg_stat_activity WHERE application_name = %s AND datname = %s",
+            (HUB_APPLICATION_NAME, dbname),
+        ).fetchall()
+
+
+async def test_routes_events_by_job_and_by_owner(hub: EventHub, queue: Queue, db_url: str) -> None:
+    alice_job = await queue.enqueue("noop", {}, owner_id="alice")
+    bob_job = await queue.enqueue("noop", {}, owner_id="bob")
+    await settle(hub, db_url)
+    with (
+        hub.subscribe(job_id=alice_job.id) as alice_job_sub,
+        hub.subscribe(owner_id="alice") as alice_sub,
+        hub.subscribe(owner_id="bob") as bob_sub,
+        hub.subscribe(see_all=True) as admin_sub,
+    ):
+        await queue.add_events([(alice_job.id, "log", {"line": "a1"}), (bob_job.id, "log", {"line": "b1"})])
+        await queue.add_events([(alice_job.id, "progress", {"percent": 50, "message": None})])
+
+        assert [e.data for e in await receive(alice_job_sub, 2)] == [{"line": "a1"}, {"percent": 50, "message": None}]
+        assert [(e.job_id, e.type) for e in await receive(alice_sub, 2)] == [
+            (alice_job.id, "log"), (alice_job.id, "progress")]
+        assert [(e.job_id, e.type) for e in await receive(bob_sub, 1)] == [(bob_job.id, "log")]
+        admin_events = await receive(admin_sub, 3)
+        assert [e.job_id for e in admin_events] == [alice_job.id, bob_job.id, alice_job.id]
+        assert [e.id for e in admin_events] == sorted(e.id for e in admin_events)
+        # nothing else arrived for anyone: the next item for bob is no item at all
+        assert bob_sub.pending() == 0 and alice_job_sub.pending() == 0
+
+
+async def test_one_fetch_per_burst_not_per_event_or_subscriber(hub: EventHub, queue: Queue, db_url: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    job = await queue.enqueue("noop", {})
+    await settle(hub, db_url)
+    fetches: list[int] = []
+    real_fetch = queue.store.events_by_ids
+
+    async def counting_fetch(ids, conn=None):  # type: ignore[no-untyped-def]
+        fetches.append(len(ids))
+        return await real_fetch(ids, conn)
+
+    monkeypatch.setattr(queue.store, "events_by_ids", counting_fetch)
+    hub.queue_size = 500
+    with hub.subscribe(job_id=job.id) as first, hub.subscribe(job_id=job.id) as second:
+        # one statement, 200 rows: 200 notifications delivered together
+        await queue.add_events([(job.id, "log", {"line": str(n)}) for n in range(200)])
+        assert [e.data["line"] for e in await receive(first, 200)] == [str(n) for n in range(200)]
+        assert [e.data["line"] for e in await receive(second, 200)] == [str(n) for n in range(200)]
+    assert sum(fetches) == 200, "each event is fetched once, whatever the number of subscribers"
+    assert len(fetches) < 20, f"events are fetched in bursts, not one by one: {len(fetches)} fetches"
+
+
+async def test_events_nobody_listens_to_are_not_fetched(hub: EventHub, queue: Queue, db_url: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    watched, unwatched = await queue.enqueue("noop", {}), await queue.enqueue("noop", {})
+    await settle(hub, db_url)
+    fetched: list[int] = []
+    real_fetch = queue.store.events_by_ids
+
+    async def recording_fetch(ids, conn=None):  # type: ignore[no-untyped-def]
+        fetched.extend(ids)
+        return await real_fetch(ids, conn)
+
+    monkeypatch.setattr(queue.store, "events_by_ids", recording_fetch)
+    with hub.subscribe(job_id=watched.id) as sub:
+        await queue.add_events([(unwatched.id, "log", {"line": "ignored"})])
+        await queue.add_events([(watched.id, "log", {"line": "seen"})])
+        (event,) = await receive(sub, 1)
+    assert event.data == {"line": "seen"}
+    assert fetched == [event.id]
+
+
+async def test_slow_subscriber_is_marked_lagged_and_others_keep_receiving(hub: EventHub, queue: Queue,
+                                                                         db_url: str) -> None:
+    job = await queue.enqueue("noop", {})
+    await settle(hub, db_url)
+    with hub.subscribe(job_id=job.id) as stuck, hub.subscribe(job_id=job.id) as reader:
+        received: list[Event] = []
+        for batch in range(10):  # 50 events, far more than the 8 a queue may hold
+            await queue.add_events([(job.id, "log", {"line": f"{batch}.{n}"}) for n in range(5)])
+            received += await receive(reader, 5)
+        assert [e.data["line"] for e in received] == [f"{b}.{n}" for b in range(10) for n in range(5)]
+
+        # the stuck one holds no more than its bound: just the marker that tells it to catch up
+        assert stuck.lagged
+        assert stuck.pending() == 1
+        assert await stuck.get(0) is LAGGED
+        assert hub.dropped == 1, "overflowing once counts once"
+
+        # after catching up (from the table) it receives live events again
+        stuck.resume()
+        await queue.add_events([(job.id, "log", {"line": "after"})])
+        (event,) = await receive(stuck, 1)
+        assert event.data == {"line": "after"}
+        assert reader.pending() == 1
+
+
+async def test_exactly_one_listen_connection_however_many_subscribers(hub: EventHub, queue: Queue,
+                                                                      db_url: str) -> None:
+    job = await queue.enqueue("noop", {})
+    await settle(hub, db_url)
+    with hub.subscribe(job_id=job.id) as sub:
+        subs = [hub.subscribe(job_id=job.id) for _ in range(50)]
+        opened = [s.__enter__() for s in subs]
+        try:
+            assert hub.subscriber_count == 51
+            backends = hub_backends(db_url)
+            assert len(backends) == 1
+            assert backends[0][1].startswith("LISTEN")
+            await queue.add_events([(job.id, "log", {"line": "x"})])
+            for each in [sub, *opened]:
+                assert [e.data for e in await receive(each, 1)] == [{"line": "x"}]
+        finally:
+            for s in subs:
+                s.__exit__(None, None, None)
+    assert hub.subscriber_count == 0
+
+
+async def test_subscriber_removed_however_the_stream_ends(hub: EventHub, queue: Queue) -> None:
+    with pytest.raises(RuntimeError), hub.subscribe(job_id=1):
+        assert hub.subscriber_count == 1
+        raise RuntimeError("client went away")
+    with hub.subscribe(see_all=True):
+        assert hub.subscriber_count == 1
+    assert hub.subscriber_count == 0
+    assert hub.metrics()["subscribers"] == 0
+    with pytest.raises(ValueError):
+        hub.subscribe().__enter__()
+
+
+async def test_lost_listen_connection_reconnects_and_subscribers_catch_up(hub: EventHub, queue: Queue,
+                                                                         db_url: str) -> None:
+    job = await queue.enqueue("noop", {})
+    await settle(hub, db_url)
+    with hub.subscribe(job_id=job.id) as sub:
+        ((pid, _query),) = hub_backends(db_url)
+        with psycopg.connect(db_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        # the hub notices, reconnects, and tells its subscribers to replay the gap
+        assert await sub.get(TIMEOUT) is LAGGED
+        await hub.wait_listening()
+        assert hub.reconnects >= 1
+        assert [p for p, _ in await wait_for(lambda: _one_backend(db_url), TIMEOUT)] != [pid]
+
+        sub.resume()
+        await queue.add_events([(job.id, "log", {"line": "after reconnect"})])
+        (event,) = await receive(sub, 1)
+        assert event.data == {"line": "after reconnect"}
+
+
+async def _one_backend(db_url: str) -> list[tuple[int, str]]:
+    backends = hub_backends(db_url)
+    return backends if len(backends) == 1 else []
+
+
+async def test_global_owner_routing_looks_owners_up_once(hub: EventHub, queue: Queue, db_url: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # jobs created before anyone subscribed by owner: their owners must be looked up
+    jobs = [await queue.enqueue("noop", {}, owner_id="carol") for _ in range(3)]
+    await settle(hub, db_url)
+    lookups: list[list[int]] = []
+    real_lookup = queue.store.job_owners
+
+    async def counting_lookup(ids, conn=None):  # type: ignore[no-untyped-def]
+        lookups.append(list(ids))
+        return await real_lookup(ids, conn)
+
+    monkeypatch.setattr(queue.store, "job_owners", counting_lookup)
+    with hub.subscribe(owner_id="carol") as carol, hub.subscribe(owner_id="dave") as dave:
+        for _round in range(3):
+            await queue.add_events([(job.id, "log", {"line": "tick"}) for job in jobs])
+            received = await receive(carol, 3)
+            assert sorted(e.job_id for e in received) == sorted(job.id for job in jobs)
+        # a job never seen before: one more lookup, for it alone
+        newcomer = await queue.enqueue("noop", {}, owner_id="carol")
+        await queue.add_events([(newcomer.id, "progress", {"percent": 1, "message": None})])
+        (event,) = await receive(carol, 1)
+        assert event.job_id == newcomer.id
+    assert dave.pending() == 0
+    assert lookups == [sorted(job.id for job in jobs), [newcomer.id]]
