@@ -234,6 +234,9 @@ class Store:
         params = {"owner_id": owner_id, "after_id": after_id, "limit": limit}
         return await self._many("owner_events_after", params, conn, kwargs_row(Event))
 
+    async def latest_event_id(self, conn: AsyncConnection | None = None) -> int:
+        return (await self._one("latest_event_id", {}, conn))[0]
+
     async def job_owners(self, ids: Sequence[int], conn: AsyncConnection | None = None) -> dict[int, str | None]:
         """{job_id: owner_id} for the jobs that exist."""
         return dict(await self._many("job_owners", {"ids": list(ids)}, conn))

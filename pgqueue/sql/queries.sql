@@ -279,6 +279,10 @@ SELECT e.id, e.job_id, e.type, e.data, e.created_at
 FROM pgqueue.events e JOIN pgqueue.jobs j ON j.id = e.job_id
 WHERE j.owner_id = %(owner_id)s AND e.id > %(after_id)s ORDER BY e.id LIMIT %(limit)s;
 
+-- name: latest_event_id :one
+-- The newest event id (0 when there is none): where a live-only stream starts.
+SELECT coalesce(max(id), 0) AS id FROM pgqueue.events;
+
 -- name: job_owners :many
 -- The owner of each job (the SSE hub routes events to the users allowed to see them).
 SELECT id, owner_id FROM pgqueue.jobs WHERE id = ANY(%(ids)s);
