@@ -1,0 +1,46 @@
+"""Smoke test of `python -m pgqueue bench --quick`: it runs to the end and reports every figure
+(no timing assertions: the figures depend on the machine)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.process_fixtures import REPO_ROOT, process_env
+
+
+def test_quick_bench_reports_every_figure(db_url: str, tmp_path: Path) -> None:
+    output = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "pgqueue", "bench", "--quick", "--jobs", "500", "--database-url", db_url,
+         "--output", str(output)],
+        cwd=REPO_ROOT, env=process_env(None), capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    engine = json.loads(output.read_text())["engine"]
+
+    figures = {
+        **{f"raw.{k}": v for k, v in engine["raw"].items()},
+        **{f"ratios.{k}": v for k, v in engine["ratios"].items()},
+        "library.enqueue_many_jobs_per_s": engine["library"]["enqueue_many_jobs_per_s"],
+        "library.enqueue_single_jobs_per_s": engine["library"]["enqueue_single_jobs_per_s"],
+        "library.drain_1_worker": engine["library"]["drain_1_worker"]["jobs_per_s"],
+        "library.drain_2_workers": engine["library"]["drain_2_workers"]["jobs_per_s"],
+        "library.wakeup.p50_ms": engine["library"]["wakeup"]["p50_ms"],
+        "library.wakeup.p99_ms": engine["library"]["wakeup"]["p99_ms"],
+        "library.wakeup.max_ms": engine["library"]["wakeup"]["max_ms"],
+    }
+    assert set(engine["raw"]) >= {
+        "copy_no_triggers_rows_per_s", "copy_jobs_table_rows_per_s", "insert_single_rows_per_s",
+        "drain_batch_jobs_per_s", "drain_single_jobs_per_s",
+    }
+    for name, value in figures.items():
+        assert isinstance(value, int | float) and value > 0, f"{name} = {value!r}"
+    assert engine["library"]["wakeup"]["samples"] == 50
+    for name, target in engine["targets"].items():
+        assert isinstance(target["pass"], bool), name
+    # the table went to stdout, the bench cleaned up after itself
+    assert "drain, 1 worker process" in result.stdout
+    assert "PASS" in result.stdout or "MISS" in result.stdout
