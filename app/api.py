@@ -1,0 +1,608 @@
+"""The REST endpoints: jobs, tasks, stats, auth, and the worker protocol over HTTP.
+
+Routes are thin: decode and validate the request with msgspec (``read_json``, ``read_query``),
+check who may do it, call the engine, encode the answer. Shapes are the Structs below; the
+OpenAPI document is generated from them (app/openapi.py).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.auth import StreamToken, authenticate, authenticate_admin, issue_stream_token, may_see
+from app.errors import ApiError, ErrorInfo, field_errors, not_found, validation_error
+from app.jobs import TaskPayload
+from app.openapi import operation
+from app.store import AppStore, JobFilter, User
+from pgqueue.errors import InvalidTransition, JobNotFound, LeaseLost
+from pgqueue.models import PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, STATUSES, Event, Job, JobError
+from pgqueue.queue import Queue
+
+T = TypeVar("T")
+
+MAX_JOB_ID = 2**63 - 1  # bigint
+JobId = Annotated[int, msgspec.Meta(ge=1, le=MAX_JOB_ID, description="a job id")]
+AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
+# query parameters that take several values, comma-separated or repeated
+_LIST_PARAMS = frozenset({"status", "kind", "queue", "queues"})
+
+
+# -- reading requests ---------------------------------------------------------------------------
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(msgspec.json.encode(data), status_code=status, media_type="application/json", headers=headers)
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it grows past ``limit`` bytes.
+
+    Content-Length is checked first (a cheap early answer) but not trusted: a chunked body,
+    or one longer than it claims, is counted while it streams in.
+    """
+    too_large = ApiError(413, "payload_too_large", f"the request body is larger than {limit} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, body_type: type[T]) -> T:
+    """Decode and validate a JSON body: 415 wrong content type, 413 too big, 400 not JSON, 422 invalid."""
+    content_type = request.headers.get("content-type", "")
+    if not _is_json(content_type):
+        raise ApiError(415, "unsupported_media_type",
+                       f"expected Content-Type: application/json, got {content_type or 'no content type'}")
+    body = await read_body(request, request.state.settings.max_body_bytes)
+    if not body.strip():
+        raise ApiError(400, "malformed_json", "the request body is empty; expected a JSON object")
+    try:
+        msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "malformed_json", f"the request body is not valid JSON: {exc}") from None
+    try:
+        return msgspec.json.decode(body, type=body_type)
+    except msgspec.ValidationError as exc:
+        raise validation_error(field_errors(exc)) from None
+
+
+def read_query(request: Request, query_type: type[T]) -> T:
+    """Query parameters into a Struct; unknown parameters and bad values are 422."""
+    values: dict[str, str] = {}
+    for key, value in request.query_params.multi_items():
+        if key in values:
+            if key not in _LIST_PARAMS:
+                raise validation_error([{"field": key, "message": "given more than once"}])
+            values[key] = f"{values[key]},{value}"
+        else:
+            values[key] = value
+    try:
+        return msgspec.convert(values, query_type, strict=False)
+    except msgspec.ValidationError as exc:
+        details = field_errors(exc)
+        if details[0]["field"] == "$":  # an unknown parameter: msgspec names it in the message
+            details[0]["field"] = "query"
+        raise validation_error(details, "the query parameters are not valid") from None
+
+
+def split_list(raw: str | None) -> list[str] | None:
+    if raw is None:
+        return None
+    items = [item.strip() for item in raw.split(",") if item.strip()]
+    return items or None
+
+
+def parse_job_id(raw: str) -> int:
+    """A path id that is not a valid job id names no job: 404, not 422 or 500."""
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or not 1 <= int(raw) <= MAX_JOB_ID:
+        raise not_found(f"job {raw!r} not found")
+    return int(raw)
+
+
+def state(request: Request) -> tuple[Queue, AppStore]:
+    return request.state.queue, request.state.store
+
+
+async def owned_job(request: Request, user: User) -> Job:
+    """The job named in the path, if this user may see it; another user's job is a 404 too."""
+    job_id = parse_job_id(request.path_params["job_id"])
+    try:
+        job = await request.state.queue.get(job_id)
+    except JobNotFound:
+        job = None
+    if job is None or not may_see(user, job.owner_id):
+        raise not_found(f"job {job_id} not found")
+    return job
+
+
+# -- shapes -------------------------------------------------------------------------------------
+
+class JobOut(msgspec.Struct, kw_only=True):
+    id: int
+    kind: str
+    queue: str
+    status: Literal["queued", "running", "succeeded", "failed", "dead", "cancelled"]
+    priority: int
+    payload: Any
+    scheduled_for: datetime
+    attempts: int
+    max_attempts: int
+    cancel_requested: bool
+    result: Any
+    last_error: str | None
+    owner_id: str | None
+    worker_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        return cls(id=job.id, kind=job.kind, queue=job.queue, status=job.status, priority=job.priority,  # type: ignore[arg-type]
+                   payload=job.payload, scheduled_for=job.run_at, attempts=job.attempts,
+                   max_attempts=job.max_attempts, cancel_requested=job.cancel_requested, result=job.result,
+                   last_error=job.last_error, owner_id=job.owner_id, worker_id=job.lease_owner,
+                   created_at=job.created_at, updated_at=job.updated_at, started_at=job.started_at,
+                   finished_at=job.finished_at)
+
+
+class JobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    kind: Annotated[str, msgspec.Meta(min_length=1, max_length=100, description="a registered job kind")]
+    payload: Any = msgspec.field(default_factory=dict)
+    priority: Annotated[int, msgspec.Meta(ge=PRIORITY_MIN, le=PRIORITY_MAX, description="5 is the most urgent")] = (
+        PRIORITY_DEFAULT)
+    scheduled_for: AwareDatetime | None = None
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=1000)] | None = None
+
+
+SortKey = Literal["created", "-created", "priority", "-priority", "status", "-status"]
+
+
+class JobListQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    status: Annotated[str, msgspec.Meta(description="comma-separated statuses")] | None = None
+    kind: Annotated[str, msgspec.Meta(description="comma-separated kinds")] | None = None
+    queue: Annotated[str, msgspec.Meta(description="comma-separated queues")] | None = None
+    created_after: AwareDatetime | None = None
+    created_before: AwareDatetime | None = None
+    q: Annotated[str, msgspec.Meta(min_length=1, max_length=200,
+                                   description="case-insensitive text search in payload and last error")] | None = None
+    sort: Annotated[SortKey, msgspec.Meta(description="a leading - sorts descending")] = "-created"
+    limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 50
+    offset: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 0
+
+
+class JobPage(msgspec.Struct, kw_only=True):
+    total: int
+    limit: int
+    offset: int
+    jobs: list[JobOut]
+
+
+class JobDetail(msgspec.Struct, kw_only=True):
+    job: JobOut
+    attempts: list[JobError]
+    events: list[Event]
+
+
+class BulkRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    action: Literal["cancel", "retry", "delete"]
+    ids: Annotated[list[JobId], msgspec.Meta(min_length=1, max_length=1000)]
+
+
+class BulkResult(msgspec.Struct, kw_only=True):
+    id: int
+    ok: bool
+    status: str | None = None  # the job's status afterwards (None once deleted)
+    error: ErrorInfo | None = None
+
+
+class BulkResponse(msgspec.Struct, kw_only=True):
+    action: str
+    succeeded: int
+    failed: int
+    results: list[BulkResult]
+
+
+class MinuteOut(msgspec.Struct, kw_only=True):
+    minute: datetime
+    succeeded: int
+    dead: int
+    cancelled: int
+
+
+class StatsOut(msgspec.Struct, kw_only=True):
+    by_status: dict[str, int]
+    by_kind: dict[str, int]
+    by_queue: dict[str, int]
+    finished_per_minute: list[MinuteOut]
+
+
+class TaskCreate(TaskPayload, kw_only=True, forbid_unknown_fields=True):
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 3
+    priority: Annotated[int, msgspec.Meta(ge=PRIORITY_MIN, le=PRIORITY_MAX)] = PRIORITY_DEFAULT
+
+
+class TaskOut(msgspec.Struct, kw_only=True):
+    id: int
+    title: str
+    description: str
+    status: str
+    attempts: int
+    max_attempts: int
+    last_error: str | None
+    result: Any
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, job: Job) -> TaskOut:
+        payload = job.payload if isinstance(job.payload, dict) else {}
+        return cls(id=job.id, title=str(payload.get("title", "")), description=str(payload.get("description", "")),
+                   status=job.status, attempts=job.attempts, max_attempts=job.max_attempts,
+                   last_error=job.last_error, result=job.result, created_at=job.created_at,
+                   updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at)
+
+
+class TaskListQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    status: Annotated[str, msgspec.Meta(description="comma-separated statuses")] | None = None
+    sort: SortKey = "-created"
+    limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 50
+    offset: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 0
+
+
+class TaskPage(msgspec.Struct, kw_only=True):
+    total: int
+    limit: int
+    offset: int
+    tasks: list[TaskOut]
+
+
+class Me(msgspec.Struct, kw_only=True):
+    id: int
+    name: str
+    is_admin: bool
+
+
+# -- jobs ---------------------------------------------------------------------------------------
+
+@operation(summary="Enqueue a job", body=JobCreate, response=JobOut, status=201,
+           description="The payload is validated against the kind's type; every bad field is listed in a 422.")
+async def create_job(request: Request) -> Response:
+    user = await authenticate(request)
+    new = await read_json(request, JobCreate)
+    queue, _ = state(request)
+    options: dict[str, Any] = {"priority": new.priority, "owner_id": user.owner_id}
+    if new.scheduled_for is not None:
+        options["run_at"] = new.scheduled_for
+    if new.max_attempts is not None:
+        options["max_attempts"] = new.max_attempts
+    job = await queue.enqueue(new.kind, new.payload, **options)
+    return json_response(JobOut.of(job), 201, {"Location": f"/jobs/{job.id}"})
+
+
+def _statuses(raw: str | None) -> list[str] | None:
+    statuses = split_list(raw)
+    for status in statuses or ():
+        if status not in STATUSES:
+            raise validation_error([{"field": "status",
+                                     "message": f"unknown status {status!r}; expected one of {', '.join(STATUSES)}"}])
+    return statuses
+
+
+def _escape_like(text: str) -> str:
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+@operation(summary="List jobs", query=JobListQuery, response=JobPage,
+           description="Filter, search, sort and paginate. Non-admins see only their own jobs. "
+                       "`q` is a case-insensitive substring match (ILIKE) on the payload's JSON text and the last "
+                       "error. `total` counts every match.")
+async def list_jobs(request: Request) -> Response:
+    user = await authenticate(request)
+    query = read_query(request, JobListQuery)
+    queue, store = state(request)
+    kinds = split_list(query.kind)
+    for kind in kinds or ():
+        if kind not in queue.registry.kinds:
+            raise validation_error([{"field": "kind", "message": f"unknown kind {kind!r}; expected one of "
+                                     f"{', '.join(sorted(queue.registry.kinds))}"}], "the query parameters are not valid")
+    if query.created_after and query.created_before and query.created_after >= query.created_before:
+        raise validation_error([{"field": "created_before", "message": "must be later than created_after"}],
+                               "the query parameters are not valid")
+    where = JobFilter(owner_id=None if user.is_admin else user.owner_id, statuses=_statuses(query.status),
+                      kinds=kinds, queues=split_list(query.queue), created_after=query.created_after,
+                      created_before=query.created_before, pattern=_escape_like(query.q) if query.q else None)
+    total, jobs = await store.list_jobs(where, sort=query.sort.lstrip("-"), descending=query.sort.startswith("-"),
+                                        limit=query.limit, offset=query.offset)
+    return json_response(JobPage(total=total, limit=query.limit, offset=query.offset,
+                                 jobs=[JobOut.of(job) for job in jobs]))
+
+
+@operation(summary="One job with its attempts and events", response=JobDetail,
+           path_params={"job_id": "the job's id"}, errors=(404,))
+async def get_job(request: Request) -> Response:
+    user = await authenticate(request)
+    job = await owned_job(request, user)
+    queue, _ = state(request)
+    attempts = await queue.errors(job.id)
+    events = await queue.events(job.id)
+    return json_response(JobDetail(job=JobOut.of(job), attempts=attempts, events=events))
+
+
+@operation(summary="Cancel a job", response=JobOut, path_params={"job_id": "the job's id"}, errors=(404, 409),
+           extra_statuses={202: "The job is running: cancellation was requested, its handler stops soon"},
+           description="A waiting job is cancelled at once (200); a running one is asked to stop (202); "
+                       "a finished one is a 409.")
+async def cancel_job(request: Request) -> Response:
+    user = await authenticate(request)
+    job = await owned_job(request, user)
+    queue, _ = state(request)
+    cancelled = await queue.cancel(job.id)
+    return json_response(JobOut.of(cancelled), 202 if cancelled.status == "running" else 200)
+
+
+@operation(summary="Re-run a dead or failed job now", response=JobOut, path_params={"job_id": "the job's id"},
+           errors=(404, 409))
+async def retry_job(request: Request) -> Response:
+    user = await authenticate(request)
+    job = await owned_job(request, user)
+    queue, _ = state(request)
+    return json_response(JobOut.of(await queue.retry(job.id)))
+
+
+_BULK_ACTIONS = {"cancel": Queue.cancel, "retry": Queue.retry}
+
+
+@operation(summary="Cancel, retry or delete many jobs", body=BulkRequest, response=BulkResponse,
+           description="Each id is handled on its own and reported in `results` (a job you may not see is "
+                       "`not_found`). A request that fails validation changes nothing.")
+async def bulk_jobs(request: Request) -> Response:
+    user = await authenticate(request)
+    bulk = await read_json(request, BulkRequest)
+    queue, store = state(request)
+    ids = list(dict.fromkeys(bulk.ids))
+    owners = await store.job_owners(ids)
+    results = []
+    for job_id in ids:
+        if job_id not in owners or not may_see(user, owners[job_id][0]):
+            results.append(BulkResult(id=job_id, ok=False, error=ErrorInfo("not_found", f"job {job_id} not found")))
+            continue
+        try:
+            if bulk.action == "delete":
+                await queue.delete(job_id)
+                results.append(BulkResult(id=job_id, ok=True))
+            else:
+                job = await _BULK_ACTIONS[bulk.action](queue, job_id)
+                results.append(BulkResult(id=job_id, ok=True, status=job.status))
+        except JobNotFound as exc:
+            results.append(BulkResult(id=job_id, ok=False, error=ErrorInfo("not_found", str(exc))))
+        except InvalidTransition as exc:
+            results.append(BulkResult(id=job_id, ok=False, status=exc.status,
+                                      error=ErrorInfo("invalid_transition", str(exc))))
+    succeeded = sum(result.ok for result in results)
+    return json_response(BulkResponse(action=bulk.action, succeeded=succeeded, failed=len(results) - succeeded,
+                                      results=results))
+
+
+@operation(summary="Job counts by status, kind and queue, and jobs finished per minute (last hour)",
+           response=StatsOut, tag="stats",
+           description="Non-admins get the numbers of their own jobs.")
+async def stats(request: Request) -> Response:
+    user = await authenticate(request)
+    _, store = state(request)
+    owner = None if user.is_admin else user.owner_id
+    by_status = dict.fromkeys(STATUSES, 0)
+    by_kind: dict[str, int] = {}
+    by_queue: dict[str, int] = {}
+    for row in await store.job_counts(owner):
+        if row.status is not None:
+            by_status[row.status] = row.jobs
+        elif row.kind is not None:
+            by_kind[row.kind] = row.jobs
+        elif row.queue is not None:
+            by_queue[row.queue] = row.jobs
+    minutes = [MinuteOut(minute=m.minute, succeeded=m.succeeded, dead=m.dead, cancelled=m.cancelled)
+               for m in await store.finished_per_minute(owner)]
+    return json_response(StatsOut(by_status=by_status, by_kind=by_kind, by_queue=by_queue,
+                                  finished_per_minute=minutes))
+
+
+# -- tasks --------------------------------------------------------------------------------------
+
+@operation(summary="Create a task (a job of kind `task` owned by you)", body=TaskCreate, response=TaskOut,
+           status=201, tag="tasks",
+           description="A worker runs it for `duration_seconds`, logging each step, then it succeeds or fails "
+                       "with `fail_probability`; failed attempts retry and the task ends `dead` after "
+                       "`max_attempts`. Changes are announced on the `task_created` / `task_updated` channels.")
+async def create_task(request: Request) -> Response:
+    user = await authenticate(request)
+    task = await read_json(request, TaskCreate)
+    queue, _ = state(request)
+    payload = {field: getattr(task, field) for field in TaskPayload.__struct_fields__}
+    job = await queue.enqueue("task", payload, owner_id=user.owner_id, max_attempts=task.max_attempts,
+                              priority=task.priority)
+    return json_response(TaskOut.of(job), 201, {"Location": f"/jobs/{job.id}"})
+
+
+@operation(summary="Your tasks", query=TaskListQuery, response=TaskPage, tag="tasks",
+           description="Only the caller's own tasks, admins included.")
+async def list_tasks(request: Request) -> Response:
+    user = await authenticate(request)
+    query = read_query(request, TaskListQuery)
+    _, store = state(request)
+    where = JobFilter(owner_id=user.owner_id, kinds=["task"], statuses=_statuses(query.status))
+    total, jobs = await store.list_jobs(where, sort=query.sort.lstrip("-"), descending=query.sort.startswith("-"),
+                                        limit=query.limit, offset=query.offset)
+    return json_response(TaskPage(total=total, limit=query.limit, offset=query.offset,
+                                  tasks=[TaskOut.of(job) for job in jobs]))
+
+
+# -- auth ---------------------------------------------------------------------------------------
+
+@operation(summary="Who am I", response=Me, tag="auth")
+async def me(request: Request) -> Response:
+    user = await authenticate(request)
+    return json_response(Me(id=user.id, name=user.name, is_admin=user.is_admin))
+
+
+@operation(summary="A short-lived token for event streams", response=StreamToken, tag="auth",
+           description="Browsers' EventSource cannot send headers: pass this as `?stream_token=` to the SSE and "
+                       "WebSocket routes instead of the API token. Valid for 5 minutes (APP_STREAM_TOKEN_SECONDS).")
+async def stream_token(request: Request) -> Response:
+    user = await authenticate(request)
+    settings = request.state.settings
+    return json_response(issue_stream_token(settings.secret, user.id, settings.stream_token_seconds))
+
+
+# -- the worker protocol over HTTP --------------------------------------------------------------
+
+QueueName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:,-]{1,1000}$")]
+
+
+class ClaimQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    queues: Annotated[QueueName, msgspec.Meta(description="comma-separated queue names")]
+    limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 1
+    lease_seconds: Annotated[float, msgspec.Meta(ge=5, le=3600)] | None = None
+    worker_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:@-]{1,200}$",
+                                           description="shown as the job's worker")] | None = None
+
+
+class LeasedJob(msgspec.Struct, kw_only=True):
+    id: int
+    kind: str
+    queue: str
+    payload: Any
+    priority: int
+    attempt: int
+    max_attempts: int
+    lease_token: uuid.UUID
+    lease_expires_at: datetime
+    created_at: datetime
+
+
+class ClaimResponse(msgspec.Struct, kw_only=True):
+    worker_id: str
+    jobs: list[LeasedJob]
+
+
+class HeartbeatRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    lease_token: uuid.UUID
+    lease_seconds: Annotated[float, msgspec.Meta(ge=5, le=3600)] | None = None
+
+
+class HeartbeatResponse(msgspec.Struct, kw_only=True):
+    id: int
+    cancel_requested: bool
+
+
+class CompleteRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    lease_token: uuid.UUID
+    result: Any = None
+
+
+class FailRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    lease_token: uuid.UUID
+    error: Annotated[str, msgspec.Meta(min_length=1, max_length=8000)]
+    retry_delay_seconds: Annotated[float, msgspec.Meta(ge=0, le=86400)] | None = None
+    permanent: bool = False
+
+
+class OutcomeResponse(msgspec.Struct, kw_only=True):
+    id: int
+    status: str
+    attempts: int
+    max_attempts: int
+    retry_at: datetime | None = None
+
+
+_WORKER_DOC = ("Admin tokens only: a worker is trusted infrastructure that sees every user's jobs. "
+               "The engine's lease rules apply: a token that no longer holds the lease is a 409.")
+
+
+@operation(summary="Claim runnable jobs under a lease", query=ClaimQuery, response=ClaimResponse, tag="worker",
+           auth="admin", description=_WORKER_DOC)
+async def worker_claim(request: Request) -> Response:
+    user = await authenticate_admin(request)
+    query = read_query(request, ClaimQuery)
+    queues = split_list(query.queues)
+    if not queues:
+        raise validation_error([{"field": "queues", "message": "name at least one queue"}],
+                               "the query parameters are not valid")
+    queue, _ = state(request)
+    worker_id = query.worker_id or f"http:{user.name}"
+    jobs = await queue.claim(queues, query.limit, worker_id, lease_seconds=query.lease_seconds)
+    request.state.metrics.claims += len(jobs)
+    leased = [LeasedJob(id=j.id, kind=j.kind, queue=j.queue, payload=j.payload, priority=j.priority,
+                        attempt=j.attempts, max_attempts=j.max_attempts, lease_token=j.lease_token,  # type: ignore[arg-type]
+                        lease_expires_at=j.lease_expires_at, created_at=j.created_at)  # type: ignore[arg-type]
+              for j in jobs]
+    return json_response(ClaimResponse(worker_id=worker_id, jobs=leased))
+
+
+def _path_job_id(request: Request) -> int:
+    return parse_job_id(request.path_params["job_id"])
+
+
+@operation(summary="Extend a lease; tells whether cancellation was requested", body=HeartbeatRequest,
+           response=HeartbeatResponse, tag="worker", auth="admin", errors=(404, 409),
+           path_params={"job_id": "the leased job's id"}, description=_WORKER_DOC)
+async def worker_heartbeat(request: Request) -> Response:
+    await authenticate_admin(request)
+    job_id = _path_job_id(request)
+    beat = await read_json(request, HeartbeatRequest)
+    queue, _ = state(request)
+    held = await queue.heartbeat([(job_id, beat.lease_token)], lease_seconds=beat.lease_seconds)
+    if job_id not in held:
+        raise LeaseLost(job_id)
+    return json_response(HeartbeatResponse(id=job_id, cancel_requested=held[job_id]))
+
+
+@operation(summary="Finish a leased job successfully", body=CompleteRequest, response=OutcomeResponse,
+           tag="worker", auth="admin", errors=(404, 409), path_params={"job_id": "the leased job's id"},
+           description=_WORKER_DOC)
+async def worker_complete(request: Request) -> Response:
+    await authenticate_admin(request)
+    job_id = _path_job_id(request)
+    done = await read_json(request, CompleteRequest)
+    queue, _ = state(request)
+    await queue.complete(job_id, done.lease_token, done.result)
+    job = await queue.get(job_id)
+    return json_response(OutcomeResponse(id=job.id, status=job.status, attempts=job.attempts,
+                                         max_attempts=job.max_attempts))
+
+
+@operation(summary="Record a failed attempt of a leased job", body=FailRequest, response=OutcomeResponse,
+           tag="worker", auth="admin", errors=(404, 409), path_params={"job_id": "the leased job's id"},
+           description=_WORKER_DOC + " Without `retry_delay_seconds` the kind's backoff applies; "
+                                     "`permanent` sends the job straight to dead.")
+async def worker_fail(request: Request) -> Response:
+    await authenticate_admin(request)
+    job_id = _path_job_id(request)
+    failure = await read_json(request, FailRequest)
+    queue, _ = state(request)
+    job = await queue.fail(job_id, failure.lease_token, failure.error, retry_delay=failure.retry_delay_seconds,
+                           permanent=failure.permanent)
+    request.state.metrics.failures += 1
+    return json_response(OutcomeResponse(id=job.id, status=job.status, attempts=job.attempts,
+                                         max_attempts=job.max_attempts,
+                                         retry_at=job.run_at if job.status == "failed" else None))

@@ -1,0 +1,122 @@
+"""The Starlette application: ``create_app(settings=None, *, queue=None)``.
+
+The lifespan opens the engine (a ``pgqueue.Queue`` with the app's job kinds) and, when
+``APP_RUN_WORKER`` is set, runs a worker for the app's kinds in the same event loop. Routes
+read what the lifespan opened from ``request.state``. ROUTES below is the whole URL map.
+
+Serve it with ``uvicorn --factory app.main:create_app`` (or ``python -m app run|serve``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute, Route
+
+from app import api, ops
+from app.errors import exception_handlers
+from app.jobs import jobs as app_jobs
+from app.openapi import docs_page, openapi_json
+from app.ops import ProcessMetrics
+from app.settings import AppSettings
+from app.store import AppStore
+from pgqueue.errors import ConfigError
+from pgqueue.queue import Queue
+from pgqueue.worker import Worker
+
+log = logging.getLogger("app")
+
+ROUTES: list[BaseRoute] = [
+    # jobs
+    Route("/jobs", api.create_job, methods=["POST"]),
+    Route("/jobs", api.list_jobs, methods=["GET"]),
+    Route("/jobs/bulk", api.bulk_jobs, methods=["POST"]),
+    Route("/jobs/{job_id}", api.get_job, methods=["GET"]),
+    Route("/jobs/{job_id}", api.cancel_job, methods=["DELETE"]),
+    Route("/jobs/{job_id}/retry", api.retry_job, methods=["POST"]),
+    Route("/stats", api.stats, methods=["GET"]),
+    # per-user tasks
+    Route("/tasks", api.create_task, methods=["POST"]),
+    Route("/tasks", api.list_tasks, methods=["GET"]),
+    # auth
+    Route("/auth/me", api.me, methods=["GET"]),
+    Route("/auth/stream-token", api.stream_token, methods=["POST"]),
+    # workers in other languages
+    Route("/worker/claim", api.worker_claim, methods=["POST"]),
+    Route("/worker/jobs/{job_id}/heartbeat", api.worker_heartbeat, methods=["POST"]),
+    Route("/worker/jobs/{job_id}/complete", api.worker_complete, methods=["POST"]),
+    Route("/worker/jobs/{job_id}/fail", api.worker_fail, methods=["POST"]),
+    # operations and docs
+    Route("/healthz", ops.healthz, methods=["GET"]),
+    Route("/readyz", ops.readyz, methods=["GET"]),
+    Route("/metrics", ops.metrics, methods=["GET"]),
+    Route("/openapi.json", openapi_json, methods=["GET"]),
+    Route("/docs", docs_page, methods=["GET"]),
+]
+
+
+def expected_migrations() -> list[str]:
+    """The ids of the migrations in schema/, which /readyz expects to find applied."""
+    from yoyo import read_migrations
+
+    from pgqueue.migrate import schema_dir
+
+    return [migration.id for migration in read_migrations(str(schema_dir()))]
+
+
+def _handled_queues(queue: Queue) -> list[str]:
+    return sorted({spec.queue for spec in queue.registry.kinds.values() if spec.handler is not None})
+
+
+@contextlib.asynccontextmanager
+async def _embedded_worker(settings: AppSettings, queue: Queue) -> AsyncIterator[Worker | None]:
+    """A worker for the app's kinds in this event loop, when APP_RUN_WORKER is set."""
+    if not settings.run_worker:
+        yield None
+        return
+    worker = Worker(queue, settings.queues_to_work(_handled_queues(queue)), settings.worker_concurrency,
+                    shutdown_grace=settings.worker_shutdown_grace)
+    task = asyncio.create_task(worker.run(), name="app-embedded-worker")
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def create_app(settings: AppSettings | None = None, *, queue: Queue | None = None) -> Starlette:
+    """The app. Without ``settings`` they are read from the environment (PGQUEUE_*, APP_*);
+    with ``queue`` the app uses that engine (and its job kinds) instead of opening its own."""
+    settings = settings or AppSettings.from_env()
+    migrations = expected_migrations()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        own_queue = queue is None
+        if queue is not None:
+            engine = queue
+        elif settings.database_url:
+            engine = await Queue.connect(settings.database_url, app_jobs, settings=settings.engine_settings(),
+                                         max_size=settings.pool_size)
+        else:
+            raise ConfigError("no database URL: set PGQUEUE_DATABASE_URL")
+        try:
+            async with _embedded_worker(settings, engine) as worker:
+                yield {
+                    "settings": settings,
+                    "queue": engine,
+                    "store": AppStore(engine.pool),
+                    "metrics": ProcessMetrics(),
+                    "worker": worker,
+                    "expected_migrations": migrations,
+                }
+        finally:
+            if own_queue:
+                await engine.close()
+
+    return Starlette(routes=ROUTES, exception_handlers=exception_handlers(), lifespan=lifespan)

@@ -1,0 +1,115 @@
+"""Operations endpoints: /healthz (alive), /readyz (database reachable and migrated), /metrics.
+
+/metrics (Prometheus text format, no authentication: scrape it from inside the network) has
+- ``pgqueue_jobs{queue,status}``: a gauge read from the database, so it is the same on every
+  process;
+- ``pgqueue_claims_total`` / ``pgqueue_failures_total``: counters of *this process* (jobs claimed
+  and attempts failed by its embedded worker and through its /worker HTTP endpoints), the
+  Prometheus way (sum them over instances; they restart at zero with the process). Workers
+  started with ``python -m pgqueue worker`` serve no HTTP and are not counted here;
+- ``pgqueue_queue_wait_seconds``: a histogram of how long the jobs started in the last hour
+  waited between becoming runnable and being claimed, computed from the database at scrape
+  time (a sliding window, not an ever-growing counter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import psycopg
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+from app.api import json_response
+from app.openapi import operation
+from pgqueue.errors import PgQueueError
+
+log = logging.getLogger("app.ops")
+
+WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+WAIT_WINDOW_SECONDS = 3600.0
+READY_TIMEOUT_SECONDS = 5.0
+
+
+class ProcessMetrics:
+    """Counters of this process, read by /metrics (together with the embedded worker's)."""
+
+    def __init__(self) -> None:
+        self.claims = 0
+        self.failures = 0
+
+
+@operation(summary="Liveness: the process answers (no database involved)", tag="ops", auth="none",
+           media_type="text/plain")
+async def healthz(request: Request) -> Response:
+    return PlainTextResponse("ok\n")
+
+
+@operation(summary="Readiness: the database is reachable and every migration is applied", tag="ops",
+           auth="none", errors=(503,))
+async def readyz(request: Request) -> Response:
+    expected: list[str] = request.state.expected_migrations
+    try:
+        applied = await asyncio.wait_for(request.state.store.applied_migrations(), READY_TIMEOUT_SECONDS)
+    except psycopg.errors.UndefinedTable:
+        applied = set()
+    except (TimeoutError, psycopg.Error, PgQueueError) as exc:
+        log.warning("not ready: database unreachable: %s", exc)
+        return json_response({"status": "unavailable", "database": "unreachable",
+                              "error": {"code": "database_unavailable", "message": str(exc) or "timed out",
+                                        "details": []}}, 503)
+    missing = [migration for migration in expected if migration not in applied]
+    if missing:
+        return json_response({"status": "unavailable", "database": "reachable", "pending_migrations": missing,
+                              "error": {"code": "not_migrated",
+                                        "message": f"{len(missing)} migration(s) not applied: {', '.join(missing)}",
+                                        "details": []}}, 503)
+    return json_response({"status": "ready", "database": "reachable", "pending_migrations": []})
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+@operation(summary="Prometheus metrics", tag="ops", auth="none", media_type="text/plain")
+async def metrics(request: Request) -> Response:
+    store = request.state.store
+    counters: ProcessMetrics = request.state.metrics
+    worker = request.state.worker
+    claims, failures = counters.claims, counters.failures
+    if worker is not None:
+        claims += worker.counters["claimed"]
+        failures += worker.counters["failed"] + worker.counters["dead"]
+
+    lines = [
+        "# HELP pgqueue_jobs Jobs in the database by queue and status.",
+        "# TYPE pgqueue_jobs gauge",
+    ]
+    for queue, status, count in await store.job_gauges():
+        lines.append(f'pgqueue_jobs{{queue="{_label(queue)}",status="{_label(status)}"}} {count}')
+    lines += [
+        "# HELP pgqueue_claims_total Jobs claimed by this process (embedded worker and /worker/claim).",
+        "# TYPE pgqueue_claims_total counter",
+        f"pgqueue_claims_total {claims}",
+        "# HELP pgqueue_failures_total Failed job attempts recorded by this process (retrying or dead).",
+        "# TYPE pgqueue_failures_total counter",
+        f"pgqueue_failures_total {failures}",
+    ]
+    histogram = await store.wait_time_histogram(WAIT_BUCKETS, WAIT_WINDOW_SECONDS)
+    lines += [
+        "# HELP pgqueue_queue_wait_seconds Wait between run_at and start of jobs started in the last hour.",
+        "# TYPE pgqueue_queue_wait_seconds histogram",
+    ]
+    for bound, count in zip(WAIT_BUCKETS, histogram.bucket_counts, strict=True):
+        lines.append(f'pgqueue_queue_wait_seconds_bucket{{le="{bound}"}} {count}')
+    lines += [
+        f'pgqueue_queue_wait_seconds_bucket{{le="+Inf"}} {histogram.count}',
+        f"pgqueue_queue_wait_seconds_sum {_number(histogram.sum)}",
+        f"pgqueue_queue_wait_seconds_count {histogram.count}",
+    ]
+    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

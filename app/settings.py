@@ -1,0 +1,66 @@
+"""The web app's settings, read from the environment.
+
+The database URL is the engine's (``PGQUEUE_DATABASE_URL``); everything that only the web
+layer needs is ``APP_*`` (``APP_MAX_BODY_BYTES``, ``APP_SECRET``, ``APP_RUN_WORKER`` ...).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import msgspec
+
+from pgqueue.config import Settings, validate_database_url
+from pgqueue.errors import ConfigError
+
+MIB = 1024 * 1024
+
+
+class AppSettings(msgspec.Struct, kw_only=True):
+    # PGQUEUE_DATABASE_URL: the one database of the engine and the app
+    database_url: str | None = None
+    # largest JSON request body; read in chunks and refused (413) as soon as it is exceeded
+    max_body_bytes: int = MIB
+    # HMAC key of the short-lived stream tokens (SSE / WebSocket). Processes that serve the same
+    # users must share it; when unset each process draws a random one (fine for one process).
+    secret: str = ""
+    stream_token_seconds: int = 300
+    # connections in the app's pool
+    pool_size: int = 10
+    # run a worker for the app's job kinds inside the web process (`python -m app run`)
+    run_worker: bool = False
+    worker_concurrency: int = 10
+    # comma-separated; empty means the queues of every app kind that has a Python handler
+    worker_queues: str = ""
+    worker_shutdown_grace: float = 10.0
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> AppSettings:
+        values: dict[str, object] = {}
+        if url := os.environ.get("PGQUEUE_DATABASE_URL"):
+            values["database_url"] = url
+        for field in cls.__struct_fields__:
+            raw = os.environ.get("APP_" + field.upper())
+            if raw:
+                values[field] = raw
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        try:
+            settings = msgspec.convert(values, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"bad app setting: {exc}") from None
+        if settings.database_url:
+            validate_database_url(settings.database_url)
+        if not settings.secret:
+            settings.secret = secrets.token_urlsafe(32)
+        if settings.max_body_bytes < 1:
+            raise ConfigError("APP_MAX_BODY_BYTES must be at least 1")
+        return settings
+
+    def engine_settings(self) -> Settings:
+        """The engine's settings (lease, poll, retention from PGQUEUE_*), with our database URL."""
+        return Settings.from_env(database_url=self.database_url)
+
+    def queues_to_work(self, default: list[str]) -> list[str]:
+        named = [name.strip() for name in self.worker_queues.split(",") if name.strip()]
+        return named or default
