@@ -132,7 +132,7 @@ class MemoryQueue:
             self._jobs[job.id] = job
             if job.unique_key is not None:
                 live_by_key[job.unique_key] = job
-            self._add_event(job.id, "created", {"kind": job.kind, "queue": job.queue, "owner_id": job.owner_id}, now)
+            # no 'created' event, as in Postgres: a job's timeline starts at created_at
             ordered.append(job)
         return ordered
 
