@@ -516,3 +516,14 @@ async def test_get_returns_a_snapshot(backend: QueueBackend) -> None:
     assert job.status == "queued" and fetched.status == "running"
     with pytest.raises(JobNotFound):
         await backend.get(10**9)
+
+
+async def test_lease_transaction_is_open_only_to_the_lease_holder(backend: QueueBackend) -> None:
+    job = await backend.enqueue("noop", {})
+    running = await claim_one(backend)
+    async with backend.lease_transaction(job.id, running.lease_token) as conn:
+        await backend.save_checkpoint(job.id, running.lease_token, {"next": 5}, conn=conn)
+    assert await backend.load_checkpoint(job.id) == {"next": 5}
+    with pytest.raises(LeaseLost):
+        async with backend.lease_transaction(job.id, uuid.uuid4()):
+            raise AssertionError("entered without the lease")
