@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 import psycopg
 from psycopg.types.json import set_json_dumps, set_json_loads
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from pgqueue.config import validate_database_url
 from pgqueue.errors import ConfigError, DatabaseUnavailable
@@ -39,7 +39,9 @@ async def _configure(conn: AsyncConnection) -> None:
 
 async def open_pool(url: str, *, min_size: int = 1, max_size: int = 10, name: str = "pgqueue") -> AsyncConnectionPool:
     """An open pool; raises DatabaseUnavailable quickly when the server cannot be reached."""
-    validate_database_url(url)
+    # One direct attempt first: an unreachable server fails at once, with the driver's reason
+    # (refused, unknown host, no such database), instead of a bare pool timeout 10 s later.
+    await (await connect(url, application_name=name)).close()
     pool = AsyncConnectionPool(
         url,
         min_size=min_size,
@@ -53,7 +55,7 @@ async def open_pool(url: str, *, min_size: int = 1, max_size: int = 10, name: st
     )
     try:
         await pool.open(wait=True, timeout=10)
-    except psycopg.pool.PoolTimeout as exc:  # type: ignore[attr-defined]
+    except PoolTimeout as exc:
         await pool.close()
         raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from None
     return pool
