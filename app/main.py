@@ -18,8 +18,9 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route
 
-from app import api, ops
+from app import api, ops, streams
 from app.errors import exception_handlers
+from app.hub import EventHub
 from app.jobs import jobs as app_jobs
 from app.openapi import docs_page, openapi_json
 from app.ops import ProcessMetrics
@@ -57,6 +58,8 @@ ROUTES: list[BaseRoute] = [
     Route("/metrics", ops.metrics, methods=["GET"]),
     Route("/openapi.json", openapi_json, methods=["GET"]),
     Route("/docs", docs_page, methods=["GET"]),
+    # live events (SSE, WebSocket)
+    *streams.ROUTES,
 ]
 
 
@@ -105,17 +108,23 @@ def create_app(settings: AppSettings | None = None, *, queue: Queue | None = Non
                                          max_size=settings.pool_size)
         else:
             raise ConfigError("no database URL: set PGQUEUE_DATABASE_URL")
+        # The process's one LISTEN connection, feeding every event stream.
+        hub = EventHub(settings.database_url or engine.pool.conninfo, engine.store,
+                       queue_size=settings.sse_queue_size)
+        await hub.start()
         try:
             async with _embedded_worker(settings, engine) as worker:
                 yield {
                     "settings": settings,
                     "queue": engine,
+                    "hub": hub,
                     "store": AppStore(engine.pool),
                     "metrics": ProcessMetrics(),
                     "worker": worker,
                     "expected_migrations": migrations,
                 }
         finally:
+            await hub.close()
             if own_queue:
                 await engine.close()
 

@@ -34,6 +34,12 @@ class AppSettings(msgspec.Struct, kw_only=True):
     # comma-separated; empty means the queues of every app kind that has a Python handler
     worker_queues: str = ""
     worker_shutdown_grace: float = 10.0
+    # event streams (SSE / WebSocket): a `: keep-alive` comment after this many idle seconds,
+    # the reconnect delay suggested to EventSource (`retry:`), and the events one subscriber
+    # may have waiting before it must catch up from the table (see app/hub.py)
+    sse_keepalive_seconds: float = 15.0
+    sse_retry_ms: int = 3000
+    sse_queue_size: int = 256
 
     @classmethod
     def from_env(cls, **overrides: object) -> AppSettings:

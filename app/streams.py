@@ -1,0 +1,347 @@
+"""Live event streams: `GET /jobs/{id}/events` and `GET /events` (Server-Sent Events) and
+`WS /ws/jobs/{id}` (the same messages as JSON over a WebSocket), all fed by the app's EventHub.
+
+Every stream follows the same recipe, so nothing is lost and nothing is sent twice:
+subscribe to the hub first, then replay the events table after the client's last id
+(`Last-Event-ID`, or `?last_event_id=` on the first connect), then forward live events,
+skipping ids already sent. When the hub marks the subscriber lagged (it read too slowly,
+or the LISTEN connection was lost), the stream replays the table again from its last id.
+A job stream ends after the job's terminal event; a global stream runs until the client leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Final
+
+import anyio
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from app.api import parse_job_id, read_query
+from app.auth import authenticate_stream, may_see
+from app.errors import ApiError, not_found, validation_error
+from app.hub import LAGGED, EventHub, Subscription
+from app.openapi import operation
+from app.store import User
+from pgqueue.errors import JobNotFound
+from pgqueue.models import FINISHED_STATUSES, TERMINAL_EVENTS, Event
+from pgqueue.queue import Queue
+
+REPLAY_PAGE = 500
+# Ids remembered to drop duplicates between the replay and the live queue; larger than any
+# subscriber queue, so every live event that the replay also covered is still remembered.
+RECENT_IDS = 4096
+BIGINT_MAX: Final = 2**63 - 1
+# WebSocket close codes: 1008 policy violation (authentication); in the app range 4000-4999,
+# 4404 no such job and 4422 a bad query parameter (the HTTP statuses plus 4000).
+WS_POLICY_VIOLATION, WS_NOT_FOUND, WS_INVALID = 1008, 4404, 4422
+
+log = logging.getLogger("app.streams")
+
+FetchAfter = Callable[[int, int], Awaitable[list[Event]]]
+
+
+class RecentIds:
+    """The last `capacity` ids sent on a stream, to drop an event the replay already delivered."""
+
+    def __init__(self, capacity: int = RECENT_IDS) -> None:
+        self._order: deque[int] = deque()
+        self._ids: set[int] = set()
+        self.capacity = capacity
+
+    def add(self, event_id: int) -> bool:
+        """Remember an id; False when it was already sent."""
+        if event_id in self._ids:
+            return False
+        self._ids.add(event_id)
+        self._order.append(event_id)
+        if len(self._order) > self.capacity:
+            self._ids.discard(self._order.popleft())
+        return True
+
+
+async def follow(sub: Subscription, fetch_after: FetchAfter, after_id: int, *, keepalive_seconds: float,
+                 ends_stream: Callable[[Event], bool] = lambda event: False,
+                 finished: bool = False) -> AsyncIterator[Event | None]:
+    """Replay then live, deduplicated: yields events, or None after `keepalive_seconds` of silence.
+
+    `sub` must have been subscribed before this starts (so the replay overlaps the live queue
+    instead of leaving a gap). `finished`: the job was already over when the stream began,
+    so the stream ends after the replay. After an event for which `ends_stream` is true the
+    stream ends, unless the replay shows later events (a dead job that was retried).
+    """
+    sent = RecentIds()
+    last_id = after_id
+    catching_up = True
+    while True:
+        if catching_up:
+            sub.resume()  # queue live events again before reading the table: overlap, not gap
+            last_replayed: Event | None = None
+            while True:
+                page = await fetch_after(last_id, REPLAY_PAGE)
+                for event in page:
+                    last_id = max(last_id, event.id)
+                    if sent.add(event.id):
+                        last_replayed = event
+                        yield event
+                if len(page) < REPLAY_PAGE:
+                    break
+            if finished or (last_replayed is not None and ends_stream(last_replayed)):
+                return
+            catching_up = False
+        item = await sub.get(keepalive_seconds)
+        if item is None:
+            yield None
+        elif item is LAGGED:
+            catching_up = True
+        elif isinstance(item, Event) and sent.add(item.id):
+            # A live event may carry a smaller id than one already sent (transactions commit
+            # out of id order); it is still new, so it is sent, and last_id only moves up.
+            last_id = max(last_id, item.id)
+            yield item
+            if ends_stream(item):
+                return
+
+
+def is_terminal(event: Event) -> bool:
+    return event.type in TERMINAL_EVENTS
+
+
+# -- request helpers ----------------------------------------------------------------------------
+
+class StreamQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    stream_token: Annotated[str, msgspec.Meta(max_length=200, description=(
+        "a token from POST /auth/stream-token, for clients that cannot send headers (EventSource)"))] | None = None
+    last_event_id: Annotated[int, msgspec.Meta(ge=0, le=BIGINT_MAX, description=(
+        "replay the events after this id (first connect; on reconnects the Last-Event-ID header wins)"))] | None = None
+
+
+def last_event_id(connection: Request | WebSocket) -> int | None:
+    """The client's position: the Last-Event-ID header (EventSource reconnects), else the query."""
+    query = read_query(connection, StreamQuery)  # type: ignore[arg-type]
+    header = connection.headers.get("last-event-id")
+    if header is None or header.strip() == "":
+        return query.last_event_id
+    header = header.strip()
+    if not header.isascii() or not header.isdigit() or int(header) > BIGINT_MAX:
+        raise validation_error([{"field": "Last-Event-ID", "message": "must be a non-negative integer event id"}])
+    return int(header)
+
+
+async def visible_job(queue: Queue, user: User, raw_id: str) -> tuple[int, str]:
+    """The job's id and status when it exists and the user may see it; another user's job is a 404."""
+    job_id = parse_job_id(raw_id)
+    try:
+        job = await queue.get(job_id)
+    except JobNotFound:
+        raise not_found(f"job {job_id} not found") from None
+    if not may_see(user, job.owner_id):
+        raise not_found(f"job {job_id} not found")
+    return job.id, job.status
+
+
+def encode_event(event: Event) -> bytes:
+    return msgspec.json.encode(event)
+
+
+def sse_message(event: Event) -> bytes:
+    # The JSON document is one line, so a single data: field carries it.
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.id, event.type.encode(), encode_event(event))
+
+
+KEEPALIVE: Final = b": keep-alive\n\n"
+SSE_HEADERS: Final = {
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # nginx and friends: do not buffer the stream
+    "Connection": "keep-alive",
+}
+
+
+class EventStreamResponse(Response):
+    """A text/event-stream response that stops, and cleans up, as soon as the client leaves.
+
+    Starlette's StreamingResponse only notices a departed client on its next write under
+    ASGI 2.4; this one watches for `http.disconnect` the whole time, so a subscriber is
+    removed right away rather than at the next keep-alive.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, chunks: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> None:
+        self.chunks = chunks
+        self.status_code = 200
+        self.background = None
+        self.init_headers({**SSE_HEADERS, **(headers or {})})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def stream() -> None:
+            try:
+                await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+                async for chunk in self.chunks:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except OSError:
+                pass  # the client went away mid-write
+            finally:
+                task_group.cancel_scope.cancel()
+
+        async def watch_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            task_group.cancel_scope.cancel()
+
+        try:
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(stream)
+                task_group.start_soon(watch_disconnect)
+        finally:
+            aclose = getattr(self.chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()  # runs the stream's `finally` blocks: unsubscribe from the hub
+
+
+async def sse_body(events: AsyncIterator[Event | None], retry_ms: int) -> AsyncIterator[bytes]:
+    yield b"retry: %d\n\n" % retry_ms
+    async for event in events:
+        yield KEEPALIVE if event is None else sse_message(event)
+
+
+# -- routes -------------------------------------------------------------------------------------
+
+@operation(summary="A job's events as Server-Sent Events", tag="streams", auth="stream", query=StreamQuery,
+           media_type="text/event-stream", path_params={"job_id": "the job's id"}, errors=(404,),
+           extra_statuses={204: "The job is finished and the client has every event: stop reconnecting"},
+           description="Replays the events after `Last-Event-ID` (or `last_event_id`), then streams live ones. "
+                       "Each message has `id:`, `event: <type>` and `data: <the event as JSON>`; `: keep-alive` "
+                       "comments keep proxies from closing an idle stream. Ends after the job's terminal event.")
+async def job_events(request: Request) -> Response:
+    """GET /jobs/{job_id}/events: one job's events as Server-Sent Events, replay then live."""
+    user = await authenticate_stream(request)
+    queue: Queue = request.state.queue
+    job_id, status = await visible_job(queue, user, request.path_params["job_id"])
+    after_id = last_event_id(request) or 0
+    finished = status in FINISHED_STATUSES
+    if finished and not await queue.events(job_id, after_id, limit=1):
+        # Over, and the client has seen everything: 204 tells an EventSource to stop reconnecting.
+        return Response(status_code=204, headers={"Cache-Control": "no-cache"})
+    settings = request.state.settings
+    hub: EventHub = request.state.hub
+
+    async def fetch_after(after: int, limit: int) -> list[Event]:
+        return await queue.events(job_id, after, limit)
+
+    async def body() -> AsyncIterator[bytes]:
+        with hub.subscribe(job_id=job_id) as sub:
+            events = follow(sub, fetch_after, after_id, keepalive_seconds=settings.sse_keepalive_seconds,
+                            ends_stream=is_terminal, finished=finished)
+            try:
+                async for chunk in sse_body(events, settings.sse_retry_ms):
+                    yield chunk
+            finally:
+                await events.aclose()
+
+    return EventStreamResponse(body())
+
+
+@operation(summary="Every event you may see, as Server-Sent Events", tag="streams", auth="stream",
+           query=StreamQuery, media_type="text/event-stream",
+           description="Admins see every job's events, others their own jobs'. Without a position the stream "
+                       "starts with the next event; with `Last-Event-ID` it replays what was missed first.")
+async def all_events(request: Request) -> Response:
+    """GET /events: every event the caller may see (admin: all; others: their own jobs)."""
+    user = await authenticate_stream(request)
+    store = request.state.queue.store
+    settings = request.state.settings
+    hub: EventHub = request.state.hub
+    requested = last_event_id(request)
+
+    if user.is_admin:
+        async def fetch_after(after: int, limit: int) -> list[Event]:
+            return await store.events_after(after, limit)
+    else:
+        async def fetch_after(after: int, limit: int) -> list[Event]:
+            return await store.owner_events_after(user.owner_id, after, limit)
+
+    async def body() -> AsyncIterator[bytes]:
+        subscription = hub.subscribe(see_all=True) if user.is_admin else hub.subscribe(owner_id=user.owner_id)
+        with subscription as sub:
+            # Without a position the stream is live only: it starts at the newest event.
+            after_id = requested if requested is not None else await store.latest_event_id()
+            events = follow(sub, fetch_after, after_id, keepalive_seconds=settings.sse_keepalive_seconds)
+            try:
+                async for chunk in sse_body(events, settings.sse_retry_ms):
+                    yield chunk
+            finally:
+                await events.aclose()
+
+    return EventStreamResponse(body())
+
+
+async def job_events_ws(websocket: WebSocket) -> None:
+    """WS /ws/jobs/{job_id}?stream_token=...: the job stream's messages as JSON text frames.
+
+    Closes with 1008 when the token is missing or bad, 4404 for a job the caller cannot see,
+    1000 after the terminal event.
+    """
+    await websocket.accept()
+    queue: Queue = websocket.state.queue
+    try:
+        user = await authenticate_stream(websocket)
+        job_id, status = await visible_job(queue, user, websocket.path_params["job_id"])
+        after_id = last_event_id(websocket) or 0
+    except ApiError as exc:
+        code = {401: WS_POLICY_VIOLATION, 404: WS_NOT_FOUND, 422: WS_INVALID}.get(exc.status, WS_POLICY_VIOLATION)
+        await websocket.close(code=code, reason=exc.message[:120])
+        return
+    hub: EventHub = websocket.state.hub
+    settings = websocket.state.settings
+
+    async def fetch_after(after: int, limit: int) -> list[Event]:
+        return await queue.events(job_id, after, limit)
+
+    async def send_events() -> None:
+        with hub.subscribe(job_id=job_id) as sub:
+            events = follow(sub, fetch_after, after_id, keepalive_seconds=settings.sse_keepalive_seconds,
+                            ends_stream=is_terminal, finished=status in FINISHED_STATUSES)
+            try:
+                async for event in events:
+                    if event is not None:  # the WebSocket protocol has its own pings
+                        await websocket.send_text(encode_event(event).decode())
+            finally:
+                await events.aclose()
+        await websocket.close(code=1000)
+
+    async def watch_disconnect() -> None:
+        # Clients have nothing to say on this socket; whatever they send is ignored.
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
+
+    sender = asyncio.create_task(send_events())
+    watcher = asyncio.create_task(watch_disconnect())
+    try:
+        await asyncio.wait({sender, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sender, watcher):
+            task.cancel()
+        for task in (sender, watcher):
+            try:
+                await task
+            except (asyncio.CancelledError, WebSocketDisconnect, OSError):
+                pass  # the client left first: nothing to report
+            except Exception:
+                log.exception("WebSocket stream of job %s failed", job_id)
+
+
+ROUTES = [
+    Route("/jobs/{job_id}/events", job_events, methods=["GET"], name="job_events"),
+    Route("/events", all_events, methods=["GET"], name="all_events"),
+    WebSocketRoute("/ws/jobs/{job_id}", job_events_ws, name="job_events_ws"),
+]
