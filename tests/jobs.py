@@ -113,3 +113,15 @@ def busy(ctx: JobContext, burn: Burn) -> int:
     while time.monotonic() < deadline:
         spins += 1
     return spins
+
+
+@jobs.kind("chatty")
+async def chatty(ctx: JobContext, payload: dict) -> int:
+    """Reports progress `calls` times as fast as it can: coalescing must keep the events few."""
+    calls = int(payload.get("calls", 10_000))
+    for call in range(calls):
+        ctx.progress(call * 100 / calls, f"call {call}")
+        if call % 500 == 0:
+            await asyncio.sleep(0)  # let the worker's event flusher run in between
+    ctx.progress(100, "done")
+    return calls
