@@ -233,7 +233,7 @@ def unreachable_url() -> str:
 BAD_ENQUEUES = {
     "unknown kind": (["enqueue", "no_such_kind", "{}", "--app", "tests.jobs"], "unknown job kind 'no_such_kind'"),
     "wrong field type": (["enqueue", "email", '{"to": 42}', "--app", "tests.jobs"], "payload.to"),
-    "missing field": (["enqueue", "email", '{"subject": "hi"}', "--app", "tests.jobs"], "`to`"),
+    "missing field": (["enqueue", "email", '{"subject": "hi"}', "--app", "tests.jobs"], "missing required field `to`"),
     "priority too high": (["enqueue", "email", '{"to": "a@b.c"}', "--app", "tests.jobs", "--priority", "9"],
                           "priority: must be an integer from 1 to 5"),
     "priority too low": (["enqueue", "noop", "--app", "tests.jobs", "--priority", "0"], "priority"),
