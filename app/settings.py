@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from pathlib import Path
 
 import msgspec
 
@@ -40,6 +41,14 @@ class AppSettings(msgspec.Struct, kw_only=True):
     sse_keepalive_seconds: float = 15.0
     sse_retry_ms: int = 3000
     sse_queue_size: int = 256
+    # log-file ingestion (app/uploads.py, app/ingest.py): where uploads are stored
+    # (file:///abs/dir or s3://bucket/prefix; empty: .data/uploads under the working directory),
+    # the largest upload (413 past it, enforced while streaming), and the ingest job's batch
+    # size and random per-line delay (0-1 s, for demos of a slow worker; 0 = off)
+    storage_url: str = ""
+    max_upload_bytes: int = 100 * MIB
+    ingest_batch_lines: int = 5000
+    ingest_line_delay_max_seconds: float = 0.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> AppSettings:
@@ -61,7 +70,16 @@ class AppSettings(msgspec.Struct, kw_only=True):
             settings.secret = secrets.token_urlsafe(32)
         if settings.max_body_bytes < 1:
             raise ConfigError("APP_MAX_BODY_BYTES must be at least 1")
+        if settings.max_upload_bytes < 1:
+            raise ConfigError("APP_MAX_UPLOAD_BYTES must be at least 1")
+        if not 1 <= settings.ingest_batch_lines <= 100_000:
+            raise ConfigError("APP_INGEST_BATCH_LINES must be from 1 to 100000")
+        if not 0 <= settings.ingest_line_delay_max_seconds <= 1:
+            raise ConfigError("APP_INGEST_LINE_DELAY_MAX_SECONDS must be from 0 to 1")
         return settings
+
+    def upload_storage_url(self) -> str:
+        return self.storage_url or Path(".data", "uploads").resolve().as_uri()
 
     def engine_settings(self) -> Settings:
         """The engine's settings (lease, poll, retention from PGQUEUE_*), with our database URL."""
