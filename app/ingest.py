@@ -1,0 +1,502 @@
+"""Log-file ingestion: the `LogEntry` line format, line-by-line validation, and the
+``ingest_file`` job that streams an uploaded ``.jsonl`` file from storage into
+``app.log_entries`` with COPY, checkpointing as it goes.
+
+The line format
+---------------
+One JSON object per line, UTF-8, ``\\n`` or ``\\r\\n`` line endings::
+
+    {"timestamp": "2024-05-01T12:00:00.250+02:00", "level": "warn", "service": "api",
+     "message": "slow request", "attributes": {"path": "/items", "ms": 812}}
+
+- ``timestamp`` (required), stored as UTC (``timestamptz``):
+  an RFC 3339 string with an offset or ``Z`` (``2024-05-01T10:00:00Z``; a space may replace
+  the ``T``; more than 6 fractional digits are rounded to microseconds); the same without an
+  offset, which is taken as UTC; or a number of seconds since the Unix epoch (integer or
+  fraction) from 0 up to 253402300799 (9999-12-31). Milliseconds since the epoch are out of
+  that range, so such a line is invalid and its reason says so.
+- ``level`` (required), case-insensitive, normalised to one of ``trace``, ``debug``,
+  ``info`` (also ``information``, ``notice``), ``warning`` (``warn``), ``error`` (``err``),
+  ``critical`` (``crit``, ``fatal``, ``alert``, ``emerg``, ``emergency``, ``panic``).
+- ``message`` (required): a string of at most 65,536 characters.
+- ``service`` (optional): 1 to 200 characters, or null.
+- ``attributes`` (optional): any JSON object (or null, meaning ``{}``), stored as jsonb.
+- Any other top-level field makes the line invalid (put extra data under ``attributes``).
+- A line (with its ending) is at most 1 MiB (`MAX_LINE_BYTES`).
+
+What happens to each kind of line or file
+-----------------------------------------
+Lines keep their number in the file (1-based, blank lines included), so an error report
+points at the line an editor shows.
+
+- valid line: a row in ``app.log_entries`` (file_id, line_no, job_id, ts, level, service,
+  message, attributes).
+- invalid line: a row in ``app.ingest_errors`` (line_no, reason, the first 200 characters as
+  an excerpt); the job goes on. Invalid are: malformed JSON, a value of the wrong type, a
+  missing or unknown field, an unknown level, an out-of-range timestamp, ``NaN`` /
+  ``Infinity`` (not JSON), invalid UTF-8, a NUL character (a raw NUL byte or ``\\u0000``:
+  PostgreSQL text cannot hold NUL), a UTF-8 byte order mark anywhere but at the start of
+  the file, and a line longer than 1 MiB (read past without holding more than 1 MiB of it
+  in memory). Anything PostgreSQL itself still refuses is isolated by bisecting the batch
+  and reported the same way, so one bad line never fails the file.
+- blank line (only whitespace): skipped and counted as blank, neither valid nor invalid.
+- ``\\r\\n`` line endings: accepted (``\\r`` is JSON whitespace).
+- a UTF-8 byte order mark at the very start of the file: ignored.
+- a last line without a final newline: read like any other.
+- an empty file: refused at upload (422, see app/uploads.py); a job given one anyway
+  completes with 0 lines.
+- the file's object missing from storage, or no longer the size recorded at upload: the job
+  fails at once without retries (``PermanentFailure``: it is dead, with the reason as its
+  error).
+- a database or storage outage: the job fails the attempt and is retried with backoff; the
+  retry resumes from the last committed batch.
+
+How the job works
+-----------------
+A reader thread pulls lines from storage (``Storage.iter_lines`` from the checkpointed byte
+offset) and decodes each with a msgspec ``Decoder(LogEntry)``; it parses the next batch
+while the event loop COPYs the previous one, so Python and PostgreSQL work at the same time.
+Each batch (``batch_lines`` lines, at most `BATCH_BYTES`) commits in one transaction bound
+to the job's lease: COPY into ``app.log_entries``, COPY into ``app.ingest_errors``, the
+file's counts, and the checkpoint ``{offset, line_no, valid, invalid, blank}``. A crashed or
+retried attempt resumes at that offset, so every line lands exactly once; the primary key
+(file_id, line_no) is the backstop. Progress is reported at every 10% of the bytes (so 10%,
+50% and 100% are always among the events) and, for slow runs, at most once a second in
+between. ``line_delay_max_seconds`` (0-1, default 0) sleeps a random 0..max seconds before
+each line to imitate a slow worker in demos; batches then also commit at least once a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import re
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import psycopg
+from psycopg.rows import class_row
+from psycopg_pool import AsyncConnectionPool
+
+from pgqueue import JobContext, JobRegistry, PermanentFailure
+from pgqueue.db import AsyncConnection
+from pgqueue.sql import parse_queries
+from pgqueue.storage import ObjectNotFound, Storage, StorageError, StoredObject, open_storage
+
+QUERIES = parse_queries((Path(__file__).parent / "sql" / "ingest.sql").read_text())
+
+MAX_LINE_BYTES = 1024 * 1024
+MAX_MESSAGE_CHARS = 65_536
+MAX_SERVICE_CHARS = 200
+EXCERPT_CHARS = 200
+DEFAULT_BATCH_LINES = 5_000
+# A batch also ends at this many bytes of input, so long lines cannot make it huge in memory.
+BATCH_BYTES = 8 * 1024 * 1024
+# With a per-line delay, commit at least this often so a slow run still shows progress.
+SLOW_COMMIT_SECONDS = 1.0
+# Progress between the 10% steps, at most this often (a slow run moves between steps).
+PROGRESS_EVERY_SECONDS = 1.0
+MAX_EPOCH_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
+
+INGEST_KIND = "ingest_file"
+INGEST_QUEUE = "ingest"
+
+_BOM = b"\xef\xbb\xbf"
+# \u0000 not preceded by an escaping backslash (an odd run of backslashes ends in the escape)
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+_NAN_OR_INFINITY = re.compile(rb"(?<![\w\"])-?(?:NaN|Infinity)(?![\w\"])")
+
+_LEVEL_ALIASES = {
+    "trace": "trace",
+    "debug": "debug",
+    "info": "info", "information": "info", "notice": "info",
+    "warning": "warning", "warn": "warning",
+    "error": "error", "err": "error",
+    "critical": "critical", "crit": "critical", "fatal": "critical", "alert": "critical",
+    "emerg": "critical", "emergency": "critical", "panic": "critical",
+}
+LEVELS = ("trace", "debug", "info", "warning", "error", "critical")
+# The spellings seen in practice, found without lower-casing every line's level.
+_LEVELS = {spelling: level for alias, level in _LEVEL_ALIASES.items()
+           for spelling in (alias, alias.upper(), alias.title())}
+
+
+class LogEntry(msgspec.Struct, forbid_unknown_fields=True):
+    """One line of an uploaded ``.jsonl`` file (see the module docstring for the rules)."""
+
+    timestamp: datetime | float
+    level: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    message: Annotated[str, msgspec.Meta(max_length=MAX_MESSAGE_CHARS)]
+    service: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_SERVICE_CHARS)] | None = None
+    attributes: dict[str, Any] | None = None
+
+
+class IngestFile(msgspec.Struct, forbid_unknown_fields=True):
+    """The payload of an ``ingest_file`` job."""
+
+    file_id: Annotated[int, msgspec.Meta(ge=1)]
+    batch_lines: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = DEFAULT_BATCH_LINES
+    line_delay_max_seconds: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+
+
+class StoredFile(msgspec.Struct, kw_only=True):
+    """A row of app.files, as the ingest job needs it."""
+
+    id: int
+    owner_id: str
+    name: str
+    size: int
+    sha256: str
+    storage_url: str
+    storage_key: str
+
+
+class InvalidLineError(ValueError):
+    """A line that decoded but breaks a rule msgspec cannot express (the message is the reason)."""
+
+
+# Everything that makes one line invalid (and nothing else: other errors fail the attempt).
+LINE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, InvalidLineError)
+
+
+# -- one line ------------------------------------------------------------------------------------
+
+def normalise_timestamp(value: datetime | float) -> datetime:
+    """An aware UTC datetime; naive means UTC, numbers are seconds since the epoch."""
+    if isinstance(value, float):
+        if not 0 <= value <= MAX_EPOCH_SECONDS:
+            hint = " (milliseconds? use seconds)" if value > MAX_EPOCH_SECONDS else ""
+            raise InvalidLineError(f"timestamp {value:g} is out of range: epoch seconds must be 0 to "
+                              f"{MAX_EPOCH_SECONDS}{hint}")
+        return datetime.fromtimestamp(value, UTC)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    if value.tzinfo is UTC:
+        return value
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidLineError(f"timestamp {value.isoformat()} is out of range in UTC") from None
+
+
+def normalise_level(level: str) -> str:
+    found = _LEVELS.get(level) or _LEVEL_ALIASES.get(level.lower())
+    if found is None:
+        raise InvalidLineError(f"unknown level {level[:40]!r}: use one of {', '.join(LEVELS)} (or an alias)")
+    return found
+
+
+def excerpt(line: bytes) -> str:
+    """The start of a line as text for the error report (NUL cannot go into PostgreSQL text)."""
+    text = line[: EXCERPT_CHARS * 4].decode("utf-8", "replace")[:EXCERPT_CHARS]
+    return text.rstrip("\r\n").replace("\x00", "\ufffd")
+
+
+def explain(line: bytes, exc: Exception) -> str:
+    """Why a line is not a valid entry, in words an uploader can act on."""
+    if isinstance(exc, InvalidLineError):
+        return str(exc)
+    if isinstance(exc, UnicodeDecodeError):
+        return "not valid UTF-8 text"
+    if b"\x00" in line:
+        return "contains a NUL byte, which PostgreSQL text cannot store"
+    if isinstance(exc, msgspec.DecodeError) and _NAN_OR_INFINITY.search(line):
+        return "NaN and Infinity are not valid JSON numbers"
+    if isinstance(exc, msgspec.DecodeError):
+        if line.startswith(_BOM):
+            return "a UTF-8 byte order mark is only allowed at the start of the file"
+        return f"not valid JSON: {str(exc).removeprefix('JSON is malformed: ')}"
+    return f"not a valid log entry: {exc}"
+
+
+def _without_bom(lines: Iterator[tuple[bytes, int]]) -> Iterator[tuple[bytes, int]]:
+    """The lines of a file read from its start, a UTF-8 byte order mark dropped from the first."""
+    first = next(lines, None)
+    if first is None:
+        return lines
+    return itertools.chain([(first[0].removeprefix(_BOM), first[1])], lines)
+
+
+# -- a batch of lines ----------------------------------------------------------------------------
+
+class ParsedBatch(msgspec.Struct, kw_only=True):
+    """What the reader made of the next lines: rows to COPY and where the file got to."""
+
+    rows: list[tuple[Any, ...]]  # app.log_entries columns, in copy_log_entries order
+    errors: list[tuple[Any, ...]]  # app.ingest_errors columns
+    blank: int
+    end_offset: int
+    end_line_no: int
+    at_end: bool  # the file has no more lines
+
+
+class LineParser:
+    """Turns the lines of one file into entry rows and error rows.
+
+    Runs in a worker thread (``asyncio.to_thread``), one batch at a time; it only knows
+    line numbers and offsets, the counts belong to the job (a batch may still lose rows to
+    PostgreSQL's own checks).
+    """
+
+    def __init__(self, file_id: int, job_id: int, lines: Iterator[tuple[bytes, int]], *, offset: int,
+                 line_no: int) -> None:
+        self.file_id = file_id
+        self.job_id = job_id
+        self.lines = lines
+        self.offset = offset
+        self.line_no = line_no
+        self._decode = msgspec.json.Decoder(LogEntry).decode
+        self._encode = msgspec.json.Encoder().encode
+
+    def row(self, line: bytes, line_no: int) -> tuple[Any, ...]:
+        """The app.log_entries row of a line; raises when the line is not a valid entry."""
+        entry = self._decode(line)
+        if b"\\u0000" in line and _NUL_ESCAPE.search(line):
+            raise InvalidLineError("contains a NUL character (\\u0000), which PostgreSQL text cannot store")
+        attributes = self._encode(entry.attributes).decode() if entry.attributes else "{}"
+        # as text: psycopg dumps a str several times faster than an aware datetime
+        timestamp = normalise_timestamp(entry.timestamp).isoformat()
+        return (self.file_id, self.job_id, line_no, timestamp, normalise_level(entry.level), entry.service,
+                entry.message, attributes)
+
+    def next_batch(self, max_lines: int, max_bytes: int = BATCH_BYTES, line_delay_max: float = 0.0,
+                   max_seconds: float | None = None) -> ParsedBatch:
+        rows: list[tuple[Any, ...]] = []
+        errors: list[tuple[Any, ...]] = []
+        blank = 0
+        line_no = self.line_no
+        start = offset = self.offset
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        at_end = True
+        row = self.row
+        if self.line_no == 0:
+            self.lines = _without_bom(self.lines)
+        for line, offset in self.lines:
+            line_no += 1
+            if line_delay_max:
+                time.sleep(random.uniform(0, line_delay_max))
+            try:
+                if len(line) > MAX_LINE_BYTES:
+                    raise InvalidLineError(f"line is longer than {MAX_LINE_BYTES} bytes")
+                rows.append(row(line, line_no))
+            except LINE_ERRORS as exc:
+                if line.strip():
+                    errors.append((self.file_id, self.job_id, line_no, explain(line, exc), excerpt(line)))
+                else:
+                    blank += 1
+            if (len(rows) + len(errors) + blank >= max_lines or offset - start >= max_bytes
+                    or (deadline is not None and time.monotonic() >= deadline)):
+                at_end = False
+                break
+        self.line_no, self.offset = line_no, offset
+        return ParsedBatch(rows=rows, errors=errors, blank=blank, end_offset=offset, end_line_no=line_no,
+                           at_end=at_end)
+
+
+# -- the database side ---------------------------------------------------------------------------
+
+class IngestProgress(msgspec.Struct, kw_only=True):
+    """Where an ingest got to: the job's checkpoint, and the counts on its app.files row."""
+
+    offset: int = 0  # byte offset of the next line to read
+    line_no: int = 0  # number of the last line read
+    valid: int = 0
+    invalid: int = 0
+    blank: int = 0
+
+    @property
+    def lines(self) -> int:
+        return self.valid + self.invalid + self.blank
+
+    def after(self, batch: ParsedBatch, valid: int, invalid: int) -> IngestProgress:
+        return IngestProgress(offset=batch.end_offset, line_no=batch.end_line_no, valid=self.valid + valid,
+                              invalid=self.invalid + invalid, blank=self.blank + batch.blank)
+
+
+class IngestStore:
+    """The statements of app/sql/ingest.sql, one method each."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self.pool = pool
+
+    async def get_file(self, file_id: int) -> StoredFile | None:
+        async with self.pool.connection() as conn:
+            cursor = conn.cursor(row_factory=class_row(StoredFile))
+            await cursor.execute(QUERIES["get_file"].sql, {"file_id": file_id})
+            return await cursor.fetchone()
+
+    async def insert_file(self, conn: AsyncConnection, *, owner_id: str, name: str, content_type: str, size: int,
+                          sha256: str, storage_url: str, storage_key: str) -> int:
+        cursor = await conn.execute(QUERIES["insert_file"].sql, {
+            "owner_id": owner_id, "name": name, "content_type": content_type, "size": size, "sha256": sha256,
+            "storage_url": storage_url, "storage_key": storage_key,
+        })
+        row = await cursor.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def set_file_job(self, conn: AsyncConnection, file_id: int, job_id: int) -> None:
+        await conn.execute(QUERIES["set_file_job"].sql, {"file_id": file_id, "job_id": job_id})
+
+    async def copy_log_entries(self, conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """COPY the rows; returns those PostgreSQL refused (found by bisecting in savepoints)
+        as app.ingest_errors rows, so one bad row never sinks its batch."""
+        if not rows:
+            return []
+        try:
+            # in a savepoint: a refused COPY leaves the batch's transaction usable
+            async with conn.transaction(), conn.cursor().copy(QUERIES["copy_log_entries"].sql) as copy:
+                for row in rows:
+                    await copy.write_row(row)
+            return []
+        except psycopg.DataError as exc:
+            if len(rows) == 1:
+                file_id, job_id, line_no, *_ = rows[0]
+                reason = f"refused by PostgreSQL: {exc.diag.message_primary or exc}"
+                return [(file_id, job_id, line_no, reason, excerpt(str(rows[0][6]).encode()))]
+        middle = len(rows) // 2
+        return await self.copy_log_entries(conn, rows[:middle]) + await self.copy_log_entries(conn, rows[middle:])
+
+    async def copy_ingest_errors(self, conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> None:
+        if rows:
+            async with conn.cursor().copy(QUERIES["copy_ingest_errors"].sql) as copy:
+                for row in rows:
+                    await copy.write_row(row)
+
+    async def record_file_progress(self, conn: AsyncConnection, file_id: int, progress: IngestProgress) -> None:
+        await conn.execute(QUERIES["record_file_progress"].sql, {
+            "file_id": file_id, "lines_total": progress.lines, "lines_valid": progress.valid,
+            "lines_invalid": progress.invalid, "lines_blank": progress.blank, "bytes_read": progress.offset,
+        })
+
+
+# -- the job -------------------------------------------------------------------------------------
+
+ingest_jobs = JobRegistry()
+
+
+class _ProgressReporter:
+    """Progress by bytes: every 10% step exactly (so 10, 50 and 100 are always reported, each
+    in its own coalescing band) and, between steps, the exact figure at most once a second."""
+
+    def __init__(self, ctx: JobContext, size: int, start: IngestProgress) -> None:
+        self.ctx = ctx
+        self.size = size
+        self.step = self._step(start.offset)
+        self.last_report = time.monotonic()
+
+    def _percent(self, offset: int) -> float:
+        return 100.0 if self.size <= 0 else min(100.0, 100.0 * offset / self.size)
+
+    def _step(self, offset: int) -> int:
+        return int(self._percent(offset) // 10) * 10
+
+    def report(self, progress: IngestProgress) -> None:
+        message = f"{progress.lines:,} lines: {progress.valid:,} valid, {progress.invalid:,} invalid"
+        step = self._step(progress.offset)
+        now = time.monotonic()
+        if step > self.step:
+            for passed in range(self.step + 10, step + 1, 10):
+                self.ctx.progress(passed, message)
+            self.step = step
+            self.last_report = now
+        elif now - self.last_report >= PROGRESS_EVERY_SECONDS:
+            self.ctx.progress(self._percent(progress.offset), message)
+            self.last_report = now
+
+
+async def _load_file(ctx: JobContext, store: IngestStore, file_id: int) -> tuple[StoredFile, Storage]:
+    file = await store.get_file(file_id)
+    if file is None:
+        raise PermanentFailure(f"file {file_id} does not exist (deleted after the job was enqueued?)")
+    try:
+        storage = open_storage(file.storage_url)
+        stored = await storage.astat(file.storage_key)
+    except ObjectNotFound:
+        raise PermanentFailure(f"file {file_id} ({file.name!r}): its object {file.storage_key!r} is missing "
+                               f"from storage {file.storage_url}") from None
+    except StorageError as exc:
+        if isinstance(exc, ValueError):  # a malformed storage URL or key: retrying cannot help
+            raise PermanentFailure(f"file {file_id}: {exc}") from None
+        raise
+    if stored.size != file.size:
+        raise PermanentFailure(f"file {file_id} ({file.name!r}): the stored object has {stored.size} bytes, "
+                               f"{file.size} were uploaded; it changed since the upload")
+    return file, storage
+
+
+async def _commit_batch(ctx: JobContext, store: IngestStore, file_id: int, batch: ParsedBatch,
+                        progress: IngestProgress) -> IngestProgress:
+    """One transaction under the job's lease: entries, errors, counts, checkpoint."""
+    async with ctx.transaction() as conn:
+        refused = await store.copy_log_entries(conn, batch.rows)
+        await store.copy_ingest_errors(conn, batch.errors + refused)
+        progress = progress.after(batch, valid=len(batch.rows) - len(refused),
+                                  invalid=len(batch.errors) + len(refused))
+        await store.record_file_progress(conn, file_id, progress)
+        await ctx.save_checkpoint(msgspec.to_builtins(progress), conn=conn)
+    return progress
+
+
+@ingest_jobs.kind(INGEST_KIND, queue=INGEST_QUEUE, max_attempts=10, backoff_base=1.0, backoff_max=60.0)
+async def ingest_file(ctx: JobContext, request: IngestFile) -> dict[str, Any]:
+    """Stream a stored .jsonl file into app.log_entries (see the module docstring)."""
+    store = IngestStore(ctx.queue.pool)
+    file, storage = await _load_file(ctx, store, request.file_id)
+    checkpoint = await ctx.load_checkpoint()
+    progress = msgspec.convert(checkpoint, IngestProgress) if checkpoint else IngestProgress()
+    if progress.offset:
+        ctx.log(f"resuming at line {progress.line_no + 1:,} (byte {progress.offset:,} of {file.size:,})")
+    reporter = _ProgressReporter(ctx, file.size, progress)
+    lines = await asyncio.to_thread(storage.iter_lines, file.storage_key, progress.offset,
+                                    max_line_bytes=MAX_LINE_BYTES)
+    parser = LineParser(file.id, ctx.job.id, lines, offset=progress.offset, line_no=progress.line_no)
+    delay = request.line_delay_max_seconds
+    max_seconds = SLOW_COMMIT_SECONDS if delay else None
+
+    def parse_next() -> asyncio.Future[ParsedBatch]:
+        return asyncio.ensure_future(asyncio.to_thread(parser.next_batch, request.batch_lines, BATCH_BYTES,
+                                                       delay, max_seconds))
+
+    parsing = parse_next()
+    try:
+        while True:
+            batch = await parsing
+            if not batch.at_end:
+                parsing = parse_next()  # read ahead while this batch is written
+            progress = await _commit_batch(ctx, store, file.id, batch, progress)
+            reporter.report(progress)
+            if batch.at_end:
+                break
+            ctx.raise_if_cancelled()
+    finally:
+        # The reader thread cannot be interrupted; let it finish before closing the stream it reads.
+        with contextlib.suppress(BaseException):
+            await parsing
+        await asyncio.to_thread(getattr(lines, "close", lambda: None))
+    ctx.progress(100, f"done: {progress.lines:,} lines, {progress.valid:,} valid, {progress.invalid:,} invalid, "
+                      f"{progress.blank:,} blank")
+    return {"file_id": file.id, "lines_total": progress.lines, "lines_valid": progress.valid,
+            "lines_invalid": progress.invalid, "lines_blank": progress.blank, "bytes_read": progress.offset}
+
+
+async def enqueue_ingest(queue: Any, conn: AsyncConnection, storage: Storage, stored: StoredObject, *, owner_id: str,
+                         name: str, content_type: str, batch_lines: int = DEFAULT_BATCH_LINES,
+                         line_delay_max_seconds: float = 0.0) -> tuple[int, int]:
+    """Record a stored file and enqueue its ingest job in the caller's transaction (``conn``):
+    both exist if and only if the caller commits. Returns ``(file_id, job_id)``."""
+    assert stored.sha256 is not None, "record the StoredObject returned by Storage.write"
+    store = IngestStore(queue.pool)
+    file_id = await store.insert_file(conn, owner_id=owner_id, name=name, content_type=content_type,
+                                      size=stored.size, sha256=stored.sha256, storage_url=storage.url,
+                                      storage_key=stored.key)
+    payload = IngestFile(file_id=file_id, batch_lines=batch_lines, line_delay_max_seconds=line_delay_max_seconds)
+    job = await queue.enqueue(INGEST_KIND, msgspec.to_builtins(payload), conn=conn, owner_id=owner_id)
+    await store.set_file_job(conn, file_id, job.id)
+    return file_id, job.id
