@@ -46,14 +46,6 @@ def sync_checkpoint(ctx: JobContext, payload: dict) -> int:
     return ctx.wait(ctx.load_checkpoint())["seen"]
 
 
-@registry.kind("chatty")
-async def chatty(ctx: JobContext, payload: dict) -> None:
-    calls = payload["calls"]
-    for call in range(calls):
-        ctx.progress(call * 100 / calls, f"call {call}")
-    ctx.progress(100, "done")
-
-
 @registry.kind("chain")
 async def chain(ctx: JobContext, payload: dict) -> None:
     await ctx.queue.enqueue("chain", {})
