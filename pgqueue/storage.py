@@ -498,11 +498,13 @@ def _storage_errors(key: str, upload: _Upload | None = None) -> Iterator[None]:
     except Exception as exc:
         if upload is not None and exc is upload.source_error:
             raise
-        raise _as_storage_error(exc, key) from exc
+        raise _as_storage_error(exc, key, writing=upload is not None) from exc
 
 
-def _as_storage_error(exc: Exception, key: str) -> StorageError:
-    if isinstance(exc, FileNotFoundError | IsADirectoryError | NotADirectoryError):
+def _as_storage_error(exc: Exception, key: str, *, writing: bool) -> StorageError:
+    # While writing, a missing or misplaced path means the key collides with a
+    # directory (local disk only), not that an object is missing.
+    if not writing and isinstance(exc, FileNotFoundError | IsADirectoryError | NotADirectoryError):
         return ObjectNotFound(key)
     if "minio" in sys.modules:  # only then can the error be one of minio's
         from minio.error import S3Error
