@@ -97,8 +97,12 @@ def read_query(request: Request, query_type: type[T]) -> T:
         return msgspec.convert(values, query_type, strict=False)
     except msgspec.ValidationError as exc:
         details = field_errors(exc)
-        if details[0]["field"] == "$":  # an unknown parameter: msgspec names it in the message
-            details[0]["field"] = "query"
+        for detail in details:
+            if detail["message"].startswith("Object contains unknown field"):
+                allowed = ", ".join(query_type.__struct_fields__)  # type: ignore[attr-defined]
+                detail["message"] = f"unknown query parameter; allowed: {allowed}"
+            elif detail["message"].startswith("Object missing required field"):
+                detail["message"] = "required query parameter is missing"
         raise validation_error(details, "the query parameters are not valid") from None
 
 
@@ -305,7 +309,8 @@ def _statuses(raw: str | None) -> list[str] | None:
     for status in statuses or ():
         if status not in STATUSES:
             raise validation_error([{"field": "status",
-                                     "message": f"unknown status {status!r}; expected one of {', '.join(STATUSES)}"}])
+                                     "message": f"unknown status {status!r}; expected one of {', '.join(STATUSES)}"}],
+                                   "the query parameters are not valid")
     return statuses
 
 

@@ -31,6 +31,7 @@ from pgqueue.errors import (
     InvalidTransition,
     JobNotFound,
     LeaseLost,
+    PgQueueError,
     UnknownKind,
 )
 
@@ -78,6 +79,22 @@ def validation_error(details: list[dict[str, str]], message: str = "the request 
 _AT = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
 
 
+_NAMED_FIELD = re.compile(r"^Object (?:missing required|contains unknown) field `(?P<name>[^`]+)`$")
+
+
+def pinpoint(details: list[dict[str, str]]) -> list[dict[str, str]]:
+    """msgspec reports a missing or unknown field at the object holding it; name the field itself."""
+    out = []
+    for detail in details:
+        match = _NAMED_FIELD.match(detail["message"])
+        if match:
+            parent = detail["field"]
+            name = match.group("name")
+            detail = {**detail, "field": name if parent in ("$", "") else f"{parent}.{name}"}
+        out.append(detail)
+    return out
+
+
 def field_errors(exc: msgspec.ValidationError, root: str = "$") -> list[dict[str, str]]:
     """msgspec's "Expected `int`, got `str` - at `$.payload.count`" as [{"field": "payload.count", ...}].
 
@@ -88,7 +105,7 @@ def field_errors(exc: msgspec.ValidationError, root: str = "$") -> list[dict[str
     path = (match.group("path") or "").replace("[", ".").replace("]", "").lstrip(".")
     if root != "$":
         path = f"{root}.{path}" if path else root
-    return [{"field": path or "$", "message": match.group("message")}]
+    return pinpoint([{"field": path or "$", "message": match.group("message")}])
 
 
 def error_response(status: int, code: str, message: str, details: list[dict[str, str]] | None = None,
@@ -133,7 +150,7 @@ async def handle_engine_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, LeaseLost):
         return error_response(409, "lease_lost", str(exc))
     if isinstance(exc, InvalidPayload):
-        return error_response(422, "validation_error", "the job is not valid", exc.errors)
+        return error_response(422, "validation_error", "the job is not valid", pinpoint(exc.errors))
     if isinstance(exc, UnknownKind):
         return error_response(422, "validation_error", str(exc), [{"field": "kind", "message": str(exc)}])
     return await handle_unexpected(request, exc)
@@ -152,8 +169,6 @@ async def handle_unexpected(request: Request, exc: Exception) -> Response:
 
 
 def exception_handlers() -> dict[Any, Any]:
-    from pgqueue.errors import PgQueueError
-
     return {
         ApiError: handle_api_error,
         HTTPException: handle_http_exception,

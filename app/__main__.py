@@ -1,0 +1,163 @@
+"""Command line of the web app.
+
+    python -m app run [--host H --port P --workers N --concurrency C]   API + dashboard + worker
+    python -m app serve [--host H --port P --workers N]                 API + dashboard only
+    python -m app create-user NAME [--admin]                            prints a new API token
+    python -m app add-token NAME                                        another token for NAME
+
+Without PGQUEUE_DATABASE_URL an embedded PostgreSQL is started (data in --data-dir, default
+.data) and migrated, so `make run` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import secrets
+import sys
+
+from pgqueue.errors import ConfigError, PgQueueError
+
+log = logging.getLogger("app")
+
+
+def _database(args: argparse.Namespace) -> str:
+    """The database URL (starting the embedded server when none is set), migrated."""
+    from pgqueue.__main__ import start_dev_database
+    from pgqueue.migrate import migrate
+
+    # stdout is for what a script reads (a token); the start-up chatter goes to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        url = start_dev_database(args.data_dir)
+        os.environ["PGQUEUE_DATABASE_URL"] = url
+        applied = migrate(url)
+        if applied:
+            print(f"migrations applied: {', '.join(applied)}")
+    return url
+
+
+def _serve(args: argparse.Namespace, *, run_worker: bool) -> int:
+    import uvicorn
+
+    _database(args)
+    os.environ["APP_RUN_WORKER"] = "true" if run_worker else "false"
+    if run_worker:
+        os.environ["APP_WORKER_CONCURRENCY"] = str(args.concurrency)
+    # several processes must accept each other's stream tokens: share one secret
+    os.environ.setdefault("APP_SECRET", secrets.token_urlsafe(32))
+    from app.settings import AppSettings
+
+    AppSettings.from_env()  # fail here, with a clear message, on a bad setting
+    base = f"http://{args.host}:{args.port}"
+    print(f"pgqueue app at {base}  (API docs: {base}/docs, health: {base}/readyz)"
+          + (f"; worker with {args.concurrency} slot(s) per process" if run_worker else "; no worker"),
+          flush=True)
+    uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
+                log_level=args.log_level.lower(), timeout_graceful_shutdown=15)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _serve(args, run_worker=True)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    return _serve(args, run_worker=False)
+
+
+def cmd_create_user(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from app.auth import hash_token, new_api_token
+    from app.store import create_user_sync
+    from pgqueue.db import connect_sync
+
+    url = _database(args)
+    token = new_api_token()
+    with connect_sync(url) as conn:
+        try:
+            user = create_user_sync(conn, args.name, args.admin, hash_token(token), label="cli")
+        except psycopg.errors.UniqueViolation:
+            print(f"error: a user named {args.name!r} exists (python -m app add-token {args.name} gives them "
+                  "another token)", file=sys.stderr)
+            return 1
+        except psycopg.errors.CheckViolation:
+            print("error: a user name has 1 to 100 characters", file=sys.stderr)
+            return 2
+        conn.commit()
+    role = "admin" if user.is_admin else "user"
+    print(f"created {role} {user.name!r} (id {user.id}). API token (shown once, keep it secret):", file=sys.stderr)
+    print(token)
+    return 0
+
+
+def cmd_add_token(args: argparse.Namespace) -> int:
+    from app.auth import hash_token, new_api_token
+    from app.store import add_token_sync
+    from pgqueue.db import connect_sync
+
+    url = _database(args)
+    token = new_api_token()
+    with connect_sync(url) as conn:
+        user = add_token_sync(conn, args.name, hash_token(token), label="cli")
+        conn.commit()
+    if user is None:
+        print(f"error: no user named {args.name!r}", file=sys.stderr)
+        return 1
+    print(f"new API token for {user.name!r} (shown once):", file=sys.stderr)
+    print(token)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m app", description="pgqueue web app")
+    parser.add_argument("--log-level", default=os.environ.get("PGQUEUE_LOG_LEVEL", "INFO"))
+    parser.add_argument("--data-dir", default=".data",
+                        help="where the embedded PostgreSQL keeps its files when PGQUEUE_DATABASE_URL is unset")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def server_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=8000)
+        p.add_argument("--workers", type=int, default=1, help="uvicorn processes (default 1)")
+
+    p = sub.add_parser("run", help="API + dashboard + a worker for the app's job kinds, in one process")
+    server_options(p)
+    p.add_argument("--concurrency", type=int, default=10, help="job slots of the worker in each process")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("serve", help="API + dashboard only (run workers with `python -m pgqueue worker --app app.jobs`)")
+    server_options(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("create-user", help="create a user and print an API token")
+    p.add_argument("name")
+    p.add_argument("--admin", action="store_true", help="sees every job and may use the /worker endpoints")
+    p.set_defaults(func=cmd_create_user)
+
+    p = sub.add_parser("add-token", help="print another API token for an existing user")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_add_token)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("yoyo").setLevel(logging.WARNING)  # one line per migration step otherwise
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except PgQueueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
