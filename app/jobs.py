@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from app.ingest import ingest_jobs
 from pgqueue import JobContext, JobRegistry
 
 jobs = JobRegistry()
@@ -114,3 +115,6 @@ async def run_task(ctx: JobContext, task: TaskPayload) -> dict[str, Any]:
 
 
 jobs.declare("external", payload=ExternalPayload, handler=None, queue="external", max_attempts=5)
+
+# Log-file ingestion (app/ingest.py): `ingest_file` on the `ingest` queue.
+jobs.include(ingest_jobs)

@@ -18,7 +18,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route
 
-from app import api, ops, streams
+from app import api, ops, streams, uploads
 from app.errors import exception_handlers
 from app.hub import EventHub
 from app.jobs import jobs as app_jobs
@@ -60,6 +60,8 @@ ROUTES: list[BaseRoute] = [
     Route("/docs", docs_page, methods=["GET"]),
     # live events (SSE, WebSocket)
     *streams.ROUTES,
+    # log files: upload, then ingestion status
+    *uploads.ROUTES,
 ]
 
 
