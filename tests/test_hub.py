@@ -232,3 +232,29 @@ async def test_global_owner_routing_looks_owners_up_once(hub: EventHub, queue: Q
         assert event.job_id == newcomer.id
     assert dave.pending() == 0
     assert lookups == [sorted(job.id for job in jobs), [newcomer.id]]
+
+
+async def test_follow_sends_events_in_both_replay_and_live_queue_once(hub: EventHub, queue: Queue,
+                                                                      db_url: str) -> None:
+    from app.streams import follow, is_terminal
+
+    job = await queue.enqueue("noop", {})
+    await settle(hub, db_url)
+    with hub.subscribe(job_id=job.id) as sub:
+        # committed after subscribing: in the live queue AND in the table the replay reads
+        await queue.add_events([(job.id, "progress", {"percent": p, "message": None}) for p in (10, 20, 30)])
+
+        async def queued() -> bool:
+            return sub.pending() == 3
+
+        await wait_for(queued, TIMEOUT, message="three queued events")
+
+        async def fetch_after(after: int, limit: int) -> list[Event]:
+            return await queue.events(job.id, after, limit)
+
+        events = follow(sub, fetch_after, 0, keepalive_seconds=TIMEOUT, ends_stream=is_terminal)
+        seen = [await anext(events) for _ in range(3)]
+        await queue.add_events([(job.id, "succeeded", {})])
+        seen += [event async for event in events]
+    assert [e.type for e in seen if e is not None] == ["progress"] * 3 + ["succeeded"]
+    assert [e.id for e in seen if e is not None] == [e.id for e in await queue.events(job.id)]

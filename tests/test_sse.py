@@ -364,16 +364,18 @@ async def test_global_stream_shows_each_user_their_own_jobs_and_admins_everythin
     await no_subscribers(live_server)
 
 
-async def test_client_that_disconnects_leaves_nothing_behind(live_server: LiveServer, alice: ApiUser) -> None:
-    job_id = await create_external_job(live_server, alice)
+async def test_client_that_disconnects_leaves_nothing_behind(start_server: Callable[..., LiveServer],
+                                                             alice: ApiUser) -> None:
+    # no keep-alive write would ever fail: the server must notice the disconnect by itself
+    server = start_server(sse_keepalive_seconds=3600)
+    job_id = await create_external_job(server, alice)
     for path in (f"/jobs/{job_id}/events", "/events"):
-        async with sse(live_server, path, alice):
+        async with sse(server, path, alice):
             async def subscribed() -> bool:
-                return hub_of(live_server).subscriber_count == 1
+                return hub_of(server).subscriber_count == 1
 
             await wait_for(subscribed, TIMEOUT, message="the subscription")
-        # no keep-alive is due for 15 s: the server notices the disconnect itself, at once
-        await no_subscribers(live_server)
+        await no_subscribers(server)
 
 
 # -- WebSocket ----------------------------------------------------------------------------------
