@@ -174,6 +174,17 @@ def proc_db(db_url: str) -> str:
     return db_url
 
 
+@pytest.fixture(scope="module")
+def shared_db(pg_server: PgServer, template_db: str) -> Iterator[str]:
+    """One migrated database for a whole module of tests that only read it or must leave it untouched."""
+    name = f"s_{secrets.token_hex(6)}"
+    with pg_server.admin() as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
+    yield with_dbname(pg_server.url, name)
+    with pg_server.admin() as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 @pytest.fixture
 def empty_db(pg_server: PgServer) -> Iterator[str]:
     """A fresh database with nothing in it (for migration tests)."""

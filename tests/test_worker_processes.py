@@ -24,6 +24,7 @@ from tests.process_fixtures import (  # noqa: F401 - fixtures
     query,
     run_cli,
     scalar,
+    shared_db,
     spawn_worker,
     status_counts,
     try_scalar,
@@ -187,7 +188,7 @@ def test_cpu_bound_sync_handler_keeps_its_lease(proc_db, spawn_worker):  # noqa:
     busy = spawn_worker(proc_db, concurrency=2)
     busy.worker_id()
 
-    burn_seconds = LEASE_SECONDS * 3.75  # longer than the lease and than one rescue interval past it
+    burn_seconds = LEASE_SECONDS * 3  # without heartbeats the lease would lapse long before the job ends
     from pgqueue.queue import SyncQueue
     from tests.jobs import jobs
 
@@ -244,14 +245,15 @@ BAD_ENQUEUES = {
 
 
 @pytest.mark.parametrize("case", list(BAD_ENQUEUES))
-def test_enqueue_rejects_bad_input_and_writes_nothing(db_url, case):
+def test_enqueue_rejects_bad_input_and_writes_nothing(shared_db, case):  # noqa: F811
+    # one database for every case: each checks that the table is still empty after it ran
     args, expected = BAD_ENQUEUES[case]
-    done = run_cli(*args, database_url=db_url)
+    done = run_cli(*args, database_url=shared_db)
     assert done.returncode != 0
     assert expected in done.stderr, done.stderr
     assert done.stderr.startswith("error:"), "a one-line message, not a traceback"
     assert "Traceback" not in done.stderr
-    assert scalar(db_url, "SELECT count(*) FROM pgqueue.jobs") == 0
+    assert scalar(shared_db, "SELECT count(*) FROM pgqueue.jobs") == 0
 
 
 BAD_DATABASES = {
