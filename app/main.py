@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route
 
 from app import api, ops, streams, uploads
+from app.dashboard import dashboard_page
 from app.errors import exception_handlers
 from app.hub import EventHub
 from app.jobs import jobs as app_jobs
@@ -58,8 +59,10 @@ ROUTES: list[BaseRoute] = [
     Route("/metrics", ops.metrics, methods=["GET"]),
     Route("/openapi.json", openapi_json, methods=["GET"]),
     Route("/docs", docs_page, methods=["GET"]),
-    # live events (SSE, WebSocket)
+    # live events (SSE, WebSocket) and the browser dashboard
     *streams.ROUTES,
+    Route("/", dashboard_page, methods=["GET"]),
+    Route("/dashboard", dashboard_page, methods=["GET"]),
     # log files: upload, then ingestion status
     *uploads.ROUTES,
 ]
