@@ -129,16 +129,16 @@ BENCH_LISTENERS = """
 SELECT count(*) FROM pg_stat_activity
 WHERE datname = current_database() AND application_name = 'pgqueue-worker-listen'
 """
+# 'failed' is not fatal here: a job whose lease expired is rescued as failed and runs again.
 BENCH_PROGRESS = """
-SELECT count(*) FILTER (WHERE status = 'succeeded'),
-       count(*) FILTER (WHERE status IN ('dead', 'failed', 'cancelled'))
+SELECT count(*) FILTER (WHERE status = 'succeeded'), count(*) FILTER (WHERE status IN ('dead', 'cancelled'))
 FROM pgqueue.jobs WHERE kind = %(kind)s
 """
 # Drain timing on the server's clock: first claim to last completion. Distinct timestamps count the
 # claim and completion transactions (now() is fixed per transaction).
 BENCH_DRAIN_STATS = """
 SELECT count(*), extract(epoch FROM max(finished_at) - min(started_at))::float8,
-       count(DISTINCT started_at), count(DISTINCT finished_at)
+       count(DISTINCT started_at), count(DISTINCT finished_at), count(*) FILTER (WHERE attempts > 1)
 FROM pgqueue.jobs WHERE kind = %(kind)s AND status = 'succeeded'
 """
 BENCH_DRAIN_PER_WORKER = """
@@ -330,6 +330,17 @@ class WorkerProcesses:
     def pids(self) -> list[int]:
         return [process.pid for process in self.processes]
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU of the worker processes so far (Linux /proc; None elsewhere)."""
+        total = 0.0
+        for pid in self.pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                return None
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
     def check_alive(self) -> None:
         for process, path in zip(self.processes, self.log_paths, strict=True):
             if process.poll() is not None:
@@ -373,7 +384,7 @@ def wait_for_jobs(url: str, workers: WorkerProcesses, kind: str, count: int, lab
     while True:
         succeeded, broken = execute(url, BENCH_PROGRESS, {"kind": kind})[0]
         if broken:
-            raise BenchError(f"{label}: {broken} job(s) failed; see the worker logs")
+            raise BenchError(f"{label}: {broken} job(s) dead or cancelled; see the worker logs")
         if succeeded >= count:
             return
         workers.check_alive()
@@ -393,12 +404,20 @@ def library_drain(url: str, count: int, processes: int, log_dir: Path) -> dict[s
         workers.wait_ready()
         say(f"    {label}: workers ready, enqueueing {count} jobs")
         asyncio.run(_enqueue_and_analyze(url, count))
+        cpu_before = workers.cpu_seconds()
         wait_for_jobs(url, workers, "bench_noop", count, label, timeout=max(60.0, count / 200))
-    total, seconds, claims, completions = execute(url, BENCH_DRAIN_STATS, {"kind": "bench_noop"})[0]
+        cpu_after = workers.cpu_seconds()
+    cpu_seconds = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+    total, seconds, claims, completions, retried = execute(url, BENCH_DRAIN_STATS, {"kind": "bench_noop"})[0]
     per_worker = execute(url, BENCH_DRAIN_PER_WORKER, {"kind": "bench_noop"})
+    if retried:
+        say(f"    {label}: {retried} job(s) ran more than once (lease expired before the completion was written)")
     return {
         "jobs_per_s": total / seconds,
         "seconds": seconds,
+        "worker_cpu_s": cpu_seconds,
+        "worker_cpu_ms_per_1000_jobs": None if cpu_seconds is None else cpu_seconds * 1000 / total * 1000,
+        "jobs_run_more_than_once": retried,
         "claims": claims,
         "completion_batches": completions,
         "jobs_per_claim": total / claims,
@@ -422,6 +441,33 @@ async def _enqueue_paced(url: str, samples: int, rate: float) -> dict[int, float
     finally:
         await queue.close()
     return committed
+
+
+async def _store_loop(count: int, url: str) -> float:
+    """The library's claim and completion statements (Queue.claim, Queue.complete_many) in a bare
+    loop on one connection, no worker: how much of the gap to the raw ceiling is SQL, how much the
+    worker around it."""
+    from pgqueue.queue import Queue
+
+    queue = await Queue.connect(url, bench_jobs, max_size=1)
+    done = 0
+    try:
+        started = time.perf_counter()
+        while jobs := await queue.claim([BENCH_QUEUE], RAW_BATCH_SIZE, "pgqueue-bench-store-loop"):
+            await queue.complete_many([(job.id, job.lease_token, None) for job in jobs if job.lease_token])
+            done += len(jobs)
+        elapsed = time.perf_counter() - started
+    finally:
+        await queue.close()
+    if done != count:
+        raise BenchError(f"store loop finished {done} jobs, expected {count}")
+    return done / elapsed
+
+
+def store_loop_drain(url: str, count: int) -> float:
+    reset_engine(url)
+    asyncio.run(_enqueue_and_analyze(url, count))
+    return asyncio.run(_store_loop(count, url))
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -489,7 +535,7 @@ def run(url: str, jobs: int, quick: bool) -> dict[str, Any]:
     load_before = os.getloadavg()
     raw: dict[str, float] = {}
     library: dict[str, Any] = {}
-    steps = Steps(11)
+    steps = Steps(12)
     log_dir = Path(tempfile.mkdtemp(prefix="pgqueue-bench-workers-"))
     try:
         with _sync(url) as conn:
@@ -515,6 +561,8 @@ def run(url: str, jobs: int, quick: bool) -> dict[str, Any]:
             rates = asyncio.run(_library_enqueue(url, jobs, single_count))
             library["enqueue_many_jobs_per_s"] = rates["bulk"]
             library["enqueue_single_jobs_per_s"] = rates["single"]
+        with steps.step(f"library SQL without the worker: claim + complete_many loop, batches of {RAW_BATCH_SIZE}"):
+            library["store_loop_drain_jobs_per_s"] = store_loop_drain(url, jobs)
         with steps.step(f"library drain of {jobs} no-op jobs, 1 worker process (concurrency {WORKER_CONCURRENCY})"):
             library["drain_1_worker"] = library_drain(url, jobs, 1, log_dir)
         with steps.step(f"library drain of {jobs} no-op jobs, 2 worker processes (concurrency {WORKER_CONCURRENCY})"):
@@ -536,6 +584,9 @@ def run(url: str, jobs: int, quick: bool) -> dict[str, Any]:
         "drain_2_workers_vs_raw_batch": library["drain_2_workers"]["jobs_per_s"] / raw["drain_batch_jobs_per_s"],
         "drain_1_worker_vs_raw_batch_two_commits":
             library["drain_1_worker"]["jobs_per_s"] / raw["drain_batch_two_commits_jobs_per_s"],
+        "store_loop_vs_raw_batch_two_commits":
+            library["store_loop_drain_jobs_per_s"] / raw["drain_batch_two_commits_jobs_per_s"],
+        "drain_1_worker_vs_store_loop": library["drain_1_worker"]["jobs_per_s"] / library["store_loop_drain_jobs_per_s"],
     }
     targets = {
         "drain_1_worker_vs_raw_batch": _target(ratios["drain_1_worker_vs_raw_batch"], ">=", 0.5),
@@ -608,6 +659,8 @@ def render(engine: dict[str, Any]) -> str:
          _verdict(targets["enqueue_many_vs_raw_copy"])),
         ("  single enqueue()", _rate(lib["enqueue_single_jobs_per_s"], "jobs/s"),
          f"{ratios['enqueue_single_vs_raw_insert']:.0%} of raw single INSERT", ""),
+        ("  claim + complete_many loop, no worker (diagnostic)", _rate(lib["store_loop_drain_jobs_per_s"], "jobs/s"),
+         f"{ratios['store_loop_vs_raw_batch_two_commits']:.0%} of raw two-commit drain", ""),
         (f"  drain, 1 worker process (concurrency {meta['worker_concurrency']})",
          _rate(lib["drain_1_worker"]["jobs_per_s"], "jobs/s"),
          f"{ratios['drain_1_worker_vs_raw_batch']:.0%} of raw batch drain "
@@ -631,10 +684,14 @@ def render(engine: dict[str, Any]) -> str:
     lines = [header, ""]
     for row in rows:
         lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    lines.append("")
     for label, drain in (("1 worker", lib["drain_1_worker"]), ("2 workers", lib["drain_2_workers"])):
+        cpu = drain["worker_cpu_ms_per_1000_jobs"]
         lines.append(
-            f"  ({label}: {drain['seconds']:.2f}s, {drain['claims']} claims of {drain['jobs_per_claim']:.0f} jobs, "
-            f"{drain['completion_batches']} completion batches of {drain['jobs_per_completion_batch']:.0f})"
+            f"  {label}: {drain['seconds']:.2f}s, {drain['claims']} claims of {drain['jobs_per_claim']:.0f} jobs, "
+            f"{drain['completion_batches']} completion batches of {drain['jobs_per_completion_batch']:.0f}"
+            + (f", worker CPU {cpu:.0f} ms per 1000 jobs" if cpu is not None else "")
+            + (f", {drain['jobs_run_more_than_once']} jobs ran twice (lease expired)" if drain["jobs_run_more_than_once"] else "")
         )
     return "\n".join(lines)
 

@@ -26,6 +26,7 @@ def test_quick_bench_reports_every_figure(db_url: str, tmp_path: Path) -> None:
         **{f"ratios.{k}": v for k, v in engine["ratios"].items()},
         "library.enqueue_many_jobs_per_s": engine["library"]["enqueue_many_jobs_per_s"],
         "library.enqueue_single_jobs_per_s": engine["library"]["enqueue_single_jobs_per_s"],
+        "library.store_loop_drain_jobs_per_s": engine["library"]["store_loop_drain_jobs_per_s"],
         "library.drain_1_worker": engine["library"]["drain_1_worker"]["jobs_per_s"],
         "library.drain_2_workers": engine["library"]["drain_2_workers"]["jobs_per_s"],
         "library.wakeup.p50_ms": engine["library"]["wakeup"]["p50_ms"],
