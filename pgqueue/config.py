@@ -40,7 +40,7 @@ class Settings(msgspec.Struct, kw_only=True):
     keep_events_seconds: float = 7 * 24 * 3600
 
     @classmethod
-    def from_env(cls, **overrides: object) -> "Settings":
+    def from_env(cls, **overrides: object) -> Settings:
         values: dict[str, object] = {}
         for field in cls.__struct_fields__:
             raw = os.environ.get("PGQUEUE_" + field.upper())

@@ -114,6 +114,5 @@ async def transaction(pool: AsyncConnectionPool, conn: AsyncConnection | None = 
             yield conn
         return
     with translate_errors():
-        async with pool.connection() as pooled:
-            async with pooled.transaction():
-                yield pooled
+        async with pool.connection() as pooled, pooled.transaction():
+            yield pooled

@@ -148,11 +148,14 @@ class Queue:
             job = await self.store.lock_job(job_id, conn)
             if job is None:
                 raise JobNotFound(job_id)
+            changed = None
             if job.status in ("queued", "failed"):
-                return await self.store.cancel_queued_job(job_id, conn)
-            if job.status == "running":
-                return await self.store.request_cancel(job_id, conn)
-            raise InvalidTransition(job_id, job.status, "cancel")
+                changed = await self.store.cancel_queued_job(job_id, conn)
+            elif job.status == "running":
+                changed = await self.store.request_cancel(job_id, conn)
+            if changed is None:  # the row is locked, so only a finished job gets here
+                raise InvalidTransition(job_id, job.status, "cancel")
+            return changed
 
     async def retry(self, job_id: int) -> Job:
         """Re-drive a dead (or failed, waiting) job now, with a fresh attempt budget."""
@@ -160,9 +163,10 @@ class Queue:
             job = await self.store.lock_job(job_id, conn)
             if job is None:
                 raise JobNotFound(job_id)
-            if job.status not in ("dead", "failed"):
+            redriven = await self.store.redrive_job(job_id, conn) if job.status in ("dead", "failed") else None
+            if redriven is None:
                 raise InvalidTransition(job_id, job.status, "retry")
-            return await self.store.redrive_job(job_id, conn)
+            return redriven
 
     async def delete(self, job_id: int) -> None:
         async with transaction(self.pool) as conn:

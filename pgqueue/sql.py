@@ -23,7 +23,8 @@ def parse_queries(text: str) -> dict[str, Query]:
     for index, header in enumerate(headers):
         end = headers[index + 1].start() if index + 1 < len(headers) else len(text)
         body = text[header.end() : end].strip()
-        doc_lines, sql_lines = [], []
+        doc_lines: list[str] = []
+        sql_lines: list[str] = []
         for line in body.splitlines():
             if not sql_lines and line.startswith("--"):
                 doc_lines.append(line[2:].strip())

@@ -88,10 +88,9 @@ class Store:
         self.pool = pool
 
     async def _many(self, name: str, params: dict[str, Any], conn: AsyncConnection | None, row: Any = None) -> list[Any]:
-        async with transaction(self.pool, conn) as c:
-            async with c.cursor(row_factory=row or tuple_row) as cur:
-                await cur.execute(QUERIES[name].sql, params)
-                return await cur.fetchall() if cur.description else []
+        async with transaction(self.pool, conn) as c, c.cursor(row_factory=row or tuple_row) as cur:
+            await cur.execute(QUERIES[name].sql, params)
+            return await cur.fetchall() if cur.description else []
 
     async def _one(self, name: str, params: dict[str, Any], conn: AsyncConnection | None, row: Any = None) -> Any:
         rows = await self._many(name, params, conn, row)
@@ -121,13 +120,12 @@ class Store:
         """
         async with transaction(self.pool, conn) as c:
             ids = [row[0] for row in await self._many("reserve_job_ids", {"count": len(jobs)}, c)]
-            async with c.cursor() as cur:
-                async with cur.copy(QUERIES["copy_jobs"].sql) as copy:
-                    for job_id, job in zip(ids, jobs, strict=True):
-                        await copy.write_row(
-                            (job_id, job.queue, job.kind, _json_text(job.payload), job.priority,
-                             job.max_attempts, job.owner_id)
-                        )
+            async with c.cursor() as cur, cur.copy(QUERIES["copy_jobs"].sql) as copy:
+                for job_id, job in zip(ids, jobs, strict=True):
+                    await copy.write_row(
+                        (job_id, job.queue, job.kind, _json_text(job.payload), job.priority,
+                         job.max_attempts, job.owner_id)
+                    )
         return ids
 
     # -- the worker's cycle ------------------------------------------------------------------

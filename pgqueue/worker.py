@@ -60,7 +60,7 @@ class Worker:
         self.queue = queue
         self.queues = list(queues)
         self.concurrency = max(1, concurrency)
-        self.url = url or queue.settings.database_url or queue.pool.conninfo
+        self.url: str = url or queue.settings.database_url or str(queue.pool.conninfo)
         self.settings = queue.settings
         self.shutdown_grace = shutdown_grace
         self.maintenance = maintenance
