@@ -6,9 +6,10 @@ held whole in memory nor spooled to a temporary file first. What the route decid
 
 - 415 ``unsupported_media_type``: the request is not ``multipart/form-data``.
 - 415 ``unsupported_file_type``: the file name does not end in ``.jsonl``, or its content
-  does not look like JSON lines: after an optional UTF-8 byte order mark and whitespace,
-  the first 512 bytes must start with ``{``, be UTF-8 and hold no NUL byte. (Bad bytes
-  further on are the ingest job's business: they become invalid lines.)
+  does not look like JSON lines: after an optional UTF-8 byte order mark and whitespace it
+  must start with ``{``, and (the test git and grep use for binary files) its first 512
+  bytes must hold no NUL byte. Everything else is judged line by line by the ingest job:
+  invalid UTF-8, a NUL further on, or garbage after a good start become invalid lines.
 - 422 ``empty_file``: nothing but whitespace (or nothing at all).
 - 413 ``payload_too_large``: more than ``APP_MAX_UPLOAD_BYTES`` (default 100 MB); refused
   from Content-Length before reading when it says so, else as soon as the stream passes it.
@@ -27,7 +28,6 @@ is only recorded, reduced to its last path segment without control characters, s
 from __future__ import annotations
 
 import asyncio
-import codecs
 import logging
 import re
 import unicodedata
@@ -137,7 +137,7 @@ async def multipart_events(body: AsyncIterator[bytes], boundary: bytes) -> Async
 
 
 class ContentCheck:
-    """Watches the start of an upload: JSON lines are UTF-8 text opening with ``{``."""
+    """Watches the start of an upload: JSON lines are text (no NUL) opening with ``{``."""
 
     def __init__(self) -> None:
         self.head = bytearray()
@@ -158,25 +158,19 @@ class ContentCheck:
             self.leading = False
         self.head.extend(chunk[: SNIFF_BYTES - len(self.head)])
         if len(self.head) >= SNIFF_BYTES:
-            self._judge(final=False)
+            self._judge()
 
     def finish(self) -> None:
         if self.leading:
             raise ApiError(422, "empty_file", "the file is empty: it holds no JSON lines")
         if not self.done:
-            self._judge(final=True)
+            self._judge()
 
-    def _judge(self, final: bool) -> None:
+    def _judge(self) -> None:
         self.done = True
-        head = bytes(self.head)
-        try:
-            codecs.getincrementaldecoder("utf-8")().decode(head, final=final)
-            is_text = b"\x00" not in head
-        except UnicodeDecodeError:
-            is_text = False
-        if not is_text or not head.startswith(b"{"):
-            raise unsupported_file_type("the file does not look like JSON lines: it must be UTF-8 text with one "
-                                        "JSON object per line, starting with `{`")
+        if not self.head.startswith(b"{") or b"\x00" in self.head:
+            raise unsupported_file_type("the file does not look like JSON lines: it must be text with one JSON "
+                                        "object per line, starting with `{`")
 
 
 async def file_data(events: AsyncIterator[PartStart | PartData | PartEnd], check: ContentCheck) -> AsyncIterator[bytes]:
