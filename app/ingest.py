@@ -202,17 +202,17 @@ def explain(line: bytes, exc: Exception) -> str:
     """Why a line is not a valid entry, in words an uploader can act on."""
     if isinstance(exc, InvalidLineError):
         return str(exc)
+    if isinstance(exc, msgspec.ValidationError):  # (a subclass of DecodeError: well-formed JSON, wrong shape)
+        return f"not a valid log entry: {exc}"
     if isinstance(exc, UnicodeDecodeError):
         return "not valid UTF-8 text"
     if b"\x00" in line:
         return "contains a NUL byte, which PostgreSQL text cannot store"
-    if isinstance(exc, msgspec.DecodeError) and _NAN_OR_INFINITY.search(line):
+    if _NAN_OR_INFINITY.search(line):
         return "NaN and Infinity are not valid JSON numbers"
-    if isinstance(exc, msgspec.DecodeError):
-        if line.startswith(_BOM):
-            return "a UTF-8 byte order mark is only allowed at the start of the file"
-        return f"not valid JSON: {str(exc).removeprefix('JSON is malformed: ')}"
-    return f"not a valid log entry: {exc}"
+    if line.startswith(_BOM):
+        return "a UTF-8 byte order mark is only allowed at the start of the file"
+    return f"not valid JSON: {str(exc).removeprefix('JSON is malformed: ')}"
 
 
 def _without_bom(lines: Iterator[tuple[bytes, int]]) -> Iterator[tuple[bytes, int]]:
