@@ -15,7 +15,7 @@ import msgspec
 from psycopg.rows import kwargs_row, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
-from pgqueue.db import AsyncConnection, Connection, transaction, translate_errors
+from pgqueue.db import AsyncConnection, Connection, connection, transaction, translate_errors
 from pgqueue.models import Event, Job, JobError, NewJob
 from pgqueue.sql import QUERIES
 
@@ -88,7 +88,7 @@ class Store:
         self.pool = pool
 
     async def _many(self, name: str, params: dict[str, Any], conn: AsyncConnection | None, row: Any = None) -> list[Any]:
-        async with transaction(self.pool, conn) as c, c.cursor(row_factory=row or tuple_row) as cur:
+        async with connection(self.pool, conn) as c, c.cursor(row_factory=row or tuple_row) as cur:
             await cur.execute(QUERIES[name].sql, params)
             return await cur.fetchall() if cur.description else []
 

@@ -75,6 +75,9 @@ class Worker:
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._completions: list[tuple[int, uuid.UUID, Any]] = []
+        # finished jobs whose completion is not written yet: still heartbeated (their lease must
+        # not expire while a slow flush runs), and they hold back claiming once they pile up
+        self._unacked: dict[int, uuid.UUID] = {}
         self._completions_ready = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="pgqueue-job")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -156,7 +159,7 @@ class Worker:
     async def _fetch_loop(self) -> None:
         error_delay = 0.2
         while not self.stopping.is_set():
-            free = self.concurrency - len(self.running)
+            free = self.concurrency - len(self.running) - max(0, len(self._unacked) - self.concurrency)
             if free <= 0:
                 self._slot_free.clear()
                 await self._slot_free.wait()
@@ -223,6 +226,7 @@ class Worker:
             return
         if outcome == "succeeded":
             self._completions.append((job.id, token, value))
+            self._unacked[job.id] = token
             self._completions_ready.set()
             return
         await self._retrying(self._finish_unsuccessful, job, ctx, outcome, value)
@@ -287,11 +291,13 @@ class Worker:
             raise
         self.counters["succeeded"] += len(done)
         for job_id, _token, _result in batch:
+            self._unacked.pop(job_id, None)
             if job_id in done:
                 log.info("job %s succeeded", job_id)
             else:
                 self.counters["lease_lost"] += 1
                 log.warning("job %s finished but its lease was lost; result discarded", job_id)
+        self._slot_free.set()
 
     async def _flush_events_loop(self) -> None:
         while True:
@@ -391,13 +397,14 @@ class Worker:
             await asyncio.sleep(self.settings.heartbeat_seconds)
 
     async def _heartbeat(self, conn: AsyncConnection) -> None:
-        items = [(r.job.id, r.job.lease_token) for r in list(self.running.values()) if r.job.lease_token]
-        held = await self.queue.heartbeat(items, conn=conn)  # type: ignore[arg-type]
+        running = [(r.job.id, r.job.lease_token) for r in list(self.running.values()) if r.job.lease_token]
+        held = await self.queue.heartbeat(running + list(self._unacked.items()), conn=conn)  # type: ignore[arg-type]
         await self.queue.store.touch_worker(self.worker_id, conn)
-        for job_id, _token in items:
+        for job_id, _token in running:
+            if job_id not in self.running:
+                continue  # finished meanwhile
             if job_id not in held:
-                if job_id in self.running and not any(c[0] == job_id for c in self._completions):
-                    self._cancel_running(job_id, lease_lost=True)
+                self._cancel_running(job_id, lease_lost=True)
             elif held[job_id]:
                 self._cancel_running(job_id)
 

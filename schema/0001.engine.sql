@@ -26,7 +26,9 @@ CREATE TABLE pgqueue.jobs (
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
     started_at       timestamptz,
-    finished_at      timestamptz
+    finished_at      timestamptz,
+    -- a lease token exists exactly while a job runs: the lease statements rely on it
+    CONSTRAINT jobs_lease_only_while_running CHECK ((status = 'running') = (lease_token IS NOT NULL))
 ) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_cost_delay = 0);
 
 -- Serves exactly the claim query: runnable jobs of a queue, best priority then oldest first.

@@ -63,13 +63,17 @@ SELECT * FROM claimed ORDER BY priority DESC, run_at, id;
 -- name: complete_jobs :many
 -- Finish a batch of jobs as succeeded; only rows whose lease token still matches are touched,
 -- so a worker whose job was rescued cannot overwrite it. Returns the ids it finished.
+-- The lease statements match on (id, lease_token) only, never on status: a token exists only
+-- while a job runs (CHECK jobs_lease_only_while_running), and a status condition lets the
+-- generic plan of a prepared statement pick jobs_lease_idx and rescan the input per running
+-- job (seconds instead of milliseconds for a batch of 1,000).
 WITH input AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(results)s::jsonb[]) AS t(id, token, result)
 ), done AS (
     UPDATE pgqueue.jobs AS j
     SET status = 'succeeded', result = i.result, finished_at = now(), updated_at = now(),
         lease_token = NULL, lease_expires_at = NULL
-    FROM input AS i WHERE j.id = i.id AND j.lease_token = i.token AND j.status = 'running'
+    FROM input AS i WHERE j.id = i.id AND j.lease_token = i.token
     RETURNING j.id, j.attempts
 ), events AS (
     INSERT INTO pgqueue.events (job_id, type, data)
@@ -122,7 +126,7 @@ WITH released AS (
     SET status = 'queued', attempts = greatest(j.attempts - 1, 0), run_at = now(), updated_at = now(),
         lease_token = NULL, lease_expires_at = NULL
     FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS i(id, token)
-    WHERE j.id = i.id AND j.lease_token = i.token AND j.status = 'running'
+    WHERE j.id = i.id AND j.lease_token = i.token
     RETURNING j.id
 ), events AS (
     INSERT INTO pgqueue.events (job_id, type, data) SELECT id, 'released', '{}' FROM released
@@ -135,7 +139,7 @@ SELECT id FROM released;
 UPDATE pgqueue.jobs AS j
 SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
 FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS i(id, token)
-WHERE j.id = i.id AND j.lease_token = i.token AND j.status = 'running'
+WHERE j.id = i.id AND j.lease_token = i.token
 RETURNING j.id, j.cancel_requested;
 
 -- name: lease_held :one
