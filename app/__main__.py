@@ -4,6 +4,7 @@
     python -m app serve [--host H --port P --workers N]                 API + dashboard only
     python -m app create-user NAME [--admin]                            prints a new API token
     python -m app add-token NAME                                        another token for NAME
+    python -m app bench-sse [--clients 500 --events 200 --rate 20]      SSE delivery latency
 
 Without PGQUEUE_DATABASE_URL an embedded PostgreSQL is started (data in --data-dir, default
 .data) and migrated, so `make run` needs nothing else.
@@ -111,6 +112,12 @@ def cmd_add_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_sse(args: argparse.Namespace) -> int:
+    from app.bench_sse import main as bench_main
+
+    return bench_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m app", description="pgqueue web app")
     parser.add_argument("--log-level", default=os.environ.get("PGQUEUE_LOG_LEVEL", "INFO"))
@@ -140,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("add-token", help="print another API token for an existing user")
     p.add_argument("name")
     p.set_defaults(func=cmd_add_token)
+
+    p = sub.add_parser("bench-sse", help="SSE delivery latency (NOTIFY -> client, p50/p99) with 500 clients")
+    from app.bench_sse import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_bench_sse)
     return parser
 
 

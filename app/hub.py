@@ -92,12 +92,18 @@ class Subscription:
     def pending(self) -> int:
         return self._queue.qsize()
 
+    def get_nowait(self) -> Event | Lagged | None:
+        """The next queued item, or None when the queue is empty."""
+        return None if self._queue.empty() else self._queue.get_nowait()
+
     async def get(self, timeout: float | None = None) -> Event | Lagged | None:
         """The next event or LAGGED; None when nothing came within `timeout` seconds."""
         if not self._queue.empty():
             return self._queue.get_nowait()
         try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
+            # asyncio.timeout, not wait_for: no task per call (this runs once per event per client)
+            async with asyncio.timeout(timeout):
+                return await self._queue.get()
         except TimeoutError:
             return None
 

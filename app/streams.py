@@ -70,13 +70,16 @@ class RecentIds:
 
 async def follow(sub: Subscription, fetch_after: FetchAfter, after_id: int, *, keepalive_seconds: float,
                  ends_stream: Callable[[Event], bool] = lambda event: False,
-                 finished: bool = False) -> AsyncIterator[Event | None]:
-    """Replay then live, deduplicated: yields events, or None after `keepalive_seconds` of silence.
+                 finished: bool = False) -> AsyncIterator[list[Event] | None]:
+    """Replay then live, deduplicated: yields batches of events in the order to send them,
+    or None after `keepalive_seconds` of silence.
 
     `sub` must have been subscribed before this starts (so the replay overlaps the live queue
     instead of leaving a gap). `finished`: the job was already over when the stream began,
     so the stream ends after the replay. After an event for which `ends_stream` is true the
     stream ends, unless the replay shows later events (a dead job that was retried).
+    A live batch is everything the subscriber has queued: a client that fell a little behind
+    gets it in one write instead of many.
     """
     sent = RecentIds()
     last_id = after_id
@@ -87,11 +90,12 @@ async def follow(sub: Subscription, fetch_after: FetchAfter, after_id: int, *, k
             last_replayed: Event | None = None
             while True:
                 page = await fetch_after(last_id, REPLAY_PAGE)
-                for event in page:
-                    last_id = max(last_id, event.id)
-                    if sent.add(event.id):
-                        last_replayed = event
-                        yield event
+                fresh = [event for event in page if sent.add(event.id)]
+                if page:
+                    last_id = max(last_id, page[-1].id)
+                if fresh:
+                    last_replayed = fresh[-1]
+                    yield fresh
                 if len(page) < REPLAY_PAGE:
                     break
             if finished or (last_replayed is not None and ends_stream(last_replayed)):
@@ -100,15 +104,23 @@ async def follow(sub: Subscription, fetch_after: FetchAfter, after_id: int, *, k
         item = await sub.get(keepalive_seconds)
         if item is None:
             yield None
-        elif item is LAGGED:
-            catching_up = True
-        elif isinstance(item, Event) and sent.add(item.id):
-            # A live event may carry a smaller id than one already sent (transactions commit
-            # out of id order); it is still new, so it is sent, and last_id only moves up.
-            last_id = max(last_id, item.id)
-            yield item
-            if ends_stream(item):
-                return
+            continue
+        batch: list[Event] = []
+        while item is not None:
+            if item is LAGGED:
+                catching_up = True  # LAGGED is always alone in the queue: nothing is skipped here
+                break
+            if isinstance(item, Event) and sent.add(item.id):
+                # A live event may carry a smaller id than one already sent (transactions commit
+                # out of id order); it is still new, so it is sent, and last_id only moves up.
+                last_id = max(last_id, item.id)
+                batch.append(item)
+                if ends_stream(item):
+                    yield batch
+                    return
+            item = sub.get_nowait()
+        if batch:
+            yield batch
 
 
 def is_terminal(event: Event) -> bool:
@@ -208,10 +220,10 @@ class EventStreamResponse(Response):
                 await aclose()  # runs the stream's `finally` blocks: unsubscribe from the hub
 
 
-async def sse_body(events: AsyncIterator[Event | None], retry_ms: int) -> AsyncIterator[bytes]:
+async def sse_body(batches: AsyncIterator[list[Event] | None], retry_ms: int) -> AsyncIterator[bytes]:
     yield b"retry: %d\n\n" % retry_ms
-    async for event in events:
-        yield KEEPALIVE if event is None else sse_message(event)
+    async for batch in batches:
+        yield KEEPALIVE if batch is None else b"".join(sse_message(event) for event in batch)
 
 
 # -- routes -------------------------------------------------------------------------------------
@@ -312,8 +324,8 @@ async def job_events_ws(websocket: WebSocket) -> None:
             events = follow(sub, fetch_after, after_id, keepalive_seconds=settings.sse_keepalive_seconds,
                             ends_stream=is_terminal, finished=status in FINISHED_STATUSES)
             try:
-                async for event in events:
-                    if event is not None:  # the WebSocket protocol has its own pings
+                async for batch in events:
+                    for event in batch or ():  # no keep-alives: the WebSocket protocol has its own pings
                         await websocket.send_text(encode_event(event).decode())
             finally:
                 await events.aclose()

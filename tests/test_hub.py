@@ -252,9 +252,10 @@ async def test_follow_sends_events_in_both_replay_and_live_queue_once(hub: Event
         async def fetch_after(after: int, limit: int) -> list[Event]:
             return await queue.events(job.id, after, limit)
 
-        events = follow(sub, fetch_after, 0, keepalive_seconds=TIMEOUT, ends_stream=is_terminal)
-        seen = [await anext(events) for _ in range(3)]
+        batches = follow(sub, fetch_after, 0, keepalive_seconds=TIMEOUT, ends_stream=is_terminal)
+        seen = await anext(batches)  # the replay: all three
+        assert seen is not None and len(seen) == 3
         await queue.add_events([(job.id, "succeeded", {})])
-        seen += [event async for event in events]
-    assert [e.type for e in seen if e is not None] == ["progress"] * 3 + ["succeeded"]
-    assert [e.id for e in seen if e is not None] == [e.id for e in await queue.events(job.id)]
+        seen += [event async for batch in batches for event in batch or ()]
+    assert [e.type for e in seen] == ["progress"] * 3 + ["succeeded"]
+    assert [e.id for e in seen] == [e.id for e in await queue.events(job.id)]
