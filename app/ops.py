@@ -112,4 +112,22 @@ async def metrics(request: Request) -> Response:
         f"pgqueue_queue_wait_seconds_sum {_number(histogram.sum)}",
         f"pgqueue_queue_wait_seconds_count {histogram.count}",
     ]
+    hub = request.state.hub.metrics()
+    lines += [
+        "# HELP pgqueue_sse_subscribers Open event streams (SSE and WebSocket) on this process.",
+        "# TYPE pgqueue_sse_subscribers gauge",
+        f"pgqueue_sse_subscribers {hub['subscribers']}",
+        "# HELP pgqueue_sse_listening 1 while this process's LISTEN connection is up.",
+        "# TYPE pgqueue_sse_listening gauge",
+        f"pgqueue_sse_listening {hub['listening']}",
+        "# HELP pgqueue_sse_events_delivered_total Events handed to stream subscribers.",
+        "# TYPE pgqueue_sse_events_delivered_total counter",
+        f"pgqueue_sse_events_delivered_total {hub['delivered']}",
+        "# HELP pgqueue_sse_dropped_total Times a slow subscriber's queue overflowed (it then caught up from the table).",
+        "# TYPE pgqueue_sse_dropped_total counter",
+        f"pgqueue_sse_dropped_total {hub['dropped']}",
+        "# HELP pgqueue_sse_listen_reconnects_total Times the LISTEN connection was lost and re-established.",
+        "# TYPE pgqueue_sse_listen_reconnects_total counter",
+        f"pgqueue_sse_listen_reconnects_total {hub['reconnects']}",
+    ]
     return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

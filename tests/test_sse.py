@@ -428,3 +428,28 @@ async def test_websocket_client_leaving_unsubscribes(live_server: LiveServer, al
 
         await wait_for(subscribed, TIMEOUT, message="the subscription")
     await no_subscribers(live_server)
+
+
+async def test_metrics_count_open_streams_and_slow_subscribers(start_server: Callable[..., LiveServer],
+                                                               alice: ApiUser, queue: Queue) -> None:
+    server = start_server(sse_queue_size=2)
+    job_id = await create_external_job(server, alice)
+
+    async def metric(name: str) -> int:
+        async with server.client() as http:
+            text = (await http.get("/metrics")).text
+        (value,) = [line.split()[1] for line in text.splitlines() if line.startswith(name + " ")]
+        return int(value)
+
+    assert await metric("pgqueue_sse_subscribers") == 0
+    assert await metric("pgqueue_sse_listening") == 1
+    async with sse(server, f"/jobs/{job_id}/events", alice) as stream:
+        async def one_open() -> bool:
+            return await metric("pgqueue_sse_subscribers") == 1
+
+        await wait_for(one_open, TIMEOUT, message="the open stream in /metrics")
+        await progress(queue, job_id, *range(10))  # one burst, more than the queue of 2 holds
+        assert len(await stream.take(10)) == 10
+    assert await metric("pgqueue_sse_dropped_total") >= 1
+    await no_subscribers(server)
+    assert await metric("pgqueue_sse_subscribers") == 0
