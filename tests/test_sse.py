@@ -453,3 +453,28 @@ async def test_metrics_count_open_streams_and_slow_subscribers(start_server: Cal
     assert await metric("pgqueue_sse_dropped_total") >= 1
     await no_subscribers(server)
     assert await metric("pgqueue_sse_subscribers") == 0
+
+
+async def test_stream_survives_the_listen_connection_being_killed(live_server: LiveServer, alice: ApiUser,
+                                                                 queue: Queue, db_url: str) -> None:
+    job_id = await create_external_job(live_server, alice)
+    job = await claim(queue, job_id)
+    hub = hub_of(live_server)
+    async with sse(live_server, f"/jobs/{job_id}/events", alice) as stream:
+        received = await stream.take(1)
+        with psycopg.connect(db_url, autocommit=True) as admin_conn:
+            admin_conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                               "WHERE application_name = %s AND datname = current_database()",
+                               (HUB_APPLICATION_NAME,))
+        # committed while the hub may well be deaf: only the table has these
+        await progress(queue, job_id, 10, 20)
+
+        async def reconnected() -> bool:
+            return hub.reconnects >= 1 and hub.listening.is_set()
+
+        await wait_for(reconnected, TIMEOUT, message="the hub to listen again")
+        await progress(queue, job_id, 30)
+        await queue.complete(job_id, job.lease_token, None)  # type: ignore[arg-type]
+        received += await stream.until_end()
+    assert [m.id for m in received] == await table_ids(queue, job_id)
+    assert [m.event for m in received] == ["started", "progress", "progress", "progress", "succeeded"]
