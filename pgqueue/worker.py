@@ -104,9 +104,7 @@ class Worker:
             await self._fetch_loop()
             await self._drain()
         finally:
-            for task in helpers:
-                task.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            await _cancel_and_wait(helpers)
             await self._flush_completions()
             await self._flush_events()
             with contextlib.suppress(*CONNECTION_ERRORS):
@@ -407,6 +405,20 @@ class Worker:
                 self._cancel_running(job_id, lease_lost=True)
             elif held[job_id]:
                 self._cancel_running(job_id)
+
+
+async def _cancel_and_wait(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    """Cancel tasks and wait until each has ended, cancelling again if needed: on Python 3.11 a
+    cancellation that lands while asyncio.wait_for (inside psycopg_pool) hands over its result is
+    lost (CPython gh-86296), and the worker hung on shutdown waiting for that task."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("worker task %s had failed: %r", task.get_name(), task.exception())
 
 
 def _fmt(moment: datetime) -> str:
