@@ -187,7 +187,9 @@ def _emit_events(database_url: str, job_id: int, count: int, rate: float,
                     "sent_at": time.time()}
             row = conn.execute(QUERIES["insert_event"].sql,
                                {"job_id": job_id, "type": "progress", "data": msgspec.json.encode(data).decode()})
-            (event_id,) = row.fetchone()
+            inserted = row.fetchone()
+            assert inserted is not None  # INSERT ... RETURNING id
+            event_id = inserted[0]
             commit_sent = time.perf_counter()
             conn.commit()  # NOTIFY goes out here
             committed[event_id] = (commit_sent, time.perf_counter())

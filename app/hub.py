@@ -26,7 +26,6 @@ from collections.abc import Iterator, Sequence
 from typing import Final, Literal
 
 from pgqueue.db import CONNECTION_ERRORS, AsyncConnection, connect
-from pgqueue.errors import DatabaseUnavailable
 from pgqueue.models import Event
 from pgqueue.store import Store
 
@@ -288,7 +287,7 @@ class EventHub:
                 await self._dispatch(burst)
             except asyncio.CancelledError:
                 raise
-            except (*CONNECTION_ERRORS, DatabaseUnavailable) as exc:
+            except CONNECTION_ERRORS as exc:  # DatabaseUnavailable included
                 log.warning("hub could not fetch %d events (%s); subscribers will catch up", len(burst), exc)
                 self._mark_interested_lagged(burst)
             except Exception:

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Annotated, Final
 
 import anyio
@@ -80,7 +80,7 @@ class RecentIds:
 
 async def follow(sub: Subscription, fetch_after: FetchAfter, after_id: int, *, keepalive_seconds: float,
                  ends_stream: Callable[[Event], bool] = lambda event: False,
-                 finished: bool = False) -> AsyncIterator[list[Event] | None]:
+                 finished: bool = False) -> AsyncGenerator[list[Event] | None, None]:
     """Replay then live, deduplicated: yields batches of events in the order to send them,
     or None after `keepalive_seconds` of silence.
 
