@@ -16,8 +16,9 @@ UPDATE app.files SET job_id = %(job_id)s WHERE id = %(file_id)s;
 SELECT id, owner_id, name, size, sha256, storage_url, storage_key FROM app.files WHERE id = %(file_id)s;
 
 -- name: copy_log_entries :copy
--- Valid lines, a batch at a time (COPY: one round trip, no per-row statement overhead).
-COPY app.log_entries (file_id, job_id, line_no, ts, level, service, message, attributes) FROM STDIN;
+-- Valid lines, a batch at a time (COPY: one round trip, no per-row statement overhead; binary:
+-- the server parses no numbers or timestamps). Column types: LOG_ENTRY_TYPES in app/ingest.py.
+COPY app.log_entries (file_id, job_id, line_no, ts, level, service, message, attributes) FROM STDIN (FORMAT BINARY);
 
 -- name: copy_ingest_errors :copy
 -- Invalid lines of the same batch.
