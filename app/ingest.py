@@ -95,7 +95,7 @@ MAX_LINE_BYTES = 1024 * 1024
 MAX_MESSAGE_CHARS = 65_536
 MAX_SERVICE_CHARS = 200
 EXCERPT_CHARS = 200
-DEFAULT_BATCH_LINES = 5_000
+DEFAULT_BATCH_LINES = 10_000
 # A batch also ends at this many bytes of input, so long lines cannot make it huge in memory.
 BATCH_BYTES = 8 * 1024 * 1024
 # With a per-line delay, commit at least this often so a slow run still shows progress.

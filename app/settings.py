@@ -47,7 +47,7 @@ class AppSettings(msgspec.Struct, kw_only=True):
     # size and random per-line delay (0-1 s, for demos of a slow worker; 0 = off)
     storage_url: str = ""
     max_upload_bytes: int = 100 * MIB
-    ingest_batch_lines: int = 5000
+    ingest_batch_lines: int = 10_000
     ingest_line_delay_max_seconds: float = 0.0
 
     @classmethod
