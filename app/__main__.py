@@ -5,6 +5,7 @@
     python -m app create-user NAME [--admin]                            prints a new API token
     python -m app add-token NAME                                        another token for NAME
     python -m app bench-sse [--clients 500 --events 200 --rate 20]      SSE delivery latency
+    python -m app bench-ingest [--lines 1000000 --memory-mb 100 1000]   log-file ingest rate, memory
 
 Without PGQUEUE_DATABASE_URL an embedded PostgreSQL is started (data in --data-dir, default
 .data) and migrated, so `make run` needs nothing else.
@@ -118,6 +119,12 @@ def cmd_bench_sse(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def cmd_bench_ingest(args: argparse.Namespace) -> int:
+    from app.bench_ingest import main as bench_main
+
+    return bench_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m app", description="pgqueue web app")
     parser.add_argument("--log-level", default=os.environ.get("PGQUEUE_LOG_LEVEL", "INFO"))
@@ -153,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(func=cmd_bench_sse)
+
+    p = sub.add_parser("bench-ingest", help="ingest rate of a 1,000,000-line file; worker memory for 100 MB / 1 GB")
+    from app.bench_ingest import add_arguments as add_ingest_arguments
+
+    add_ingest_arguments(p)
+    p.set_defaults(func=cmd_bench_ingest)
     return parser
 
 

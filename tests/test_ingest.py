@@ -593,3 +593,15 @@ async def test_job_status_of_a_job_that_is_not_an_ingest(live_server_with_worker
     assert progress["status"] == "completed" and progress["percent"] == 100
     assert progress["lines"] is None and progress["file"] is None
 
+
+
+# -- the bench, as a smoke test ------------------------------------------------------------------
+
+def test_ingest_bench_runs_and_reports(db_url: str) -> None:
+    from app.bench_ingest import render, run_ingest_bench
+
+    result = run_ingest_bench(db_url, lines=3_000, memory_sizes_mb=(1,))
+    assert result["rate"]["lines"] == 3_000 and result["rate"]["lines_per_s"] > 0
+    assert result["memory"][0]["file_mb"] == 1 and result["memory"][0]["worker_peak_rss_mib"] > 10
+    assert "lines/s" in render(result)
+    assert scalar(db_url, "SELECT count(*) FROM app.log_entries") == 0, "the bench removes its rows"
