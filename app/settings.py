@@ -42,7 +42,8 @@ class AppSettings(msgspec.Struct, kw_only=True):
     sse_retry_ms: int = 3000
     sse_queue_size: int = 256
     # log-file ingestion (app/uploads.py, app/ingest.py): where uploads are stored
-    # (file:///abs/dir or s3://bucket/prefix; empty: .data/uploads under the working directory),
+    # (APP_STORAGE_URL or PGQUEUE_STORAGE_URL: file:///abs/dir or s3://bucket/prefix with the
+    # PGQUEUE_S3_* variables of pgqueue/storage.py; empty: .data/uploads in the working directory),
     # the largest upload (413 past it, enforced while streaming), and the ingest job's batch
     # size and random per-line delay (0-1 s, for demos of a slow worker; 0 = off)
     storage_url: str = ""
@@ -55,6 +56,8 @@ class AppSettings(msgspec.Struct, kw_only=True):
         values: dict[str, object] = {}
         if url := os.environ.get("PGQUEUE_DATABASE_URL"):
             values["database_url"] = url
+        if storage_url := os.environ.get("PGQUEUE_STORAGE_URL"):  # shared with workers (docker-compose.yml)
+            values["storage_url"] = storage_url
         for field in cls.__struct_fields__:
             raw = os.environ.get("APP_" + field.upper())
             if raw:
