@@ -10,7 +10,8 @@ import io
 import json
 import random
 import tempfile
-from collections.abc import Callable
+import tracemalloc
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from tests.ingest_fixtures import (
     job_progress,
     jsonl,
     make_log_lines,
+    multipart_body,
     stored_objects,
     upload,
     wait_until_finished,
@@ -417,6 +419,36 @@ async def test_oversize_upload_is_413_and_leaves_nothing(upload_server: LiveServ
                                         "message": "the file is larger than the upload limit of 10000 bytes"}
     assert stored_objects(root_of(ingest_storage_url)) == []
     assert nothing_recorded(upload_server.database_url)
+
+
+async def test_upload_is_streamed_to_storage_not_held_in_memory(start_server: Callable[..., LiveServer],
+                                                                 alice: ApiUser, ingest_storage_url: str) -> None:
+    server = start_server(storage_url=ingest_storage_url)  # default limit: 100 MB
+    block = b"".join(make_log_lines(1_000))  # ~125 KB
+    repeats = 320  # ~40 MB, generated as it is sent: the client holds one block at a time
+    body_head, content_type = multipart_body(b"", "big.jsonl")
+    head, tail = body_head.split(b"\r\n--")[0], b"\r\n--" + body_head.split(b"\r\n--", 1)[1]
+    digest = hashlib.sha256()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield head
+        for _ in range(repeats):
+            digest.update(block)
+            yield block
+        yield tail
+
+    tracemalloc.start()
+    try:
+        async with server.client(alice, timeout=120) as http:
+            response = await http.post("/api/v1/files/upload", content=body(), headers={"Content-Type": content_type})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert response.status_code == 202, response.text
+    rows = file_rows(server.database_url, response.json()["file_id"])
+    assert rows["size"] == len(block) * repeats and rows["sha256"] == digest.hexdigest()
+    # everything this process allocated at its peak (client, server, storage) is far below the file
+    assert peak < rows["size"] / 4, f"peak {peak / 2**20:.1f} MiB for a {rows['size'] / 2**20:.0f} MiB upload"
 
 
 async def test_content_length_far_past_the_limit_is_refused_before_reading(upload_server: LiveServer,
