@@ -94,7 +94,8 @@ RAW_COPY_SCRATCH = "COPY pgqueue_bench.raw_jobs (queue, kind, payload, priority,
 RAW_COPY_JOBS = "COPY pgqueue.jobs (queue, kind, payload, priority, max_attempts) FROM STDIN"
 RAW_INSERT_JOB = "INSERT INTO pgqueue.jobs (queue, kind, payload) VALUES (%(queue)s, %(kind)s, '{}')"
 
-# A bare SKIP LOCKED claim of up to n runnable rows (same ordering and index as the engine's).
+# A bare SKIP LOCKED claim of up to n runnable rows (same ordering and index as the engine's),
+# taking a lease as any real claim must.
 RAW_CLAIM = """
 WITH candidates AS (
     SELECT id FROM pgqueue_bench.raw_jobs
@@ -104,12 +105,14 @@ WITH candidates AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE pgqueue_bench.raw_jobs AS j
-SET status = 'running', attempts = j.attempts + 1, started_at = now(), updated_at = now()
+SET status = 'running', attempts = j.attempts + 1, started_at = now(), updated_at = now(),
+    lease_token = gen_random_uuid(), lease_expires_at = now() + interval '30 seconds'
 FROM candidates AS c WHERE j.id = c.id
 RETURNING j.id
 """
 RAW_FINISH = """
-UPDATE pgqueue_bench.raw_jobs SET status = 'succeeded', finished_at = now(), updated_at = now()
+UPDATE pgqueue_bench.raw_jobs SET status = 'succeeded', finished_at = now(), updated_at = now(),
+    lease_token = NULL, lease_expires_at = NULL
 WHERE id = ANY(%(ids)s)
 """
 
