@@ -82,7 +82,6 @@ from typing import Annotated, Any, BinaryIO
 import msgspec
 import psycopg
 from psycopg.rows import class_row
-from psycopg_pool import AsyncConnectionPool
 
 from pgqueue import JobContext, JobRegistry, PermanentFailure
 from pgqueue.db import AsyncConnection
@@ -375,9 +374,9 @@ class LineParser:
         if line_delay_max:
             lines: list[bytes] = []
             deadline = time.monotonic() + max_seconds
-            while len(lines) < max_lines and time.monotonic() < deadline and (line := self.reader.take(1)):
+            while len(lines) < max_lines and time.monotonic() < deadline and (one := self.reader.take(1)):
                 time.sleep(random.uniform(0, line_delay_max))
-                lines += line
+                lines += one
         else:
             lines = self.reader.take(max_lines, max_bytes)
         rows: list[tuple[Any, ...]] = []
@@ -421,62 +420,63 @@ class IngestProgress(msgspec.Struct, kw_only=True):
                               invalid=self.invalid + invalid, blank=self.blank + batch.blank)
 
 
-class IngestStore:
-    """The statements of app/sql/ingest.sql, one method each."""
+# One function per statement of app/sql/ingest.sql, each on the caller's connection (and so in
+# the caller's transaction).
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:
-        self.pool = pool
+async def get_file(conn: AsyncConnection, file_id: int) -> StoredFile | None:
+    cursor = conn.cursor(row_factory=class_row(StoredFile))
+    await cursor.execute(QUERIES["get_file"].sql, {"file_id": file_id})
+    return await cursor.fetchone()
 
-    async def get_file(self, file_id: int) -> StoredFile | None:
-        async with self.pool.connection() as conn:
-            cursor = conn.cursor(row_factory=class_row(StoredFile))
-            await cursor.execute(QUERIES["get_file"].sql, {"file_id": file_id})
-            return await cursor.fetchone()
 
-    async def insert_file(self, conn: AsyncConnection, *, owner_id: str, name: str, content_type: str, size: int,
-                          sha256: str, storage_url: str, storage_key: str) -> int:
-        cursor = await conn.execute(QUERIES["insert_file"].sql, {
-            "owner_id": owner_id, "name": name, "content_type": content_type, "size": size, "sha256": sha256,
-            "storage_url": storage_url, "storage_key": storage_key,
-        })
-        row = await cursor.fetchone()
-        assert row is not None
-        return int(row[0])
+async def insert_file(conn: AsyncConnection, *, owner_id: str, name: str, content_type: str, size: int, sha256: str,
+                      storage_url: str, storage_key: str) -> int:
+    cursor = await conn.execute(QUERIES["insert_file"].sql, {
+        "owner_id": owner_id, "name": name, "content_type": content_type, "size": size, "sha256": sha256,
+        "storage_url": storage_url, "storage_key": storage_key,
+    })
+    row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
 
-    async def set_file_job(self, conn: AsyncConnection, file_id: int, job_id: int) -> None:
-        await conn.execute(QUERIES["set_file_job"].sql, {"file_id": file_id, "job_id": job_id})
 
-    async def copy_log_entries(self, conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        """COPY the rows; returns those PostgreSQL refused (found by bisecting in savepoints)
-        as app.ingest_errors rows, so one bad row never sinks its batch."""
-        if not rows:
-            return []
-        try:
-            # in a savepoint: a refused COPY leaves the batch's transaction usable
-            async with conn.transaction(), conn.cursor().copy(QUERIES["copy_log_entries"].sql) as copy:
-                copy.set_types(LOG_ENTRY_TYPES)
-                for row in rows:
-                    await copy.write_row(row)
-            return []
-        except psycopg.DataError as exc:
-            if len(rows) == 1:
-                file_id, job_id, line_no, *_ = rows[0]
-                reason = f"refused by PostgreSQL: {exc.diag.message_primary or exc}"
-                return [(file_id, job_id, line_no, reason, excerpt(rows[0][6].encode("utf-8", "replace")))]
-        middle = len(rows) // 2
-        return await self.copy_log_entries(conn, rows[:middle]) + await self.copy_log_entries(conn, rows[middle:])
+async def set_file_job(conn: AsyncConnection, file_id: int, job_id: int) -> None:
+    await conn.execute(QUERIES["set_file_job"].sql, {"file_id": file_id, "job_id": job_id})
 
-    async def copy_ingest_errors(self, conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> None:
-        if rows:
-            async with conn.cursor().copy(QUERIES["copy_ingest_errors"].sql) as copy:
-                for row in rows:
-                    await copy.write_row(row)
 
-    async def record_file_progress(self, conn: AsyncConnection, file_id: int, progress: IngestProgress) -> None:
-        await conn.execute(QUERIES["record_file_progress"].sql, {
-            "file_id": file_id, "lines_total": progress.lines, "lines_valid": progress.valid,
-            "lines_invalid": progress.invalid, "lines_blank": progress.blank, "bytes_read": progress.offset,
-        })
+async def copy_log_entries(conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """COPY the rows; returns those PostgreSQL refused (found by bisecting in savepoints) as
+    app.ingest_errors rows, so one bad row never sinks its batch."""
+    if not rows:
+        return []
+    try:
+        # in a savepoint: a refused COPY leaves the batch's transaction usable
+        async with conn.transaction(), conn.cursor().copy(QUERIES["copy_log_entries"].sql) as copy:
+            copy.set_types(LOG_ENTRY_TYPES)
+            for row in rows:
+                await copy.write_row(row)
+        return []
+    except psycopg.DataError as exc:
+        if len(rows) == 1:
+            file_id, job_id, line_no, *_ = rows[0]
+            reason = f"refused by PostgreSQL: {exc.diag.message_primary or exc}"
+            return [(file_id, job_id, line_no, reason, excerpt(rows[0][6].encode("utf-8", "replace")))]
+    middle = len(rows) // 2
+    return await copy_log_entries(conn, rows[:middle]) + await copy_log_entries(conn, rows[middle:])
+
+
+async def copy_ingest_errors(conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> None:
+    if rows:
+        async with conn.cursor().copy(QUERIES["copy_ingest_errors"].sql) as copy:
+            for row in rows:
+                await copy.write_row(row)
+
+
+async def record_file_progress(conn: AsyncConnection, file_id: int, progress: IngestProgress) -> None:
+    await conn.execute(QUERIES["record_file_progress"].sql, {
+        "file_id": file_id, "lines_total": progress.lines, "lines_valid": progress.valid,
+        "lines_invalid": progress.invalid, "lines_blank": progress.blank, "bytes_read": progress.offset,
+    })
 
 
 # -- the job -------------------------------------------------------------------------------------
@@ -514,8 +514,11 @@ class _ProgressReporter:
             self.last_report = now
 
 
-async def _load_file(ctx: JobContext, store: IngestStore, file_id: int) -> tuple[StoredFile, Storage]:
-    file = await store.get_file(file_id)
+async def _load_file(ctx: JobContext, file_id: int) -> tuple[StoredFile, Storage]:
+    async with ctx.transaction() as conn:
+        if conn is None:
+            raise PermanentFailure("ingest_file writes PostgreSQL tables: it needs the PostgreSQL queue backend")
+        file = await get_file(conn, file_id)
     if file is None:
         raise PermanentFailure(f"file {file_id} does not exist (deleted after the job was enqueued?)")
     try:
@@ -534,15 +537,14 @@ async def _load_file(ctx: JobContext, store: IngestStore, file_id: int) -> tuple
     return file, storage
 
 
-async def _commit_batch(ctx: JobContext, store: IngestStore, file_id: int, batch: ParsedBatch,
-                        progress: IngestProgress) -> IngestProgress:
+async def _commit_batch(ctx: JobContext, file_id: int, batch: ParsedBatch, progress: IngestProgress) -> IngestProgress:
     """One transaction under the job's lease: entries, errors, counts, checkpoint."""
     async with ctx.transaction() as conn:
-        refused = await store.copy_log_entries(conn, batch.rows)
-        await store.copy_ingest_errors(conn, batch.errors + refused)
+        refused = await copy_log_entries(conn, batch.rows)
+        await copy_ingest_errors(conn, batch.errors + refused)
         progress = progress.after(batch, valid=len(batch.rows) - len(refused),
                                   invalid=len(batch.errors) + len(refused))
-        await store.record_file_progress(conn, file_id, progress)
+        await record_file_progress(conn, file_id, progress)
         await ctx.save_checkpoint(msgspec.to_builtins(progress), conn=conn)
     return progress
 
@@ -550,8 +552,7 @@ async def _commit_batch(ctx: JobContext, store: IngestStore, file_id: int, batch
 @ingest_jobs.kind(INGEST_KIND, queue=INGEST_QUEUE, max_attempts=10, backoff_base=1.0, backoff_max=60.0)
 async def ingest_file(ctx: JobContext, request: IngestFile) -> dict[str, Any]:
     """Stream a stored .jsonl file into app.log_entries (see the module docstring)."""
-    store = IngestStore(ctx.queue.pool)
-    file, storage = await _load_file(ctx, store, request.file_id)
+    file, storage = await _load_file(ctx, request.file_id)
     checkpoint = await ctx.load_checkpoint()
     progress = msgspec.convert(checkpoint, IngestProgress) if checkpoint else IngestProgress()
     if progress.offset:
@@ -571,7 +572,7 @@ async def ingest_file(ctx: JobContext, request: IngestFile) -> dict[str, Any]:
             batch = await parsing
             if not batch.at_end:
                 parsing = parse_next()  # read ahead while this batch is written
-            progress = await _commit_batch(ctx, store, file.id, batch, progress)
+            progress = await _commit_batch(ctx, file.id, batch, progress)
             reporter.report(progress)
             if batch.at_end:
                 break
@@ -593,11 +594,9 @@ async def enqueue_ingest(queue: Any, conn: AsyncConnection, storage: Storage, st
     """Record a stored file and enqueue its ingest job in the caller's transaction (``conn``):
     both exist if and only if the caller commits. Returns ``(file_id, job_id)``."""
     assert stored.sha256 is not None, "record the StoredObject returned by Storage.write"
-    store = IngestStore(queue.pool)
-    file_id = await store.insert_file(conn, owner_id=owner_id, name=name, content_type=content_type,
-                                      size=stored.size, sha256=stored.sha256, storage_url=storage.url,
-                                      storage_key=stored.key)
+    file_id = await insert_file(conn, owner_id=owner_id, name=name, content_type=content_type, size=stored.size,
+                                sha256=stored.sha256, storage_url=storage.url, storage_key=stored.key)
     payload = IngestFile(file_id=file_id, batch_lines=batch_lines, line_delay_max_seconds=line_delay_max_seconds)
     job = await queue.enqueue(INGEST_KIND, msgspec.to_builtins(payload), conn=conn, owner_id=owner_id)
-    await store.set_file_job(conn, file_id, job.id)
+    await set_file_job(conn, file_id, job.id)
     return file_id, job.id

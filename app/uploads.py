@@ -349,15 +349,13 @@ _API_STATUS = {"queued": "queued", "running": "processing", "failed": "processin
 
 
 def _progress_of(row: _JobStatusRow) -> JobProgress:
-    lines = file = None
+    lines, file, percent = None, None, row.reported_percent
     if row.file_id is not None:
         assert row.file_name is not None and row.file_size is not None and row.bytes_read is not None
         lines = LineCounts(total=row.lines_total or 0, valid=row.lines_valid or 0, invalid=row.lines_invalid or 0,
                            blank=row.lines_blank or 0)
         file = FileInfo(id=row.file_id, name=row.file_name, size=row.file_size, bytes_read=row.bytes_read)
         percent = 100.0 if row.file_size == 0 else round(100.0 * row.bytes_read / row.file_size, 2)
-    else:
-        percent = row.reported_percent
     if row.status == "succeeded":
         percent = 100.0
     status = _API_STATUS[row.status]
