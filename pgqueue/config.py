@@ -34,6 +34,8 @@ class Settings(msgspec.Struct, kw_only=True):
     lease_seconds: float = 30.0
     heartbeat_seconds: float = 5.0
     poll_seconds: float = 2.0
+    # how often the elected worker rescues expired leases and prunes
+    maintenance_seconds: float = 5.0
     # retention of finished jobs (and their events), see README "What we keep"
     keep_succeeded_seconds: float = 24 * 3600
     keep_failed_seconds: float = 7 * 24 * 3600

@@ -56,7 +56,7 @@ class _Running:
 class Worker:
     def __init__(self, queue: Queue, queues: Sequence[str] = ("default",), concurrency: int = 10, *,
                  url: str | None = None, shutdown_grace: float = 30.0, maintenance: bool = True,
-                 maintenance_interval: float = 5.0, worker_id: str | None = None) -> None:
+                 maintenance_interval: float | None = None, worker_id: str | None = None) -> None:
         self.queue = queue
         self.queues = list(queues)
         self.concurrency = max(1, concurrency)
@@ -64,7 +64,7 @@ class Worker:
         self.settings = queue.settings
         self.shutdown_grace = shutdown_grace
         self.maintenance = maintenance
-        self.maintenance_interval = maintenance_interval
+        self.maintenance_interval = maintenance_interval or queue.settings.maintenance_seconds
         self.worker_id = worker_id or new_worker_id()
         self.running: dict[int, _Running] = {}
         self.events = EventBuffer()

@@ -39,6 +39,7 @@ def process_env(database_url: str | None, **overrides: str) -> dict[str, str]:
         PGQUEUE_LEASE_SECONDS=str(LEASE_SECONDS),
         PGQUEUE_HEARTBEAT_SECONDS=str(HEARTBEAT_SECONDS),
         PGQUEUE_POLL_SECONDS=str(POLL_SECONDS),
+        PGQUEUE_MAINTENANCE_SECONDS="1",
         PYTHONUNBUFFERED="1",
     )
     if database_url:
