@@ -103,10 +103,8 @@ SLOW_COMMIT_SECONDS = 1.0
 PROGRESS_EVERY_SECONDS = 1.0
 MAX_EPOCH_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
 
-# The rows the parser makes, in the column order of copy_log_entries (a binary COPY: no text
-# formatting on our side, no parsing of numbers and timestamps on the server's).
-LOG_ENTRY_COLUMNS = ("file_id", "job_id", "line_no", "ts", "level", "service", "message", "attributes")
-# attributes go as "bytea": raw bytes that are already jsonb's binary form (a version byte, 1,
+# The column types of copy_log_entries, a binary COPY: no text formatting on our side, no
+# parsing of numbers and timestamps on the server's. attributes go as "bytea": raw bytes that are already jsonb's binary form (a version byte, 1,
 # then the JSON text), so the JSON msgspec checked is passed through, never decoded into
 # Python objects and encoded again (that round trip was a third of the per-line cost).
 LOG_ENTRY_TYPES = ("int8", "int8", "int8", "timestamptz", "text", "text", "text", "bytea")
@@ -351,7 +349,7 @@ class LineParser:
         self._decode = msgspec.json.Decoder(LogEntry).decode
 
     def row(self, line: bytes, line_no: int) -> tuple[Any, ...]:
-        """The app.log_entries row of a line (LOG_ENTRY_COLUMNS); raises when the line is not
+        """The app.log_entries row of a line (columns as in copy_log_entries); raises when it is not
         a valid entry. The hot path: one call per line, the common case without a detour."""
         if not line.isascii():
             line.decode()  # msgspec checks the escapes in the raw attributes, not their UTF-8

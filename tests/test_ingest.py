@@ -368,31 +368,59 @@ async def test_database_outage_mid_file_is_retried_and_resumed(
         total, total - len(expected_invalid), len(expected_invalid))
 
 
-async def test_object_missing_from_storage_kills_the_job_with_a_clear_error(
-        start_server: Callable[..., LiveServer], alice: ApiUser, ingest_storage_url: str, db_url: str) -> None:
-    server = start_server(storage_url=ingest_storage_url)  # no worker yet
-    response = await upload(server, alice, jsonl(VALID, VALID))
-    assert response.status_code == 202, response.text
-    file_id, job_id = response.json()["file_id"], response.json()["job_id"]
-    key = file_rows(db_url, file_id)["storage_key"]
-    open_storage(ingest_storage_url).delete(key)
-
+async def run_ingest_worker_until_finished(server: LiveServer, user: ApiUser, job_id: int) -> dict[str, Any]:
+    """An in-process worker for the ingest queue, until the job is over; its status."""
     from app.jobs import jobs
     from pgqueue.worker import Worker
 
-    queue = await Queue.connect(db_url, jobs, max_size=4)
+    queue = await Queue.connect(server.database_url, jobs, max_size=4)
     worker = Worker(queue, ["ingest"], 1)
     task = asyncio.create_task(worker.run())
     try:
-        progress = await wait_until_finished(server, alice, job_id)
+        return await wait_until_finished(server, user, job_id)
     finally:
         worker.stop()
         await task
         await queue.close()
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+async def test_object_missing_or_changed_in_storage_kills_the_job_with_a_clear_error(
+        start_server: Callable[..., LiveServer], alice: ApiUser, ingest_storage_url: str, damage: str) -> None:
+    server = start_server(storage_url=ingest_storage_url)  # no worker yet
+    response = await upload(server, alice, jsonl(VALID, VALID))
+    assert response.status_code == 202, response.text
+    file_id, job_id = response.json()["file_id"], response.json()["job_id"]
+    key = file_rows(server.database_url, file_id)["storage_key"]
+    if damage == "deleted":
+        open_storage(ingest_storage_url).delete(key)
+    else:
+        open_storage(ingest_storage_url).write(key, [jsonl(VALID)])
+
+    progress = await run_ingest_worker_until_finished(server, alice, job_id)
     assert progress["status"] == "failed" and progress["job_status"] == "dead"
-    assert progress["attempts"] == 1, "a missing object is not retried"
-    assert "PermanentFailure" in progress["error"] and f"{key!r} is missing from storage" in progress["error"]
-    assert file_rows(db_url, file_id)["entries"] == 0
+    assert progress["attempts"] == 1, "retrying cannot bring the object back: no retries"
+    expected = f"{key!r} is missing from storage" if damage == "deleted" else "it changed since the upload"
+    assert "PermanentFailure" in progress["error"] and expected in progress["error"], progress["error"]
+    assert file_rows(server.database_url, file_id)["entries"] == 0
+
+
+async def test_an_empty_object_given_to_the_job_completes_with_no_lines(
+        live_server: LiveServer, alice: ApiUser, ingest_storage_url: str) -> None:
+    # the upload refuses empty files; a job enqueued for one by other means still ends cleanly
+    from app.ingest import enqueue_ingest
+    from app.jobs import jobs
+    from pgqueue.db import transaction
+
+    storage = open_storage(ingest_storage_url)
+    stored = storage.write("empty.jsonl", [b""])
+    async with await Queue.connect(live_server.database_url, jobs, max_size=2) as queue, \
+            transaction(queue.pool) as conn:
+        _, job_id = await enqueue_ingest(queue, conn, storage, stored, owner_id=str(alice.id), name="empty.jsonl",
+                                         content_type="application/x-ndjson")
+    progress = await run_ingest_worker_until_finished(live_server, alice, job_id)
+    assert progress["status"] == "completed" and progress["percent"] == 100
+    assert progress["lines"] == {"total": 0, "valid": 0, "invalid": 0, "blank": 0}
 
 
 # -- upload outcomes -----------------------------------------------------------------------------
