@@ -26,14 +26,32 @@ DEFAULT_RETRY_BASE, DEFAULT_RETRY_MAX = 2.0, 3600.0
 
 
 def build_jobs(registry: JobRegistry, items: Iterable[EnqueueItem]) -> list[NewJob]:
-    """Validate every item before anything is written (shared by both backends and SyncQueue)."""
-    jobs = []
+    """Validate every item before anything is written (shared by both backends and SyncQueue).
+
+    Runs of plain ``(kind, payload)`` items of one kind are validated together."""
+    jobs: list[NewJob] = []
+    run_kind: str | None = None
+    run: list[Any] = []
+
+    def flush_run() -> None:
+        if run_kind is not None and run:
+            jobs.extend(registry.build_plain(run_kind, run))
+        run.clear()
+
     for item in items:
         if isinstance(item, NewJob):
+            flush_run()
             jobs.append(item)
+        elif len(item) == 2:
+            if item[0] != run_kind:
+                flush_run()
+                run_kind = item[0]
+            run.append(item[1])
         else:
-            kind, payload, *rest = item
-            jobs.append(registry.build(kind, payload, **(rest[0] if rest else {})))
+            flush_run()
+            kind, payload, options = item  # type: ignore[misc]
+            jobs.append(registry.build(kind, payload, **options))
+    flush_run()
     return jobs
 
 

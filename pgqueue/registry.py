@@ -123,6 +123,21 @@ class JobRegistry:
     def include(self, other: JobRegistry) -> None:
         self.kinds.update(other.kinds)
 
+    def build_plain(self, kind: str, payloads: list[Any]) -> list[NewJob]:
+        """``build(kind, p)`` for many payloads with the kind's defaults, validated in one msgspec
+        call (bulk enqueue spends most of its Python time here); the first bad payload is then
+        reported exactly as ``build`` would."""
+        spec = self.get(kind)
+        try:
+            if spec.payload_type is not Any:
+                payloads = msgspec.to_builtins(msgspec.convert(payloads, list[spec.payload_type], strict=False))  # type: ignore[name-defined]
+            else:
+                msgspec.json.encode(payloads)
+        except (msgspec.ValidationError, TypeError, ValueError):
+            return [self.build(kind, payload) for payload in payloads]
+        return [NewJob(queue=spec.queue, kind=kind, payload=payload, priority=spec.priority,
+                       max_attempts=spec.max_attempts) for payload in payloads]
+
     def build(self, kind: str, payload: Any, *, priority: int | None = None, queue: str | None = None,
               run_at: datetime | None = None, delay: float | None = None, max_attempts: int | None = None,
               unique_key: str | None = None, owner_id: str | None = None) -> NewJob:

@@ -99,6 +99,9 @@ class Store:
     # -- enqueue ---------------------------------------------------------------------------
 
     async def insert_jobs(self, jobs: Sequence[NewJob], conn: AsyncConnection | None = None) -> list[Job]:
+        if all(job.unique_key is None for job in jobs):
+            # nothing can be skipped: one autocommit statement, one round trip
+            return await self._many("insert_jobs", insert_params(jobs), conn, kwargs_row(Job))
         async with transaction(self.pool, conn) as c:
             for _ in range(5):
                 inserted = await self._many("insert_jobs", insert_params(jobs), c, kwargs_row(Job))
@@ -119,7 +122,7 @@ class Store:
         The ids come from the sequence first (one round trip) so they can be returned.
         """
         async with transaction(self.pool, conn) as c:
-            ids = [row[0] for row in await self._many("reserve_job_ids", {"count": len(jobs)}, c)]
+            ids = (await self._one("reserve_job_ids", {"count": len(jobs)}, c))[0]
             async with c.cursor() as cur, cur.copy(QUERIES["copy_jobs"].sql) as copy:
                 for job_id, job in zip(ids, jobs, strict=True):
                     await copy.write_row(
