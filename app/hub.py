@@ -263,13 +263,15 @@ class EventHub:
                         await conn.close()
 
     def _on_notify(self, payload: str) -> None:
-        try:
-            event_id, job_id = (int(part) for part in payload.split(" ", 2)[:2])
-        except ValueError:
-            log.warning("ignoring malformed %s payload %r", EVENTS_CHANNEL, payload)
-            return
-        self.notifications += 1
-        self._pending.append((event_id, job_id))
+        # one line "event_id job_id type" per event; a statement's events arrive together
+        for line in payload.splitlines():
+            try:
+                event_id, job_id = (int(part) for part in line.split(" ", 2)[:2])
+            except ValueError:
+                log.warning("ignoring malformed %s line %r", EVENTS_CHANNEL, line)
+                continue
+            self.notifications += 1
+            self._pending.append((event_id, job_id))
         self._pending_ready.set()
 
     # -- fetch and fan out -----------------------------------------------------------------------

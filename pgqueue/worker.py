@@ -79,6 +79,7 @@ class Worker:
         # not expire while a slow flush runs), and they hold back claiming once they pile up
         self._unacked: dict[int, uuid.UUID] = {}
         self._completions_ready = asyncio.Event()
+        self._events_lock = asyncio.Lock()
         self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="pgqueue-job")
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -303,14 +304,17 @@ class Worker:
             await self._retrying(self._flush_events)
 
     async def _flush_events(self) -> None:
-        pending = self.events.take()
-        if not pending:
-            return
-        try:
-            await self.queue.add_events(pending)
-        except BaseException:
-            self.events.put_back(pending)
-            raise
+        # one flush at a time: a completion flush waits for an insert already under way, so a
+        # job's last progress and log lines always commit before its terminal event
+        async with self._events_lock:
+            pending = self.events.take()
+            if not pending:
+                return
+            try:
+                await self.queue.add_events(pending)
+            except BaseException:
+                self.events.put_back(pending)
+                raise
 
     # -- LISTEN ------------------------------------------------------------------------------
 

@@ -54,7 +54,7 @@ CREATE INDEX jobs_created_idx ON pgqueue.jobs USING brin (created_at);
 CREATE TABLE pgqueue.events (
     id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     job_id     bigint      NOT NULL,
-    type       text        NOT NULL,
+    type       text        NOT NULL CHECK (type ~ '^[a-z_]{1,40}$'),
     data       jsonb       NOT NULL DEFAULT '{}',
     created_at timestamptz NOT NULL DEFAULT now()
 );
@@ -109,11 +109,16 @@ CREATE TRIGGER jobs_inserted_notify AFTER INSERT ON pgqueue.jobs
     FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.jobs_inserted();
 
 -- Every event is announced on one channel with ids only (NOTIFY payloads cap at 8000 bytes):
--- "event_id job_id type". Listeners fetch the row when they need the document.
+-- one line "event_id job_id type" per event, up to 100 lines per notification, so a statement
+-- that writes a batch of events (a claim, a batch of completions) sends one notification, not
+-- one per row. Listeners fetch the rows they care about.
 CREATE FUNCTION pgqueue.notify_event() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('pgqueue_events', e.id || ' ' || e.job_id || ' ' || e.type)
-    FROM new_events AS e;
+    PERFORM pg_notify('pgqueue_events', string_agg(e.line, E'\n' ORDER BY e.id))
+    FROM (SELECT id, id || ' ' || job_id || ' ' || type AS line,
+                 (row_number() OVER (ORDER BY id) - 1) / 100 AS chunk
+          FROM new_events) AS e
+    GROUP BY e.chunk;
     RETURN NULL;
 END;
 $$;
