@@ -150,7 +150,7 @@ async def handle_engine_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, LeaseLost):
         return error_response(409, "lease_lost", str(exc))
     if isinstance(exc, InvalidPayload):
-        return error_response(422, "validation_error", "the job is not valid", pinpoint(exc.errors))
+        return error_response(422, "validation_error", "the job is not valid", exc.errors)
     if isinstance(exc, UnknownKind):
         return error_response(422, "validation_error", str(exc), [{"field": "kind", "message": str(exc)}])
     return await handle_unexpected(request, exc)

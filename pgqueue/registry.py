@@ -31,12 +31,22 @@ _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 _AT = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
 
 
+_NAMED_FIELD = re.compile(r"^Object (?:missing required|contains unknown) field `(?P<name>[^`]+)`$")
+
+
 def field_errors(exc: msgspec.ValidationError, prefix: str = "payload") -> list[dict[str, str]]:
-    """msgspec's "Expected `int`, got `str` - at `$.count`" as [{"field": "payload.count", ...}]."""
+    """msgspec's "Expected `int`, got `str` - at `$.count`" as [{"field": "payload.count", ...}].
+
+    A missing or unknown field is reported by msgspec at the object holding it; we name the
+    field itself ("Object missing required field `to`" -> field "payload.to").
+    """
     match = _AT.match(str(exc))
     assert match is not None
-    path = (match.group("path") or "").replace("[", ".").replace("]", "")
-    return [{"field": prefix + path, "message": match.group("message")}]
+    field = prefix + (match.group("path") or "").replace("[", ".").replace("]", "")
+    message = match.group("message")
+    if named := _NAMED_FIELD.match(message):
+        field = f"{field}.{named.group('name')}"
+    return [{"field": field, "message": message}]
 
 
 class KindSpec(msgspec.Struct, kw_only=True):

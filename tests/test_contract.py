@@ -187,10 +187,9 @@ async def test_bad_input_is_refused_with_the_field_named_and_nothing_written(bac
         await backend.enqueue("no_such_kind", {})
     with pytest.raises(InvalidPayload) as missing:
         await backend.enqueue("email", {"subject": "hi"})
-    # msgspec reports a missing field at its parent object; the message names it (the web layer
-    # turns that into field "payload.to")
+    # msgspec reports a missing field at its parent object; the registry names the field itself
     assert [(e["field"], e["message"]) for e in missing.value.errors] == [
-        ("payload", "Object missing required field `to`")
+        ("payload.to", "Object missing required field `to`")
     ]
     with pytest.raises(InvalidPayload) as wrong_type:
         await backend.enqueue("email", {"to": 42})
