@@ -7,29 +7,37 @@ OpenAPI document is generated from them (app/openapi.py).
 
 from __future__ import annotations
 
+import functools
+import operator
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
+from msgspec import UNSET, UnsetType
 from starlette.requests import Request
 from starlette.responses import Response
 
 from app.auth import StreamToken, authenticate, authenticate_admin, issue_stream_token, may_see
 from app.errors import ApiError, ErrorInfo, field_errors, not_found, validation_error
 from app.jobs import TaskPayload
+from app.jobs import jobs as app_jobs
 from app.openapi import operation
 from app.store import AppStore, JobFilter, User
 from pgqueue.errors import InvalidTransition, JobNotFound, LeaseLost
 from pgqueue.models import PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, STATUSES, Event, Job, JobError
 from pgqueue.queue import Queue
+from pgqueue.registry import JobRegistry
 
 T = TypeVar("T")
 
 MAX_JOB_ID = 2**63 - 1  # bigint
 JobId = Annotated[int, msgspec.Meta(ge=1, le=MAX_JOB_ID, description="a job id")]
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
-# query parameters that take several values, comma-separated or repeated
+# Query parameters are absent or a value; there is no null (msgspec would read "null" as None),
+# hence UNSET rather than None for the optional ones.
+# Query parameters that take several values, comma-separated or repeated:
 _LIST_PARAMS = frozenset({"status", "kind", "queue", "queues"})
 
 
@@ -74,13 +82,36 @@ async def read_json(request: Request, body_type: type[T]) -> T:
     if not body.strip():
         raise ApiError(400, "malformed_json", "the request body is empty; expected a JSON object")
     try:
-        msgspec.json.decode(body)
+        raw = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise ApiError(400, "malformed_json", f"the request body is not valid JSON: {exc}") from None
+    if (field := nul_character_at(raw)) is not None:
+        raise validation_error([{"field": field, "message": _NUL_MESSAGE}])
     try:
         return msgspec.json.decode(body, type=body_type)
     except msgspec.ValidationError as exc:
         raise validation_error(field_errors(exc)) from None
+
+
+def nul_character_at(value: Any, path: str = "$") -> str | None:
+    """Where a string holds U+0000, which PostgreSQL cannot store in text or jsonb; None if nowhere."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            field = key if path == "$" else f"{path}.{key}"
+            if "\x00" in key:
+                return field
+            if (found := nul_character_at(item, field)) is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := nul_character_at(item, str(index) if path == "$" else f"{path}.{index}")) is not None:
+                return found
+    return None
+
+
+_NUL_MESSAGE = "must not contain the NUL character (\\u0000)"
 
 
 def read_query(request: Request, query_type: type[T]) -> T:
@@ -93,6 +124,8 @@ def read_query(request: Request, query_type: type[T]) -> T:
             values[key] = f"{values[key]},{value}"
         else:
             values[key] = value
+    if (field := nul_character_at(values)) is not None:
+        raise validation_error([{"field": field, "message": _NUL_MESSAGE}], "the query parameters are not valid")
     try:
         return msgspec.convert(values, query_type, strict=False)
     except msgspec.ValidationError as exc:
@@ -106,11 +139,19 @@ def read_query(request: Request, query_type: type[T]) -> T:
         raise validation_error(details, "the query parameters are not valid") from None
 
 
-def split_list(raw: str | None) -> list[str] | None:
-    if raw is None:
+def split_list(raw: str | UnsetType, field: str) -> list[str] | None:
+    """"a,b" as ["a", "b"]; None when the parameter is absent; 422 when it names nothing."""
+    if raw is UNSET:
         return None
     items = [item.strip() for item in raw.split(",") if item.strip()]
-    return items or None
+    if not items:
+        raise validation_error([{"field": field, "message": "must name at least one value"}],
+                               "the query parameters are not valid")
+    return items
+
+
+def or_none(value: T | UnsetType) -> T | None:
+    return None if value is UNSET else value
 
 
 def parse_job_id(raw: str) -> int:
@@ -168,26 +209,57 @@ class JobOut(msgspec.Struct, kw_only=True):
                    finished_at=job.finished_at)
 
 
-class JobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    kind: Annotated[str, msgspec.Meta(min_length=1, max_length=100, description="a registered job kind")]
-    payload: Any = msgspec.field(default_factory=dict)
+class JobOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="kind"):
+    """What POST /jobs accepts besides the kind's payload."""
+
     priority: Annotated[int, msgspec.Meta(ge=PRIORITY_MIN, le=PRIORITY_MAX, description="5 is the most urgent")] = (
         PRIORITY_DEFAULT)
     scheduled_for: AwareDatetime | None = None
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=1000)] | None = None
 
 
+def _struct_name(kind: str) -> str:
+    return "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", kind)) + "Job"
+
+
+def job_create_type(registry: JobRegistry) -> Any:
+    """POST /jobs's body: one Struct per kind, told apart by ``kind``, whose ``payload`` is that
+    kind's type. Decoding it validates the payload, and the OpenAPI document shows each kind's
+    payload schema (an ``anyOf`` with a ``kind`` discriminator)."""
+    variants = [
+        msgspec.defstruct(_struct_name(name), [("payload", spec.payload_type)], bases=(JobOptions,), tag=name,
+                          kw_only=True, forbid_unknown_fields=True, module=__name__)
+        for name, spec in sorted(registry.kinds.items())
+    ]
+    return functools.reduce(operator.or_, variants)
+
+
+JobCreate = job_create_type(app_jobs)
+KIND_NAMES = tuple(sorted(app_jobs.kinds))
+
+
 SortKey = Literal["created", "-created", "priority", "-priority", "status", "-status"]
 
 
+def _comma_list_pattern(words: tuple[str, ...]) -> str:
+    one = "(" + "|".join(re.escape(word) for word in words) + ")"
+    return f"^{one}(,{one})*$"
+
+
+StatusList = Annotated[str, msgspec.Meta(description="comma-separated statuses",
+                                         extra_json_schema={"pattern": _comma_list_pattern(STATUSES)})]
+KindList = Annotated[str, msgspec.Meta(description="comma-separated job kinds",
+                                       extra_json_schema={"pattern": _comma_list_pattern(KIND_NAMES)})]
+
+
 class JobListQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    status: Annotated[str, msgspec.Meta(description="comma-separated statuses")] | None = None
-    kind: Annotated[str, msgspec.Meta(description="comma-separated kinds")] | None = None
-    queue: Annotated[str, msgspec.Meta(description="comma-separated queues")] | None = None
-    created_after: AwareDatetime | None = None
-    created_before: AwareDatetime | None = None
+    status: StatusList | UnsetType = UNSET
+    kind: KindList | UnsetType = UNSET
+    queue: Annotated[str, msgspec.Meta(description="comma-separated queues")] | UnsetType = UNSET
+    created_after: AwareDatetime | UnsetType = UNSET
+    created_before: AwareDatetime | UnsetType = UNSET
     q: Annotated[str, msgspec.Meta(min_length=1, max_length=200,
-                                   description="case-insensitive text search in payload and last error")] | None = None
+                                   description="case-insensitive text search in payload and last error")] | UnsetType = UNSET
     sort: Annotated[SortKey, msgspec.Meta(description="a leading - sorts descending")] = "-created"
     limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 50
     offset: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 0
@@ -268,7 +340,7 @@ class TaskOut(msgspec.Struct, kw_only=True):
 
 
 class TaskListQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    status: Annotated[str, msgspec.Meta(description="comma-separated statuses")] | None = None
+    status: StatusList | UnsetType = UNSET
     sort: SortKey = "-created"
     limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 50
     offset: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 0
@@ -293,19 +365,26 @@ class Me(msgspec.Struct, kw_only=True):
            description="The payload is validated against the kind's type; every bad field is listed in a 422.")
 async def create_job(request: Request) -> Response:
     user = await authenticate(request)
-    new = await read_json(request, JobCreate)
+    try:
+        new = await read_json(request, JobCreate)
+    except ApiError as exc:
+        if exc.details and exc.details[0]["field"] == "kind" and exc.details[0]["message"].startswith("Invalid value"):
+            kind = exc.details[0]["message"].removeprefix("Invalid value ")
+            exc.details[0]["message"] = f"unknown job kind {kind}; expected one of {', '.join(KIND_NAMES)}"
+        raise
     queue, _ = state(request)
     options: dict[str, Any] = {"priority": new.priority, "owner_id": user.owner_id}
     if new.scheduled_for is not None:
         options["run_at"] = new.scheduled_for
     if new.max_attempts is not None:
         options["max_attempts"] = new.max_attempts
-    job = await queue.enqueue(new.kind, new.payload, **options)
+    kind = new.__struct_config__.tag
+    job = await queue.enqueue(kind, msgspec.to_builtins(new.payload), **options)
     return json_response(JobOut.of(job), 201, {"Location": f"/jobs/{job.id}"})
 
 
-def _statuses(raw: str | None) -> list[str] | None:
-    statuses = split_list(raw)
+def _statuses(raw: str | UnsetType) -> list[str] | None:
+    statuses = split_list(raw, "status")
     for status in statuses or ():
         if status not in STATUSES:
             raise validation_error([{"field": "status",
@@ -326,17 +405,18 @@ async def list_jobs(request: Request) -> Response:
     user = await authenticate(request)
     query = read_query(request, JobListQuery)
     queue, store = state(request)
-    kinds = split_list(query.kind)
+    kinds = split_list(query.kind, "kind")
     for kind in kinds or ():
         if kind not in queue.registry.kinds:
             raise validation_error([{"field": "kind", "message": f"unknown kind {kind!r}; expected one of "
                                      f"{', '.join(sorted(queue.registry.kinds))}"}], "the query parameters are not valid")
-    if query.created_after and query.created_before and query.created_after >= query.created_before:
+    created_after, created_before = or_none(query.created_after), or_none(query.created_before)
+    if created_after and created_before and created_after >= created_before:
         raise validation_error([{"field": "created_before", "message": "must be later than created_after"}],
                                "the query parameters are not valid")
     where = JobFilter(owner_id=None if user.is_admin else user.owner_id, statuses=_statuses(query.status),
-                      kinds=kinds, queues=split_list(query.queue), created_after=query.created_after,
-                      created_before=query.created_before, pattern=_escape_like(query.q) if query.q else None)
+                      kinds=kinds, queues=split_list(query.queue, "queue"), created_after=created_after,
+                      created_before=created_before, pattern=None if query.q is UNSET else _escape_like(query.q))
     total, jobs = await store.list_jobs(where, sort=query.sort.lstrip("-"), descending=query.sort.startswith("-"),
                                         limit=query.limit, offset=query.offset)
     return json_response(JobPage(total=total, limit=query.limit, offset=query.offset,
@@ -481,15 +561,16 @@ async def stream_token(request: Request) -> Response:
 
 # -- the worker protocol over HTTP --------------------------------------------------------------
 
-QueueName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:,-]{1,1000}$")]
+QueueNames = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]{1,100}(,[A-Za-z0-9_.:-]{1,100}){0,49}$",
+                                         description="comma-separated queue names")]
 
 
 class ClaimQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    queues: Annotated[QueueName, msgspec.Meta(description="comma-separated queue names")]
+    queues: QueueNames
     limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 1
-    lease_seconds: Annotated[float, msgspec.Meta(ge=5, le=3600)] | None = None
+    lease_seconds: Annotated[float, msgspec.Meta(ge=5, le=3600)] | UnsetType = UNSET
     worker_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:@-]{1,200}$",
-                                           description="shown as the job's worker")] | None = None
+                                           description="shown as the job's worker")] | UnsetType = UNSET
 
 
 class LeasedJob(msgspec.Struct, kw_only=True):
@@ -549,13 +630,11 @@ _WORKER_DOC = ("Admin tokens only: a worker is trusted infrastructure that sees 
 async def worker_claim(request: Request) -> Response:
     user = await authenticate_admin(request)
     query = read_query(request, ClaimQuery)
-    queues = split_list(query.queues)
-    if not queues:
-        raise validation_error([{"field": "queues", "message": "name at least one queue"}],
-                               "the query parameters are not valid")
+    queues = split_list(query.queues, "queues")
+    assert queues is not None  # a required parameter
     queue, _ = state(request)
-    worker_id = query.worker_id or f"http:{user.name}"
-    jobs = await queue.claim(queues, query.limit, worker_id, lease_seconds=query.lease_seconds)
+    worker_id = or_none(query.worker_id) or f"http:{user.name}"
+    jobs = await queue.claim(queues, query.limit, worker_id, lease_seconds=or_none(query.lease_seconds))
     request.state.metrics.claims += len(jobs)
     leased = [LeasedJob(id=j.id, kind=j.kind, queue=j.queue, payload=j.payload, priority=j.priority,
                         attempt=j.attempts, max_attempts=j.max_attempts, lease_token=j.lease_token,  # type: ignore[arg-type]

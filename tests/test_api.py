@@ -88,7 +88,7 @@ async def test_invalid_payload_is_422_with_the_field_errors(live_server: LiveSer
     async with live_server.client(alice) as http:
         response = await http.post("/jobs", json=body)
     assert response.status_code == 422
-    assert response.json() == error("validation_error", "the job is not valid", details)
+    assert response.json() == error("validation_error", "the request is not valid", details)
 
 
 @pytest.mark.parametrize(
@@ -114,12 +114,31 @@ async def test_invalid_envelope_is_422(live_server: LiveServer, alice: ApiUser, 
     assert response.json() == error("validation_error", "the request is not valid", details)
 
 
+async def test_a_nul_character_is_422_not_a_database_error(live_server: LiveServer, alice: ApiUser):
+    # PostgreSQL cannot store U+0000 in text or jsonb: refused up front, with the field named
+    nul = "must not contain the NUL character (\\u0000)"
+    async with live_server.client(alice) as http:
+        body = await http.post("/jobs", json={"kind": "email", "payload": {**EMAIL, "cc": ["a@b.co", "x\u0000"]}})
+        search = await http.get("/jobs", params={"q": "a\x00b"})
+    assert body.status_code == 422
+    assert body.json() == error("validation_error", "the request is not valid", [{"field": "payload.cc.1",
+                                                                                  "message": nul}])
+    assert search.status_code == 422
+    assert search.json() == error("validation_error", "the query parameters are not valid",
+                                  [{"field": "q", "message": nul}])
+
+
 async def test_unknown_kind_is_422(live_server: LiveServer, alice: ApiUser):
     async with live_server.client(alice) as http:
         response = await http.post("/jobs", json={"kind": "fax", "payload": {}})
+        no_payload = await http.post("/jobs", json={"kind": "email"})
     assert response.status_code == 422
-    assert response.json() == error("validation_error", "unknown job kind 'fax'",
-                                    [{"field": "kind", "message": "unknown job kind 'fax'"}])
+    assert response.json() == error("validation_error", "the request is not valid", [{
+        "field": "kind",
+        "message": "unknown job kind 'fax'; expected one of email, external, ingest_file, notification, report, task",
+    }])
+    assert no_payload.json() == error("validation_error", "the request is not valid",
+                                      [{"field": "payload", "message": "Object missing required field `payload`"}])
 
 
 async def test_malformed_json_is_400_and_wrong_content_type_is_415(live_server: LiveServer, alice: ApiUser):
@@ -308,9 +327,11 @@ async def test_list_searches_the_last_error(live_server: LiveServer, alice: ApiU
         ({"limit": "ten"}, [{"field": "limit", "message": "Expected `int`, got `str`"}]),
         ({"offset": "-1"}, [{"field": "offset", "message": "Expected `int` >= 0"}]),
         ({"kind": "fax"}, [{"field": "kind", "message":
-                            "unknown kind 'fax'; expected one of email, external, notification, report, task"}]),
+                            "unknown kind 'fax'; expected one of email, external, ingest_file, notification, report, task"}]),
         ({"colour": "red"}, [{"field": "colour", "message": "unknown query parameter; allowed: status, kind, queue, "
                               "created_after, created_before, q, sort, limit, offset"}]),
+        ({"status": ","}, [{"field": "status", "message": "must name at least one value"}]),
+        ({"created_after": "null"}, [{"field": "created_after", "message": "Invalid RFC3339 encoded datetime"}]),
         ({"created_after": "yesterday"}, [{"field": "created_after", "message": "Invalid RFC3339 encoded datetime"}]),
         ({"created_after": "2030-01-02T00:00:00Z", "created_before": "2030-01-01T00:00:00Z"},
          [{"field": "created_before", "message": "must be later than created_after"}]),
@@ -727,12 +748,21 @@ async def test_openapi_document_is_valid_and_generated_from_the_types(live_serve
         docs = await http.get("/docs")
     validate(document)
     assert document["openapi"] == "3.1.0"
+    schemas = document["components"]["schemas"]
     create = document["paths"]["/jobs"]["post"]
-    assert create["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/JobCreate"}
-    job_create = document["components"]["schemas"]["JobCreate"]
-    assert job_create["required"] == ["kind"]
-    assert job_create["properties"]["priority"] == {"type": "integer", "minimum": 1, "maximum": 5,
-                                                    "description": "5 is the most urgent", "default": 3}
+    body = create["requestBody"]["content"]["application/json"]["schema"]
+    # one variant per kind, told apart by `kind`, each with that kind's payload type
+    assert body["discriminator"]["propertyName"] == "kind"
+    assert set(body["discriminator"]["mapping"]) == {"email", "external", "ingest_file", "notification", "report",
+                                                     "task"}
+    email_job = schemas["EmailJob"]
+    assert email_job["required"] == ["kind", "payload"]
+    assert email_job["properties"]["kind"] == {"enum": ["email"]}
+    assert email_job["properties"]["payload"] == {"$ref": "#/components/schemas/EmailPayload"}
+    assert email_job["properties"]["priority"] == {"type": "integer", "minimum": 1, "maximum": 5,
+                                                   "description": "5 is the most urgent", "default": 3}
+    assert schemas["EmailPayload"]["required"] == ["to", "subject"]
+    assert schemas["ReportPayload"]["properties"]["format"]["enum"] == ["csv", "json", "pdf"]
     assert set(create["responses"]) == {"201", "400", "401", "413", "415", "422"}
     listed = {p["name"] for p in document["paths"]["/jobs"]["get"]["parameters"]}
     assert listed == {"status", "kind", "queue", "created_after", "created_before", "q", "sort", "limit", "offset"}
