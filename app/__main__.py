@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import logging
 import os
 import secrets
 import sys
+from typing import Any
 
 from pgqueue.errors import ConfigError, PgQueueError
 
@@ -57,8 +59,22 @@ def _serve(args: argparse.Namespace, *, run_worker: bool) -> int:
           + (f"; worker with {args.concurrency} slot(s) per process" if run_worker else "; no worker"),
           flush=True)
     uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level=args.log_level.lower(), timeout_graceful_shutdown=15)
+                log_level=args.log_level.lower(), log_config=_log_config(args.log_level),
+                timeout_graceful_shutdown=15)
     return 0
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging plus our loggers (pgqueue.*, app.*): with --workers N the processes are
+    spawned and would not inherit this process's logging set-up."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["app"] = {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    config["handlers"]["app"] = {"class": "logging.StreamHandler", "formatter": "app", "stream": "ext://sys.stderr"}
+    config["loggers"]["pgqueue"] = {"handlers": ["app"], "level": level.upper(), "propagate": False}
+    config["loggers"]["app"] = {"handlers": ["app"], "level": level.upper(), "propagate": False}
+    return config
 
 
 def cmd_run(args: argparse.Namespace) -> int:
