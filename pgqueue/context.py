@@ -78,14 +78,29 @@ class EventBuffer:
             self._pending[:0] = events
 
 
+_CANCEL_EVENT_LOCK = threading.Lock()
+
+
 class JobContext:
     def __init__(self, job: Job, queue: QueueBackend, events: EventBuffer, loop: asyncio.AbstractEventLoop) -> None:
         self.job = job
         self.queue = queue
-        self.cancelled = threading.Event()  # set when cancellation was requested or the lease was lost
+        self._cancelled: threading.Event | None = None
         self.lease_lost = False
         self._events = events
         self._loop = loop
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """Set when cancellation was requested or the lease was lost (made on first use: most jobs
+        never look, and a threading.Event costs as much as the rest of starting a job)."""
+        event = self._cancelled
+        if event is None:
+            with _CANCEL_EVENT_LOCK:
+                if self._cancelled is None:
+                    self._cancelled = threading.Event()
+                event = self._cancelled
+        return event
 
     @property
     def attempt(self) -> int:

@@ -60,9 +60,7 @@ class KindSpec(msgspec.Struct, kw_only=True):
     backoff_base: float = 2.0
     backoff_max: float = 3600.0
 
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.handler)
+    is_async: bool = False  # set by declare(): the handler is a coroutine function
 
     def retry_delay(self, attempt: int) -> float:
         delay = min(self.backoff_max, self.backoff_base * 2 ** max(attempt - 1, 0))
@@ -120,7 +118,8 @@ class JobRegistry:
         if errors := validate_options(priority, max_attempts, queue):
             raise ValueError(f"kind {name!r}: " + "; ".join(f"{e['field']} {e['message']}" for e in errors))
         spec = KindSpec(name=name, payload_type=payload, handler=handler, queue=queue, max_attempts=max_attempts,
-                        priority=priority, backoff_base=backoff_base, backoff_max=backoff_max)
+                        priority=priority, backoff_base=backoff_base, backoff_max=backoff_max,
+                        is_async=inspect.iscoroutinefunction(handler))
         self.kinds[name] = spec
         return spec
 
