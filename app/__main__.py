@@ -22,7 +22,7 @@ import secrets
 import sys
 from typing import Any
 
-from pgqueue.errors import ConfigError, PgQueueError
+from pgqueue.__main__ import run_command
 
 log = logging.getLogger("app")
 
@@ -186,19 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("yoyo").setLevel(logging.WARNING)  # one line per migration step otherwise
-    try:
-        return int(args.func(args) or 0)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except PgQueueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run_command(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -249,9 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_command(args: argparse.Namespace) -> int:
+    """Set up logging and run ``args.func``, turning our errors into one `error:` line and an
+    exit code (2 for bad input or settings, 1 for other failures). Shared with `python -m app`."""
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("yoyo").setLevel(logging.WARNING)  # one line per migration step otherwise
     try:
         return int(args.func(args) or 0)
     except InvalidPayload as exc:
@@ -265,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
