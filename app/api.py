@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from app.auth import StreamToken, authenticate, authenticate_admin, issue_stream_token, may_see
 from app.errors import ApiError, ErrorInfo, field_errors, not_found, validation_error
+from app.ingest import INGEST_KIND
 from app.jobs import TaskPayload
 from app.jobs import jobs as app_jobs
 from app.openapi import operation
@@ -28,7 +29,6 @@ from app.store import AppStore, JobFilter, User
 from pgqueue.errors import InvalidTransition, JobNotFound, LeaseLost
 from pgqueue.models import PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, STATUSES, Event, Job, JobError
 from pgqueue.queue import Queue
-from pgqueue.registry import JobRegistry
 
 T = TypeVar("T")
 
@@ -222,20 +222,24 @@ def _struct_name(kind: str) -> str:
     return "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", kind)) + "Job"
 
 
-def job_create_type(registry: JobRegistry) -> Any:
+def job_create_type(kinds: dict[str, Any]) -> Any:
     """POST /jobs's body: one Struct per kind, told apart by ``kind``, whose ``payload`` is that
     kind's type. Decoding it validates the payload, and the OpenAPI document shows each kind's
     payload schema (an ``anyOf`` with a ``kind`` discriminator)."""
     variants = [
         msgspec.defstruct(_struct_name(name), [("payload", spec.payload_type)], bases=(JobOptions,), tag=name,
                           kw_only=True, forbid_unknown_fields=True, module=__name__)
-        for name, spec in sorted(registry.kinds.items())
+        for name, spec in sorted(kinds.items())
     ]
     return functools.reduce(operator.or_, variants)
 
 
-JobCreate = job_create_type(app_jobs)
-KIND_NAMES = tuple(sorted(app_jobs.kinds))
+# Kinds only the app itself enqueues: an ingest job's payload names a stored file, and only the
+# upload route checks that the file is the caller's.
+INTERNAL_KINDS = frozenset({INGEST_KIND})
+PUBLIC_KINDS = {name: spec for name, spec in app_jobs.kinds.items() if name not in INTERNAL_KINDS}
+JobCreate = job_create_type(PUBLIC_KINDS)
+KIND_NAMES = tuple(sorted(PUBLIC_KINDS))
 
 
 SortKey = Literal["created", "-created", "priority", "-priority", "status", "-status"]
@@ -249,7 +253,7 @@ def _comma_list_pattern(words: tuple[str, ...]) -> str:
 StatusList = Annotated[str, msgspec.Meta(description="comma-separated statuses",
                                          extra_json_schema={"pattern": _comma_list_pattern(STATUSES)})]
 KindList = Annotated[str, msgspec.Meta(description="comma-separated job kinds",
-                                       extra_json_schema={"pattern": _comma_list_pattern(KIND_NAMES)})]
+                                       extra_json_schema={"pattern": _comma_list_pattern(tuple(app_jobs.kinds))})]
 
 
 class JobListQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

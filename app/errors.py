@@ -24,6 +24,7 @@ from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match, Route
 
 from pgqueue.errors import (
     DatabaseUnavailable,
@@ -138,7 +139,20 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     else:
         message = str(exc.detail) if exc.detail else HTTPStatus(exc.status_code).phrase
     code = _HTTP_CODES.get(exc.status_code, HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_"))
-    return error_response(exc.status_code, code, message, headers=exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+    return error_response(exc.status_code, code, message, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the path accepts: one path may be served by several routes (one per method),
+    and Starlette's 405 names only the first route's methods."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods or set()
+    return sorted(methods)
 
 
 async def handle_engine_error(request: Request, exc: Exception) -> Response:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -128,14 +129,18 @@ async def test_a_nul_character_is_422_not_a_database_error(live_server: LiveServ
                                   [{"field": "q", "message": nul}])
 
 
-async def test_unknown_kind_is_422(live_server: LiveServer, alice: ApiUser):
+async def test_unknown_or_internal_kind_is_422(live_server: LiveServer, alice: ApiUser):
     async with live_server.client(alice) as http:
+        # ingest jobs name a stored file: only the upload route, which checks the file is yours, makes them
+        internal = await http.post("/jobs", json={"kind": "ingest_file", "payload": {"file_id": 1}})
+        assert internal.status_code == 422
+        assert internal.json()["error"]["details"][0]["message"].startswith("unknown job kind 'ingest_file'")
         response = await http.post("/jobs", json={"kind": "fax", "payload": {}})
         no_payload = await http.post("/jobs", json={"kind": "email"})
     assert response.status_code == 422
     assert response.json() == error("validation_error", "the request is not valid", [{
         "field": "kind",
-        "message": "unknown job kind 'fax'; expected one of email, external, ingest_file, notification, report, task",
+        "message": "unknown job kind 'fax'; expected one of email, external, notification, report, task",
     }])
     assert no_payload.json() == error("validation_error", "the request is not valid",
                                       [{"field": "payload", "message": "Object missing required field `payload`"}])
@@ -244,12 +249,14 @@ async def test_an_id_that_is_not_a_job_id_is_404(live_server: LiveServer, alice:
 async def test_unknown_route_and_method_are_json(live_server: LiveServer, alice: ApiUser):
     async with live_server.client(alice) as http:
         missing = await http.get("/nowhere")
-        wrong_method = await http.put("/jobs/bulk")
+        wrong_method = await http.put("/jobs/7/retry")
+        split_route = await http.put("/jobs")  # GET and POST /jobs are two routes
     assert missing.status_code == 404
     assert missing.json() == error("not_found", "no such resource: GET /nowhere")
     assert wrong_method.status_code == 405
-    assert wrong_method.json() == error("method_not_allowed", "method PUT is not allowed on /jobs/bulk")
+    assert wrong_method.json() == error("method_not_allowed", "method PUT is not allowed on /jobs/7/retry")
     assert wrong_method.headers["allow"] == "POST"
+    assert split_route.status_code == 405 and split_route.headers["allow"] == "GET, HEAD, POST"
 
 
 async def test_me_and_stream_tokens(live_server: LiveServer, alice: ApiUser):
@@ -753,8 +760,7 @@ async def test_openapi_document_is_valid_and_generated_from_the_types(live_serve
     body = create["requestBody"]["content"]["application/json"]["schema"]
     # one variant per kind, told apart by `kind`, each with that kind's payload type
     assert body["discriminator"]["propertyName"] == "kind"
-    assert set(body["discriminator"]["mapping"]) == {"email", "external", "ingest_file", "notification", "report",
-                                                     "task"}
+    assert set(body["discriminator"]["mapping"]) == {"email", "external", "notification", "report", "task"}
     email_job = schemas["EmailJob"]
     assert email_job["required"] == ["kind", "payload"]
     assert email_job["properties"]["kind"] == {"enum": ["email"]}
@@ -772,3 +778,23 @@ async def test_openapi_document_is_valid_and_generated_from_the_types(live_serve
     assert docs.status_code == 200 and docs.headers["content-type"].startswith("text/html")
     assert 'fetch("openapi.json")' in docs.text
     assert "<script src" not in docs.text and "<link" not in docs.text and "https://" not in docs.text
+
+
+def positional(sql: str) -> str:
+    """%(name)s placeholders as $1, $2 ... (a name used twice keeps its number), for PREPARE."""
+    names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", sql)))
+    return re.sub(r"%\((\w+)\)s", lambda match: f"${names.index(match[1]) + 1}", sql)
+
+
+async def test_every_app_query_prepares_against_the_migrated_schema(db_url: str):
+    from app.store import QUERIES
+
+    failures = []
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        for query in QUERIES.values():
+            try:
+                await conn.execute(f"PREPARE check_{query.name} AS {positional(query.sql)}")
+                await conn.execute(f"DEALLOCATE check_{query.name}")
+            except psycopg.Error as exc:
+                failures.append(f"{query.name}: {str(exc).strip()}")
+    assert len(QUERIES) >= 10 and failures == []
