@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -271,6 +274,28 @@ async def test_me_and_stream_tokens(live_server: LiveServer, alice: ApiUser):
     expired = issue_stream_token("test-secret", alice.id, 300, now=time.time() - 301)
     assert verify_stream_token("test-secret", expired.token) is None
     assert verify_stream_token("test-secret", "garbage") is None
+
+
+def run_app_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PGQUEUE_DATABASE_URL": database_url}
+    return subprocess.run([sys.executable, "-m", "app", *args], capture_output=True, text=True, env=env,
+                          timeout=60, check=False)
+
+
+async def test_create_user_command_prints_a_working_token(live_server: LiveServer):
+    created = await asyncio.to_thread(run_app_cli, live_server.database_url, "create-user", "grace", "--admin")
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert token.startswith("pgq_") and "\n" not in token  # stdout holds the token alone
+    async with live_server.client(headers={"Authorization": f"Bearer {token}"}) as http:
+        me = (await http.get("/auth/me")).json()
+    assert me["name"] == "grace" and me["is_admin"] is True
+
+    again = await asyncio.to_thread(run_app_cli, live_server.database_url, "create-user", "grace")
+    assert again.returncode == 1 and again.stdout == ""
+    assert "a user named 'grace' exists" in again.stderr
+    second = await asyncio.to_thread(run_app_cli, live_server.database_url, "add-token", "grace")
+    assert second.returncode == 0 and second.stdout.strip() not in ("", token)
 
 
 # -- listing ------------------------------------------------------------------------------------
