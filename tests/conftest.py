@@ -3,6 +3,7 @@ one template database migrated once, and a fresh clone of it per test."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import tempfile
@@ -16,6 +17,9 @@ import pytest
 from pgqueue.embedded import EmbeddedPostgres
 from pgqueue.migrate import migrate
 from pgqueue.queue import Queue
+
+# worker-subprocess fixtures (spawn_worker, ...) are used by several test modules
+pytest_plugins = ("tests.process_fixtures",)
 
 TEMPLATE_DB = "pgqueue_template"
 
@@ -59,15 +63,24 @@ def template_db(pg_server: PgServer) -> str:
     return TEMPLATE_DB
 
 
+@contextlib.contextmanager
+def scratch_database(pg_server: PgServer, prefix: str, template: str | None = None) -> Iterator[str]:
+    """A new database (a clone of `template`, or empty), dropped afterwards; yields its URL."""
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    with pg_server.admin() as conn:
+        conn.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
+    try:
+        yield with_dbname(pg_server.url, name)
+    finally:
+        with pg_server.admin() as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 @pytest.fixture
 def db_url(pg_server: PgServer, template_db: str) -> Iterator[str]:
     """A fresh, migrated database for this test."""
-    name = f"t_{secrets.token_hex(6)}"
-    with pg_server.admin() as conn:
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
-    yield with_dbname(pg_server.url, name)
-    with pg_server.admin() as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with scratch_database(pg_server, "t", template_db) as url:
+        yield url
 
 
 @pytest.fixture

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
-import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -167,31 +165,12 @@ def ingest_storage_url(tmp_path: Path) -> str:
     return (tmp_path / "storage").as_uri()
 
 
-class IngestWorkerProcess(WorkerProcess):
-    """`python -m pgqueue worker --app app.jobs --queues ingest` with short leases."""
-
-    def __init__(self, database_url: str, log_path: Path) -> None:
-        super().__init__(database_url, log_path)
-        self.args = [sys.executable, "-m", "pgqueue", "worker", "--app", "app.jobs", "--queues", INGEST_QUEUE,
-                     "--concurrency", "2", "--grace", "5"]
-
-
 @pytest.fixture
-def spawn_ingest_worker() -> Iterator[Callable[[str], IngestWorkerProcess]]:
-    """Start ingest worker subprocesses; all are killed at teardown and their logs printed."""
-    log_dir = Path(tempfile.mkdtemp(prefix="pgqueue-ingest-workers-"))
-    started: list[IngestWorkerProcess] = []
+def spawn_ingest_worker(spawn_worker: Callable[..., WorkerProcess]) -> Callable[[str], WorkerProcess]:
+    """Start `python -m pgqueue worker --app app.jobs --queues ingest` subprocesses with short
+    leases; all are killed at teardown and their logs printed."""
 
-    def spawn(database_url: str) -> IngestWorkerProcess:
-        worker = IngestWorkerProcess(database_url, log_dir / f"worker-{len(started)}.log")
-        started.append(worker)
-        return worker.start()
+    def spawn(database_url: str) -> WorkerProcess:
+        return spawn_worker(database_url, app="app.jobs", queues=INGEST_QUEUE, concurrency=2, grace=5.0)
 
-    try:
-        yield spawn
-    finally:
-        for worker in started:
-            worker.ensure_stopped()
-        for worker in started:
-            print(f"\n----- ingest worker (exit {worker.process.returncode if worker.process else '?'}) -----\n"
-                  f"{worker.output()[-20000:]}")
+    return spawn

@@ -4,7 +4,6 @@ leases and their own log files, one-shot CLI runs, and small SQL helpers that su
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import PgServer, with_dbname
+from tests.conftest import PgServer, scratch_database
 from tests.helpers import wait_for_sync
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -83,13 +82,13 @@ def enqueue_marks(url: str, count: int, *, sleep: float = 0.0, kind: str = "mark
 class WorkerProcess:
     """One `python -m pgqueue worker --app tests.jobs` subprocess logging to its own file."""
 
-    def __init__(self, database_url: str, log_path: Path, *, queues: str = "default", concurrency: int = 4,
-                 grace: float = 10.0, env: dict[str, str] | None = None) -> None:
+    def __init__(self, database_url: str, log_path: Path, *, app: str = "tests.jobs", queues: str = "default",
+                 concurrency: int = 4, grace: float = 10.0, env: dict[str, str] | None = None) -> None:
         self.database_url = database_url
         self.env = env or {}
         self.log_path = log_path
         self.args = [
-            sys.executable, "-m", "pgqueue", "worker", "--app", "tests.jobs",
+            sys.executable, "-m", "pgqueue", "worker", "--app", app,
             "--queues", queues, "--concurrency", str(concurrency), "--grace", str(grace),
         ]
         self.process: subprocess.Popen[bytes] | None = None
@@ -178,23 +177,15 @@ def proc_db(db_url: str) -> str:
 @pytest.fixture(scope="module")
 def shared_db(pg_server: PgServer, template_db: str) -> Iterator[str]:
     """One migrated database for a whole module of tests that only read it or must leave it untouched."""
-    name = f"s_{secrets.token_hex(6)}"
-    with pg_server.admin() as conn:
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
-    yield with_dbname(pg_server.url, name)
-    with pg_server.admin() as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with scratch_database(pg_server, "s", template_db) as url:
+        yield url
 
 
 @pytest.fixture
 def empty_db(pg_server: PgServer) -> Iterator[str]:
     """A fresh database with nothing in it (for migration tests)."""
-    name = f"m_{secrets.token_hex(6)}"
-    with pg_server.admin() as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield with_dbname(pg_server.url, name)
-    with pg_server.admin() as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with scratch_database(pg_server, "m") as url:
+        yield url
 
 
 def run_cli(*args: str, database_url: str | None = None, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
