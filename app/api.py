@@ -120,7 +120,8 @@ def read_query(request: Request, query_type: type[T]) -> T:
     for key, value in request.query_params.multi_items():
         if key in values:
             if key not in _LIST_PARAMS:
-                raise validation_error([{"field": key, "message": "given more than once"}])
+                raise validation_error([{"field": key, "message": "given more than once"}],
+                                       "the query parameters are not valid")
             values[key] = f"{values[key]},{value}"
         else:
             values[key] = value

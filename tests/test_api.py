@@ -381,7 +381,7 @@ async def test_a_repeated_single_value_parameter_is_422(live_server: LiveServer,
     async with live_server.client(alice) as http:
         repeated = await http.get("/jobs?limit=1&limit=2")
         listed = await http.get("/jobs?status=queued&status=dead")
-    assert repeated.json() == error("validation_error", "the request is not valid",
+    assert repeated.json() == error("validation_error", "the query parameters are not valid",
                                     [{"field": "limit", "message": "given more than once"}])
     assert listed.status_code == 200
 

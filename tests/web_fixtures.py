@@ -149,7 +149,7 @@ def live_server(start_server: Callable[..., LiveServer]) -> LiveServer:
 @pytest.fixture
 def live_server_with_worker(start_server: Callable[..., LiveServer]) -> LiveServer:
     """The API with the app's worker (all app kinds) running in the server's event loop."""
-    return start_server(run_worker=True, worker_concurrency=8)
+    return start_server(run_worker=True, worker_concurrency=8, worker_shutdown_grace=2.0)
 
 
 @pytest.fixture
