@@ -22,8 +22,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# engine (enqueue, drain, wake-up vs the raw Postgres ceilings), then SSE delivery with
+# 500 clients and log-file ingestion; each adds its section to bench-results.json
 bench: $(STAMP)
 	$(PY) -m pgqueue bench --output bench-results.json
+	$(PY) -m app bench-sse --output bench-results.json
+	$(PY) -m app bench-ingest --output bench-results.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pgqueue app tests
