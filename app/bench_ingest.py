@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -29,16 +28,13 @@ from typing import Any
 
 import psycopg
 
+from pgqueue.bench import say, write_section
 from pgqueue.config import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TARGET_LINES_PER_S = 100_000
 MIB = 1024 * 1024
 LEVELS = (b"info", b"warn", b"ERROR", b"debug", b"critical")
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def write_log_file(path: Path, *, lines: int | None = None, size_bytes: int | None = None) -> tuple[int, int]:
@@ -197,11 +193,7 @@ def main(args: argparse.Namespace) -> int:
     result = run_ingest_bench(url, lines=100_000 if args.quick else args.lines, memory_sizes_mb=sizes)
     print(render(result))
     if args.output:
-        path = Path(args.output)
-        existing = json.loads(path.read_text()) if path.exists() else {}
-        existing["ingest"] = result  # beside the other benches' sections
-        path.write_text(json.dumps(existing, indent=2) + "\n")
-        say(f"results written to {args.output} (section 'ingest')")
+        write_section(args.output, "ingest", result)
     return 0
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import re
 import resource
@@ -36,6 +35,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from pgqueue.bench import say, write_section
 from pgqueue.config import Settings
 from pgqueue.sql import QUERIES
 
@@ -45,10 +45,6 @@ END_MARKER = b"event: succeeded"
 HUB_BACKENDS = (
     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%%'"
 )
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -330,11 +326,7 @@ def main(args: argparse.Namespace) -> int:
     result = run_sse_bench(url, clients=clients, events=events, rate=args.rate)
     print(render(result))
     if args.output:
-        path = Path(args.output)
-        existing = json.loads(path.read_text()) if path.exists() else {}
-        existing["sse"] = result  # beside the engine bench's section
-        path.write_text(json.dumps(existing, indent=2) + "\n")
-        say(f"results written to {args.output} (section 'sse')")
+        write_section(args.output, "sse", result)
     return 0
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from pgqueue.config import Settings, validate_database_url
+from pgqueue.config import Settings, load_settings
 from pgqueue.errors import ConfigError
 
 MIB = 1024 * 1024
@@ -53,22 +53,12 @@ class AppSettings(msgspec.Struct, kw_only=True):
 
     @classmethod
     def from_env(cls, **overrides: object) -> AppSettings:
-        values: dict[str, object] = {}
+        defaults: dict[str, object] = {}
         if url := os.environ.get("PGQUEUE_DATABASE_URL"):
-            values["database_url"] = url
+            defaults["database_url"] = url
         if storage_url := os.environ.get("PGQUEUE_STORAGE_URL"):  # shared with workers (docker-compose.yml)
-            values["storage_url"] = storage_url
-        for field in cls.__struct_fields__:
-            raw = os.environ.get("APP_" + field.upper())
-            if raw:
-                values[field] = raw
-        values.update({key: value for key, value in overrides.items() if value is not None})
-        try:
-            settings = msgspec.convert(values, cls, strict=False)
-        except msgspec.ValidationError as exc:
-            raise ConfigError(f"bad app setting: {exc}") from None
-        if settings.database_url:
-            validate_database_url(settings.database_url)
+            defaults["storage_url"] = storage_url
+        settings = load_settings(cls, "APP_", overrides, defaults)
         if not settings.secret:
             settings.secret = secrets.token_urlsafe(32)
         if settings.max_body_bytes < 1:

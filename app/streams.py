@@ -235,10 +235,14 @@ class EventStreamResponse(Response):
                 await aclose()  # runs the stream's `finally` blocks: unsubscribe from the hub
 
 
-async def sse_body(batches: AsyncIterator[list[Event] | None], retry_ms: int) -> AsyncIterator[bytes]:
-    yield b"retry: %d\n\n" % retry_ms
-    async for batch in batches:
-        yield KEEPALIVE if batch is None else b"".join(sse_message(event) for event in batch)
+async def sse_body(batches: AsyncGenerator[list[Event] | None, None], retry_ms: int) -> AsyncIterator[bytes]:
+    """The event-stream bytes of `follow()`'s batches; closes the generator however the stream ends."""
+    try:
+        yield b"retry: %d\n\n" % retry_ms
+        async for batch in batches:
+            yield KEEPALIVE if batch is None else b"".join(sse_message(event) for event in batch)
+    finally:
+        await batches.aclose()
 
 
 # -- routes -------------------------------------------------------------------------------------
@@ -269,11 +273,8 @@ async def job_events(request: Request) -> Response:
         with hub.subscribe(job_id=job_id) as sub:
             events = follow(sub, fetch_after, after_id, keepalive_seconds=settings.sse_keepalive_seconds,
                             ends_stream=is_terminal, finished=finished)
-            try:
-                async for chunk in sse_body(events, settings.sse_retry_ms):
-                    yield chunk
-            finally:
-                await events.aclose()
+            async for chunk in sse_body(events, settings.sse_retry_ms):
+                yield chunk
 
     return EventStreamResponse(body())
 
@@ -303,11 +304,8 @@ async def all_events(request: Request) -> Response:
             # Without a position the stream is live only: it starts at the newest event.
             after_id = requested if requested is not None else await store.latest_event_id()
             events = follow(sub, fetch_after, after_id, keepalive_seconds=settings.sse_keepalive_seconds)
-            try:
-                async for chunk in sse_body(events, settings.sse_retry_ms):
-                    yield chunk
-            finally:
-                await events.aclose()
+            async for chunk in sse_body(events, settings.sse_retry_ms):
+                yield chunk
 
     return EventStreamResponse(body())
 

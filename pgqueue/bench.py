@@ -166,6 +166,15 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def write_section(output: str, section: str, result: dict[str, Any]) -> None:
+    """Put one bench's figures under its own key of the JSON file, keeping the other benches'."""
+    path = Path(output)
+    existing = json.loads(path.read_text()) if path.exists() else {}
+    existing[section] = result
+    path.write_text(json.dumps(existing, indent=2) + "\n")
+    say(f"results written to {output} (section {section!r})")
+
+
 # -- connections ----------------------------------------------------------------------------------
 
 
@@ -752,6 +761,5 @@ def main(args: argparse.Namespace) -> int:
         engine = run(bench_url, jobs, args.quick)
     print(render(engine))
     if args.output:
-        Path(args.output).write_text(json.dumps({"engine": engine}, indent=2) + "\n")
-        say(f"results written to {args.output}")
+        write_section(args.output, "engine", engine)
     return 0

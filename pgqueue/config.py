@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -43,16 +45,26 @@ class Settings(msgspec.Struct, kw_only=True):
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
-        values: dict[str, object] = {}
-        for field in cls.__struct_fields__:
-            raw = os.environ.get("PGQUEUE_" + field.upper())
-            if raw is not None and raw != "":
-                values[field] = raw
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        try:
-            settings = msgspec.convert(values, cls, strict=False)
-        except msgspec.ValidationError as exc:
-            raise ConfigError(f"bad setting: {exc}") from None
-        if settings.database_url:
-            validate_database_url(settings.database_url)
-        return settings
+        return load_settings(cls, "PGQUEUE_", overrides)
+
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+def load_settings(cls: type[S], prefix: str, overrides: Mapping[str, object],
+                  defaults: Mapping[str, object] | None = None) -> S:
+    """A settings Struct from ``defaults``, then environment variables ``<prefix><FIELD>``, then
+    the non-None ``overrides``; a bad value or database URL is a ConfigError naming it."""
+    values: dict[str, object] = dict(defaults or {})
+    for field in cls.__struct_fields__:
+        raw = os.environ.get(prefix + field.upper())
+        if raw is not None and raw != "":
+            values[field] = raw
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        settings = msgspec.convert(values, cls, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"bad setting ({prefix}*): {exc}") from None
+    if url := getattr(settings, "database_url", None):
+        validate_database_url(url)
+    return settings
