@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import re
 import threading
 import traceback
 from collections.abc import AsyncIterator, Coroutine
@@ -26,6 +27,15 @@ T = TypeVar("T")
 # Pending log lines kept per job between two flushes; past this, lines are counted as dropped.
 MAX_PENDING_LOG_LINES = 1000
 
+# A JSON \u0000 escape (not an escaped backslash followed by "u0000"): jsonb cannot store it.
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _no_nul(text: str) -> str:
+    """PostgreSQL text and jsonb cannot hold NUL characters: one in a log line, progress message
+    or error would make every write of the batch it sits in fail, again and again."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
 
 class EventBuffer:
     """Progress and log events waiting to be written, coalesced so a chatty job cannot flood.
@@ -42,7 +52,7 @@ class EventBuffer:
         self._log_counts: dict[int, int] = {}
 
     def progress(self, job_id: int, percent: float, message: str | None) -> None:
-        data = {"percent": round(percent, 2), "message": message}
+        data = {"percent": round(percent, 2), "message": None if message is None else _no_nul(str(message))}
         band = int(percent // 10)
         with self._lock:
             for index in range(len(self._pending) - 1, -1, -1):
@@ -61,7 +71,7 @@ class EventBuffer:
                 self._dropped[job_id] = self._dropped.get(job_id, 0) + 1
                 return
             self._log_counts[job_id] = count + 1
-            self._pending.append((job_id, "log", {"line": line[:4000], "level": level}))
+            self._pending.append((job_id, "log", {"line": _no_nul(line[:4000]), "level": _no_nul(str(level))}))
 
     def take(self) -> list[tuple[int, str, dict[str, Any]]]:
         with self._lock:
@@ -189,9 +199,13 @@ def settle_outcome(ctx: JobContext, outcome: str, value: Any) -> tuple[str, Any]
         return "lease_lost", None
     if outcome == "succeeded":
         try:
-            msgspec.json.encode(value)
+            encoded = msgspec.json.encode(value)
         except (TypeError, ValueError) as exc:
             return "dead", f"handler result is not JSON-serialisable: {exc}"
+        if _JSON_NUL.search(encoded):
+            return "dead", "handler result holds a NUL character (\\u0000), which PostgreSQL cannot store"
+    elif isinstance(value, str):
+        value = _no_nul(value)
     if outcome == "cancelled" and not ctx.cancelled.is_set():
         return "failed", "JobCancelled raised without a cancellation request"
     return outcome, value

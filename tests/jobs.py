@@ -125,3 +125,23 @@ async def chatty(ctx: JobContext, payload: dict) -> int:
             await asyncio.sleep(0)  # let the worker's event flusher run in between
     ctx.progress(100, "done")
     return calls
+
+
+@jobs.kind("nul_log")
+async def nul_log(ctx: JobContext, payload: dict) -> str:
+    """Logs a line with a NUL character (binary data in a log line): jsonb cannot store \\u0000."""
+    ctx.log("binary \x00 garbage")
+    ctx.progress(50, "half \x00 way")
+    return "logged"
+
+
+@jobs.kind("nul_result")
+async def nul_result(ctx: JobContext, payload: dict) -> dict:
+    """Returns a result holding a NUL character (JSON-serialisable, but not storable as jsonb)."""
+    return {"out": "a\x00b"}
+
+
+@jobs.kind("nul_error")
+async def nul_error(ctx: JobContext, payload: dict) -> None:
+    """Fails with an error message holding a NUL character (text columns reject it)."""
+    raise RuntimeError("bad byte \x00 here")
