@@ -11,7 +11,7 @@ import functools
 import operator
 import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -39,6 +39,8 @@ AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 # hence UNSET rather than None for the optional ones.
 # Query parameters that take several values, comma-separated or repeated:
 _LIST_PARAMS = frozenset({"status", "kind", "queue", "queues"})
+# Deeper JSON is refused (400) before anything recursive (validation, jsonb, responses) meets it.
+MAX_JSON_DEPTH = 128
 
 
 # -- reading requests ---------------------------------------------------------------------------
@@ -81,16 +83,34 @@ async def read_json(request: Request, body_type: type[T]) -> T:
     body = await read_body(request, request.state.settings.max_body_bytes)
     if not body.strip():
         raise ApiError(400, "malformed_json", "the request body is empty; expected a JSON object")
+    too_deep = ApiError(400, "malformed_json", f"the request body is nested more than {MAX_JSON_DEPTH} levels deep")
     try:
         raw = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise ApiError(400, "malformed_json", f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise too_deep from None
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise too_deep
     if (field := nul_character_at(raw)) is not None:
         raise validation_error([{"field": field, "message": _NUL_MESSAGE}])
     try:
         return msgspec.json.decode(body, type=body_type)
     except msgspec.ValidationError as exc:
         raise validation_error(field_errors(exc)) from None
+
+
+def json_depth(value: Any) -> int:
+    """How deeply arrays and objects nest in a decoded JSON value (iterative: any depth is safe)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            depth += 1
+            deepest = max(deepest, depth)
+            stack.extend((child, depth) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def nul_character_at(value: Any, path: str = "$") -> str | None:
@@ -380,7 +400,11 @@ async def create_job(request: Request) -> Response:
     queue, _ = state(request)
     options: dict[str, Any] = {"priority": new.priority, "owner_id": user.owner_id}
     if new.scheduled_for is not None:
-        options["run_at"] = new.scheduled_for
+        try:
+            options["run_at"] = new.scheduled_for.astimezone(UTC)
+        except OverflowError:  # e.g. 9999-12-31T23:59-14:00: stored, it could never be read back
+            raise validation_error([{"field": "scheduled_for",
+                                     "message": "must lie between years 1 and 9999 in UTC"}]) from None
     if new.max_attempts is not None:
         options["max_attempts"] = new.max_attempts
     kind = new.__struct_config__.tag
