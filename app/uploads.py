@@ -58,6 +58,7 @@ FILE_FIELD = "file"
 ALLOWED_EXTENSION = ".jsonl"
 MAX_NAME_CHARS = 255
 SNIFF_BYTES = 512
+MAX_BOUNDARY_BYTES = 70
 # Room for the multipart framing around the file when judging Content-Length.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 _WHITESPACE = b" \t\r\n"
@@ -208,6 +209,8 @@ def _boundary(request: Request) -> bytes:
     boundary = options.get(b"boundary")
     if not boundary:
         raise ApiError(400, "bad_request", "the multipart/form-data Content-Type has no boundary")
+    if len(boundary) > MAX_BOUNDARY_BYTES:  # RFC 2046: 1 to 70 characters
+        raise ApiError(400, "bad_request", f"the multipart boundary is longer than {MAX_BOUNDARY_BYTES} characters")
     return boundary
 
 

@@ -165,3 +165,27 @@ async def test_scheduled_for_outside_the_utc_calendar_is_a_422_and_inserts_nothi
         assert response.status_code == 201, response.text
         assert (await http.get("/jobs")).json()["total"] == 1
 
+
+
+def multipart(boundary: str, parts: list[tuple[str, str | None, bytes]]) -> bytes:
+    body = b""
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"' + ("" if filename is None else f'; filename="{filename}"')
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode()
+
+
+LINE = b'{"timestamp": 1, "level": "info", "message": "hi"}\n'
+
+
+async def test_upload_with_an_overlong_multipart_boundary_is_a_400(live_server: LiveServer, alice: ApiUser):
+    boundary = "b" * 300
+    async with live_server.client(alice) as http:
+        response = await http.post("/api/v1/files/upload", content=multipart(boundary, [("file", "a.jsonl", LINE)]),
+                                   headers={"content-type": f'multipart/form-data; boundary="{boundary}"'})
+        assert response.status_code == 400, response.text
+        check_error_shape(response)
+        boundary = "b" * 70
+        response = await http.post("/api/v1/files/upload", content=multipart(boundary, [("file", "a.jsonl", LINE)]),
+                                   headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        assert response.status_code == 202, response.text
