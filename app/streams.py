@@ -226,6 +226,11 @@ class EventStreamResponse(Response):
             task_group.cancel_scope.cancel()
 
         try:
+            if scope.get("method") == "HEAD":
+                # Headers only: streaming a body that is never sent would hold the connection forever.
+                await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
             async with anyio.create_task_group() as task_group:
                 task_group.start_soon(stream)
                 task_group.start_soon(watch_disconnect)

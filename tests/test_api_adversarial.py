@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import psycopg
 
+from tests.helpers import wait_for
 from tests.web_fixtures import *  # noqa: F403
 from tests.web_fixtures import ApiUser, LiveServer
 
@@ -189,3 +190,20 @@ async def test_upload_with_an_overlong_multipart_boundary_is_a_400(live_server: 
         response = await http.post("/api/v1/files/upload", content=multipart(boundary, [("file", "a.jsonl", LINE)]),
                                    headers={"content-type": f"multipart/form-data; boundary={boundary}"})
         assert response.status_code == 202, response.text
+
+
+async def test_head_on_a_live_event_stream_ends_and_frees_the_connection(live_server: LiveServer, alice: ApiUser):
+    async with live_server.client(alice, timeout=5) as http:
+        job = (await http.post("/jobs", json={"kind": "external", "payload": {}})).json()
+        for path in (f"/jobs/{job['id']}/events", "/events"):
+            response = await http.head(path)
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            # the same keep-alive connection serves the next request: the HEAD response has ended
+            assert (await http.get("/auth/me")).status_code == 200
+    hub = live_server.state["hub"]
+    assert await wait_for(lambda: _no_subscribers(hub), timeout=5, message="the HEAD streams to unsubscribe")
+
+
+async def _no_subscribers(hub: Any) -> bool:
+    return hub.subscriber_count == 0
