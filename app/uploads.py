@@ -218,6 +218,17 @@ def _too_large(limit: int) -> ApiError:
     return ApiError(413, "payload_too_large", f"the file is larger than the upload limit of {limit} bytes")
 
 
+async def _bounded(body: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    """The request body, refused once it passes the file limit plus the multipart allowance: the
+    bytes around the file part (preamble, epilogue) count too, as they do in Content-Length."""
+    size = 0
+    async for chunk in body:
+        size += len(chunk)
+        if size > limit + MULTIPART_OVERHEAD_BYTES:
+            raise _too_large(limit)
+        yield chunk
+
+
 # -- routes --------------------------------------------------------------------------------------
 
 class UploadAccepted(msgspec.Struct, kw_only=True):
@@ -246,7 +257,7 @@ async def upload_file(request: Request) -> Response:
     stored = None
     try:
         name, content_type = None, ""
-        events = multipart_events(request.stream(), boundary)
+        events = multipart_events(_bounded(request.stream(), limit), boundary)
         async for event in events:
             if not isinstance(event, PartStart):
                 continue  # data of a part we refused never gets here: refusing raises
