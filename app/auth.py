@@ -101,7 +101,8 @@ def issue_stream_token(secret: str, user_id: int, lifetime_seconds: int, now: fl
 def verify_stream_token(secret: str, token: str, now: float | None = None) -> int | None:
     """The user id a stream token was issued to, or None when it is forged, malformed or expired."""
     parts = token.split(".")
-    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit() or len(token) > 200:
+    # ASCII only: compare_digest refuses (TypeError) non-ASCII strings, and int() reads other digits
+    if not token.isascii() or len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit() or len(token) > 200:
         return None
     user_id, expires, signature = parts
     if not hmac.compare_digest(_signature(secret, f"{user_id}.{expires}"), signature):

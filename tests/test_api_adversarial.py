@@ -234,3 +234,14 @@ async def test_chunked_upload_body_is_bounded_outside_the_file_part_too(start_se
         assert await job_total(server) == 0
         response = await http.post("/api/v1/files/upload", content=body(0, 0), headers=headers)
         assert response.status_code == 202, response.text
+
+
+async def test_a_stream_token_with_non_ascii_characters_is_a_401(live_server: LiveServer, alice: ApiUser):
+    async with live_server.client(alice) as http:
+        job = (await http.post("/jobs", json={"kind": "external", "payload": {}})).json()
+    async with live_server.client() as http:
+        for token in ("1.2.\u00e9", "1.2.\U0001f600", "\u0661.2.abc"):
+            for path in ("/events", f"/jobs/{job['id']}/events"):
+                response = await http.get(path, params={"stream_token": token})
+                assert response.status_code == 401, (token, path, response.text)
+                assert response.json()["error"]["code"] == "invalid_token"
