@@ -86,7 +86,7 @@ async def read_json(request: Request, body_type: type[T]) -> T:
     too_deep = ApiError(400, "malformed_json", f"the request body is nested more than {MAX_JSON_DEPTH} levels deep")
     try:
         raw = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # invalid UTF-8 in a string is the latter
         raise ApiError(400, "malformed_json", f"the request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise too_deep from None

@@ -245,3 +245,14 @@ async def test_a_stream_token_with_non_ascii_characters_is_a_401(live_server: Li
                 response = await http.get(path, params={"stream_token": token})
                 assert response.status_code == 401, (token, path, response.text)
                 assert response.json()["error"]["code"] == "invalid_token"
+
+
+async def test_invalid_utf8_inside_a_json_string_is_a_400(live_server: LiveServer, alice: ApiUser):
+    async with live_server.client(alice) as http:
+        for body in (b'{"kind": "email", "payload": {"to": "\xff@x.io", "subject": "x"}}',
+                     b'{"title": "\xed\xa0\x80"}', b'{"\xc0\xaf": 1}'):
+            for path in ("/jobs", "/tasks", "/jobs/bulk"):
+                response = await http.post(path, content=body, headers={"content-type": "application/json"})
+                assert response.status_code == 400, (path, body, response.text)
+                assert response.json()["error"]["code"] == "malformed_json"
+        assert await job_total(live_server) == 0
