@@ -306,11 +306,13 @@ class MemoryQueue:
         return self._snapshot(job)
 
     async def delete(self, job_id: int) -> None:
-        """Remove a job that is not running, with its errors and checkpoint (its events stay)."""
+        """Remove a job that is not running, with its errors and checkpoint (its events stay, and a
+        'deleted' one ends any stream following it)."""
         job = self._existing(job_id)
         if job.status == "running":
             raise InvalidTransition(job_id, job.status, "delete")
         del self._jobs[job_id]
+        self._add_event(job_id, "deleted", {}, self.now())
         self._errors.pop(job_id, None)
         self._checkpoints.pop(job_id, None)
 

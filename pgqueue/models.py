@@ -13,7 +13,7 @@ STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "dead",
 LIVE_STATUSES = frozenset({"queued", "running", "failed"})
 FINISHED_STATUSES = frozenset({"succeeded", "dead", "cancelled"})
 # Event types after which a job emits nothing more (SSE streams end there).
-TERMINAL_EVENTS = frozenset({"succeeded", "dead", "cancelled"})
+TERMINAL_EVENTS = frozenset({"succeeded", "dead", "cancelled", "deleted"})
 
 PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 1, 5, 3
 

@@ -369,6 +369,8 @@ async def test_delete(backend: QueueBackend) -> None:
     with pytest.raises(JobNotFound):
         await backend.get(job.id)
     assert await backend.errors(job.id) == []
+    # a 'deleted' event is the job's last: it ends any stream still following it
+    assert (await event_types(backend, job.id))[-1] == "deleted"
     with pytest.raises(JobNotFound):
         await backend.delete(job.id)
 

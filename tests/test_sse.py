@@ -217,6 +217,17 @@ async def test_finished_job_replays_then_ends_and_then_answers_204(live_server: 
     await no_subscribers(live_server)
 
 
+async def test_deleting_a_waiting_job_ends_its_open_stream(live_server: LiveServer, alice: ApiUser) -> None:
+    job_id = await create_external_job(live_server, alice)
+    async with sse(live_server, f"/jobs/{job_id}/events", alice) as stream:
+        async with live_server.client(alice) as http:
+            response = await http.post("/jobs/bulk", json={"action": "delete", "ids": [job_id]})
+        assert response.status_code == 200, response.text
+        messages = await stream.until_end()
+    assert [m.event for m in messages] == ["deleted"]
+    await no_subscribers(live_server)
+
+
 async def test_slow_client_catches_up_from_the_table_and_misses_nothing(start_server: Callable[..., LiveServer],
                                                                        alice: ApiUser, queue: Queue) -> None:
     # a queue of 2 per subscriber: a burst of 40 events overflows it at once

@@ -250,8 +250,14 @@ WITH redriven AS (
 SELECT redriven.* FROM redriven, (SELECT count(*) FROM wake) AS w;
 
 -- name: delete_job :one
--- Remove a job that is not running (its errors and checkpoint go with it).
-DELETE FROM pgqueue.jobs WHERE id = %(id)s AND status <> 'running' RETURNING id;
+-- Remove a job that is not running (its errors and checkpoint go with it). A 'deleted' event
+-- ends any stream still following the job.
+WITH deleted AS (
+    DELETE FROM pgqueue.jobs WHERE id = %(id)s AND status <> 'running' RETURNING id
+), events AS (
+    INSERT INTO pgqueue.events (job_id, type, data) SELECT id, 'deleted', '{}' FROM deleted
+)
+SELECT id FROM deleted;
 
 -- name: job_errors :many
 SELECT attempt, worker_id, error, failed_at FROM pgqueue.job_errors WHERE job_id = %(job_id)s ORDER BY id;
