@@ -281,9 +281,11 @@ class Worker:
     async def _flush_completions(self) -> None:
         if not self._completions:
             return
-        await self._flush_events()  # a job's last progress and log lines come before its terminal event
+        # take the batch first: a job finishing while the events below are written has progress
+        # that this flush did not take, so it waits for the next batch
         batch, self._completions = self._completions, []
         try:
+            await self._flush_events()  # a job's last progress and log lines come before its terminal event
             done = await self.queue.complete_many(batch)
         except BaseException:
             self._completions[:0] = batch

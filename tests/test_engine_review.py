@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from pgqueue.queue import Queue
+from pgqueue.worker import Worker
 from tests.engine_fixtures import open_fast_queue, running_worker, wait_for_status
 
 
@@ -44,4 +46,35 @@ async def test_a_nul_in_an_error_is_recorded(fast_queue: Queue) -> None:
         await wait_for_status(fast_queue, job.id, "dead", timeout=10)
     errors = await fast_queue.errors(job.id)
     assert len(errors) == 1 and "bad byte" in errors[0].error, errors
+
+
+# -- a job's progress and log lines come before its terminal event ----------------------------
+
+
+async def test_progress_of_a_job_finishing_during_an_event_flush_lands_before_its_success(
+        fast_queue: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A completion flush first writes pending events; a job that reports progress and finishes
+    while that insert is in flight must not get its 'succeeded' before that progress."""
+    worker = Worker(fast_queue, ["default"], 2)
+    first, second = (await fast_queue.enqueue("noop", {})), (await fast_queue.enqueue("noop", {}))
+    claimed = {job.id: job for job in await fast_queue.claim(["default"], 2, worker.worker_id)}
+    a, b = claimed[first.id], claimed[second.id]
+    worker.events.progress(a.id, 50, "a half way")
+    worker._completions.append((a.id, a.lease_token, None))  # type: ignore[arg-type]
+    original = fast_queue.add_events
+
+    async def add_events(events: Any) -> None:
+        if not any(e[0] == b.id for e in events) and b.id not in dict((c[0], c) for c in worker._completions):
+            # job b runs on the loop while this insert is in flight: it reports, then finishes
+            worker.events.progress(b.id, 100, "b done")
+            worker._completions.append((b.id, b.lease_token, None))  # type: ignore[arg-type]
+        await original(events)
+
+    monkeypatch.setattr(fast_queue, "add_events", add_events)
+    await worker._flush_completions()
+    await worker._flush_completions()
+    await worker._flush_events()
+    assert (await fast_queue.get(b.id)).status == "succeeded"
+    types = [e.type for e in await fast_queue.events(b.id)]
+    assert types[-1] == "succeeded", types
 
