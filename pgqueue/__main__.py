@@ -87,9 +87,7 @@ async def run_worker(settings: Settings, registry: JobRegistry, queues: list[str
             worker.stop()
         else:
             log.info("second signal: releasing running jobs now")
-            worker.shutdown_grace = 0
-            for running in list(worker.running.values()):
-                running.task.cancel()
+            worker.release_now()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)

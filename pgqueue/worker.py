@@ -70,6 +70,8 @@ class Worker:
         self.events = EventBuffer()
         self.stopping = asyncio.Event()
         self.stopped = asyncio.Event()
+        self._release_now = asyncio.Event()  # shutdown: stop waiting for running jobs, release them
+        self._releasing = False  # set once the running jobs left are being released
         self.is_leader = False
         self.counters = {"claimed": 0, "succeeded": 0, "failed": 0, "dead": 0, "cancelled": 0, "lease_lost": 0}
         self._wake = asyncio.Event()
@@ -90,6 +92,12 @@ class Worker:
         self.stopping.set()
         self._wake.set()
         self._slot_free.set()  # a fetch loop waiting for a free slot must see the stop too
+
+    def release_now(self) -> None:
+        """Stop at once: running jobs are released back to the queue without waiting (a second signal)."""
+        self.shutdown_grace = 0
+        self._release_now.set()
+        self.stop()
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -130,11 +138,16 @@ class Worker:
         """Graceful shutdown: wait for running jobs, then release what did not finish."""
         if self.running:
             log.info("waiting up to %.0fs for %d running job(s)", self.shutdown_grace, len(self.running))
-            tasks = [r.task for r in self.running.values()]
-            await asyncio.wait(tasks, timeout=self.shutdown_grace)
+            all_done = asyncio.ensure_future(asyncio.wait([r.task for r in self.running.values()]))
+            release_now = asyncio.ensure_future(self._release_now.wait())
+            await asyncio.wait([all_done, release_now], timeout=self.shutdown_grace,
+                               return_when=asyncio.FIRST_COMPLETED)
+            all_done.cancel()
+            release_now.cancel()
         leftovers = list(self.running.values())
         if not leftovers:
             return
+        self._releasing = True
         await self._flush_completions()
         items = [(r.job.id, r.job.lease_token) for r in leftovers if r.job.lease_token]
         for r in leftovers:
@@ -209,7 +222,7 @@ class Worker:
         try:
             await self._record(job, ctx, *await run_handler(ctx, self._executor))
         except asyncio.CancelledError:
-            if not self.stopping.is_set() and ctx.cancelled.is_set() and not ctx.lease_lost:
+            if not self._releasing and ctx.cancelled.is_set() and not ctx.lease_lost:
                 await self._record(job, ctx, *settle_outcome(ctx, "cancelled", None))
         finally:
             self.running.pop(job.id, None)

@@ -10,6 +10,9 @@ import pytest
 from pgqueue.queue import Queue
 from pgqueue.worker import Worker
 from tests.engine_fixtures import open_fast_queue, running_worker, wait_for_status
+from tests.helpers import wait_for_sync
+from tests.process_fixtures import enqueue_marks, proc_db, query, scalar, spawn_worker  # noqa: F401 - fixtures
+from tests.test_worker_processes import running_on
 
 
 @pytest.fixture
@@ -77,4 +80,34 @@ async def test_progress_of_a_job_finishing_during_an_event_flush_lands_before_it
     assert (await fast_queue.get(b.id)).status == "succeeded"
     types = [e.type for e in await fast_queue.events(b.id)]
     assert types[-1] == "succeeded", types
+
+
+# -- shutdown ---------------------------------------------------------------------------------
+
+
+async def test_a_job_cancelled_during_the_shutdown_grace_period_is_recorded_cancelled(fast_queue: Queue) -> None:
+    async with running_worker(fast_queue, shutdown_grace=20) as worker:
+        job = await fast_queue.enqueue("slow", {"steps": 200, "step_seconds": 0.05})
+        await wait_for_status(fast_queue, job.id, "running", timeout=10)
+        worker.stop()
+        await fast_queue.cancel(job.id)
+    finished = await fast_queue.get(job.id)
+    assert finished.status == "cancelled", finished
+    assert finished.last_error == "cancelled while running"
+
+
+def test_a_second_sigterm_releases_running_jobs_at_once(proc_db, spawn_worker):  # noqa: F811
+    worker = spawn_worker(proc_db, concurrency=2, grace=120)
+    worker_id = worker.worker_id()
+    ids = enqueue_marks(proc_db, 1, sleep=60) + enqueue_marks(proc_db, 1, sleep=60, kind="sync_mark")
+    wait_for_sync(lambda: running_on(proc_db, worker_id) == ids, message="both jobs running")
+
+    worker.terminate()
+    wait_for_sync(lambda: "SIGTERM received" in worker.output(), message="the first SIGTERM to be handled")
+    worker.terminate()
+    assert worker.wait(20) == 0
+
+    jobs = query(proc_db, "SELECT id, status, attempts, lease_token FROM pgqueue.jobs ORDER BY id")
+    assert jobs == [(i, "queued", 0, None) for i in ids], "released at once, attempt not counted"
+    assert scalar(proc_db, "SELECT count(*) FROM pgqueue.job_errors") == 0
 
