@@ -268,7 +268,7 @@ class Worker:
             log.warning("job %s failed (attempt %s/%s), retry at %s: %s", job.id, failed.attempts,
                         failed.max_attempts, _fmt(failed.run_at), first_line)
 
-    async def _retrying(self, fn: Any, *args: Any) -> None:
+    async def _retrying(self, fn: Any, *args: Any, give_up: bool = True) -> None:
         """Keep trying a state write through a database outage (until the lease would be rescued anyway)."""
         delay = 0.2
         deadline = time.monotonic() + max(self.settings.lease_seconds * 4, 60)
@@ -277,7 +277,7 @@ class Worker:
                 await fn(*args)
                 return
             except CONNECTION_ERRORS as exc:
-                if time.monotonic() > deadline:
+                if give_up and time.monotonic() > deadline:
                     log.error("giving up writing a job outcome (%s); the lease will expire and be rescued", exc)
                     return
                 await asyncio.sleep(delay)
@@ -289,7 +289,9 @@ class Worker:
         while True:
             await self._completions_ready.wait()
             self._completions_ready.clear()
-            await self._retrying(self._flush_completions)
+            # no deadline: these jobs are still heartbeated (nobody rescues them), so giving up
+            # would leave them running until some other job happens to finish
+            await self._retrying(self._flush_completions, give_up=False)
 
     async def _flush_completions(self) -> None:
         if not self._completions:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from pgqueue import worker as worker_module
+from pgqueue.errors import DatabaseUnavailable
 from pgqueue.queue import Queue
 from pgqueue.worker import Worker
 from tests.engine_fixtures import open_fast_queue, running_worker, wait_for_status
-from tests.helpers import wait_for_sync
+from tests.helpers import wait_for, wait_for_sync
 from tests.process_fixtures import enqueue_marks, proc_db, query, scalar, spawn_worker  # noqa: F401 - fixtures
 from tests.test_worker_processes import running_on
 
@@ -110,4 +114,37 @@ def test_a_second_sigterm_releases_running_jobs_at_once(proc_db, spawn_worker): 
     jobs = query(proc_db, "SELECT id, status, attempts, lease_token FROM pgqueue.jobs ORDER BY id")
     assert jobs == [(i, "queued", 0, None) for i in ids], "released at once, attempt not counted"
     assert scalar(proc_db, "SELECT count(*) FROM pgqueue.job_errors") == 0
+
+
+# -- database outages -------------------------------------------------------------------------
+
+
+async def test_completions_are_written_after_an_outage_longer_than_the_retry_deadline(
+        fast_queue: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The completion flusher gave up retrying after a deadline; the finished jobs are still
+    heartbeated (so nobody rescues them), so their completion must be written once the database
+    is back, not only when some other job happens to finish."""
+    clock = {"offset": 0.0}
+    real_monotonic = time.monotonic
+    monkeypatch.setattr(worker_module, "time", SimpleNamespace(monotonic=lambda: real_monotonic() + clock["offset"]))
+    original = fast_queue.complete_many
+    state = {"down": True, "failures": 0}
+
+    async def complete_many(items: Any) -> set[int]:
+        if state["down"]:
+            state["failures"] += 1
+            clock["offset"] += 1000.0  # the retry deadline passes during this outage
+            raise DatabaseUnavailable("simulated outage")
+        return await original(items)
+
+    monkeypatch.setattr(fast_queue, "complete_many", complete_many)
+    async with running_worker(fast_queue, concurrency=2):
+        job = await fast_queue.enqueue("noop", {})
+
+        async def retried_past_the_deadline() -> bool:
+            return state["failures"] >= 2
+
+        await wait_for(retried_past_the_deadline, timeout=10, message="a completion retry past the deadline")
+        state["down"] = False
+        await wait_for_status(fast_queue, job.id, "succeeded", timeout=10)
 
