@@ -12,8 +12,9 @@ import pytest
 from pgqueue import worker as worker_module
 from pgqueue.errors import DatabaseUnavailable
 from pgqueue.queue import Queue
+from pgqueue.sql import QUERIES
 from pgqueue.worker import Worker
-from tests.engine_fixtures import open_fast_queue, running_worker, wait_for_status
+from tests.engine_fixtures import fetch, open_fast_queue, running_worker, wait_for_status
 from tests.helpers import wait_for, wait_for_sync
 from tests.process_fixtures import enqueue_marks, proc_db, query, scalar, spawn_worker  # noqa: F401 - fixtures
 from tests.test_worker_processes import running_on
@@ -148,3 +149,26 @@ async def test_completions_are_written_after_an_outage_longer_than_the_retry_dea
         state["down"] = False
         await wait_for_status(fast_queue, job.id, "succeeded", timeout=10)
 
+
+# -- query plans on a large table -------------------------------------------------------------
+
+
+async def test_next_run_at_reads_a_few_index_entries_not_every_scheduled_job(fast_queue: Queue) -> None:
+    """An idle worker asks for the next run time every poll and after every short claim: with
+    many scheduled jobs (or retries waiting) it must not read them all."""
+    await fetch(fast_queue, """
+        INSERT INTO pgqueue.jobs (queue, kind, priority, run_at)
+        SELECT 'default', 'noop', 1 + n % 5, now() + interval '1 day' + n * interval '1 second'
+        FROM generate_series(1, 100000) AS n""")
+    await fetch(fast_queue, "ANALYZE pgqueue.jobs")
+    [(plan,)] = await fetch(fast_queue, "EXPLAIN (ANALYZE, FORMAT JSON) " + QUERIES["next_run_at"].sql,
+                            {"queues": ["default", "mail"]})
+
+    def rows_read(node: Any) -> int:
+        own = node.get("Actual Rows", 0) * node.get("Actual Loops", 1) if "Relation Name" in node else 0
+        return own + sum(rows_read(child) for child in node.get("Plans", []))
+
+    assert rows_read(plan[0]["Plan"]) <= 20, plan
+    next_at, now = await fast_queue.store.next_run_at(["default", "mail"])
+    [(expected,)] = await fetch(fast_queue, "SELECT min(run_at) FROM pgqueue.jobs")
+    assert next_at == expected and next_at > now

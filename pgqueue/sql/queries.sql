@@ -318,8 +318,18 @@ DELETE FROM pgqueue.workers WHERE id = %(id)s;
 
 -- name: next_run_at :one
 -- When the next scheduled job of these queues becomes runnable (lets an idle worker sleep until then).
-SELECT min(run_at) AS run_at, now() AS now FROM pgqueue.jobs
-WHERE queue = ANY(%(queues)s) AND status IN ('queued', 'failed');
+-- One LIMIT 1 probe of jobs_claim_idx per queue and priority (1-5, the CHECK's range): a plain
+-- min(run_at) reads every waiting job, and idle workers ask this on every poll.
+SELECT (SELECT min(m.run_at)
+        FROM unnest(%(queues)s::text[]) AS q(name)
+        CROSS JOIN generate_series(1, 5) AS p(priority)
+        CROSS JOIN LATERAL (
+            SELECT run_at FROM pgqueue.jobs
+            WHERE queue = q.name AND priority = p.priority AND status IN ('queued', 'failed')
+            ORDER BY run_at
+            LIMIT 1
+        ) AS m) AS run_at,
+       now() AS now;
 
 -- name: queue_stats :many
 -- Depth per queue and status (the `stats` command).
