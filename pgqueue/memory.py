@@ -191,8 +191,9 @@ class MemoryQueue:
             spec = self.registry.kinds.get(job.kind)
             retry_delay = spec.retry_delay(job.attempts) if spec else DEFAULT_RETRY_BASE
         now = self.now()
-        dead = permanent or job.attempts >= job.max_attempts
-        job.status = "dead" if dead else "failed"
+        # a cancel request wins over a retry (as in Postgres): the retry would only be cancelled
+        dead = job.cancel_requested or permanent or job.attempts >= job.max_attempts
+        job.status = "cancelled" if job.cancel_requested else "dead" if dead else "failed"
         if not dead:
             job.run_at = now + timedelta(seconds=retry_delay)
         job.finished_at = now if dead else None
@@ -237,11 +238,15 @@ class MemoryQueue:
             job = self._held(job_id, token)
             if job is None:
                 continue
-            job.status = "queued"
-            job.attempts = max(job.attempts - 1, 0)
+            if job.cancel_requested:  # asked to stop anyway: cancelled, not back in the queue
+                job.status = "cancelled"
+                job.finished_at = now
+            else:
+                job.status = "queued"
+                job.attempts = max(job.attempts - 1, 0)
             job.run_at = job.updated_at = now
             job.lease_token = job.lease_expires_at = None
-            self._add_event(job_id, "released", {}, now)
+            self._add_event(job_id, "cancelled" if job.cancel_requested else "released", {}, now)
             released.append(job_id)
         return released
 

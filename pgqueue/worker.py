@@ -264,6 +264,8 @@ class Worker:
         first_line = str(value).strip().splitlines()[-1] if str(value).strip() else ""
         if failed.status == "dead":
             log.error("job %s dead after %s attempt(s): %s", job.id, failed.attempts, first_line)
+        elif failed.status == "cancelled":
+            log.info("job %s cancelled (it failed after cancellation was requested): %s", job.id, first_line)
         else:
             log.warning("job %s failed (attempt %s/%s), retry at %s: %s", job.id, failed.attempts,
                         failed.max_attempts, _fmt(failed.run_at), first_line)

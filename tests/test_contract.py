@@ -329,6 +329,25 @@ async def test_cancel_a_running_job_flags_it_for_its_worker(backend: QueueBacken
     assert events[-1].data == {"while_running": True}
 
 
+async def test_a_job_asked_to_stop_is_cancelled_when_it_fails_or_is_released(backend: QueueBackend) -> None:
+    # it failed for another reason after the request: a retry would only be cancelled again
+    failing = await backend.enqueue("noop", {})
+    running = await claim_one(backend)
+    await backend.cancel(failing.id)
+    failed = await backend.fail(failing.id, running.lease_token, "boom", retry_delay=0)
+    assert failed.status == "cancelled" and failed.finished_at is not None
+    assert [e.error for e in await backend.errors(failing.id)] == ["boom"]
+    assert (await event_types(backend, failing.id))[-1] == "cancelled"
+
+    # shutdown released it: it does not go back to the queue
+    releasing = await backend.enqueue("noop", {})
+    running = await claim_one(backend)
+    await backend.cancel(releasing.id)
+    assert await backend.release([(releasing.id, running.lease_token)]) == [releasing.id]
+    assert (await backend.get(releasing.id)).status == "cancelled"
+    assert await backend.claim(["default"], 10, "w1") == []
+
+
 async def test_cancel_a_finished_or_missing_job_is_refused(backend: QueueBackend) -> None:
     job = await backend.enqueue("noop", {})
     running = await claim_one(backend)

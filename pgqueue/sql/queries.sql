@@ -84,13 +84,15 @@ SELECT id FROM done;
 
 -- name: fail_job :one
 -- Record a failed attempt: back to 'failed' with a retry time, or 'dead' once attempts are
--- used up (or when %(permanent)s). Only the current lease holder may do this.
+-- used up (or when %(permanent)s), or 'cancelled' when cancellation was requested meanwhile
+-- (a retry would only be cancelled again). Only the current lease holder may do this.
 WITH failed AS (
     UPDATE pgqueue.jobs AS j
-    SET status = CASE WHEN %(permanent)s OR j.attempts >= j.max_attempts THEN 'dead' ELSE 'failed' END,
-        run_at = CASE WHEN %(permanent)s OR j.attempts >= j.max_attempts THEN j.run_at
+    SET status = CASE WHEN j.cancel_requested THEN 'cancelled'
+                      WHEN %(permanent)s OR j.attempts >= j.max_attempts THEN 'dead' ELSE 'failed' END,
+        run_at = CASE WHEN j.cancel_requested OR %(permanent)s OR j.attempts >= j.max_attempts THEN j.run_at
                       ELSE now() + make_interval(secs => %(retry_delay)s) END,
-        finished_at = CASE WHEN %(permanent)s OR j.attempts >= j.max_attempts THEN now() END,
+        finished_at = CASE WHEN j.cancel_requested OR %(permanent)s OR j.attempts >= j.max_attempts THEN now() END,
         last_error = %(error)s, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
     WHERE j.id = %(id)s AND j.lease_token = %(token)s AND j.status = 'running'
     RETURNING j.*
@@ -99,7 +101,7 @@ WITH failed AS (
     SELECT id, attempts, lease_owner, %(error)s FROM failed
 ), events AS (
     INSERT INTO pgqueue.events (job_id, type, data)
-    SELECT id, CASE status WHEN 'dead' THEN 'dead' ELSE 'failed' END,
+    SELECT id, status,
            jsonb_build_object('attempt', attempts, 'error', left(%(error)s, 500),
                               'retry_at', CASE status WHEN 'failed' THEN run_at END)
     FROM failed
@@ -121,16 +123,19 @@ SELECT * FROM cancelled;
 
 -- name: release_jobs :many
 -- Give jobs back to the queue untouched (graceful shutdown ran out of time): the attempt
--- did not fail, so it is not counted.
+-- did not fail, so it is not counted. A job whose cancellation was requested is cancelled.
 WITH released AS (
     UPDATE pgqueue.jobs AS j
-    SET status = 'queued', attempts = greatest(j.attempts - 1, 0), run_at = now(), updated_at = now(),
-        lease_token = NULL, lease_expires_at = NULL
+    SET status = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'queued' END,
+        attempts = CASE WHEN j.cancel_requested THEN j.attempts ELSE greatest(j.attempts - 1, 0) END,
+        finished_at = CASE WHEN j.cancel_requested THEN now() END,
+        run_at = now(), updated_at = now(), lease_token = NULL, lease_expires_at = NULL
     FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS i(id, token)
     WHERE j.id = i.id AND j.lease_token = i.token
-    RETURNING j.id
+    RETURNING j.id, j.status
 ), events AS (
-    INSERT INTO pgqueue.events (job_id, type, data) SELECT id, 'released', '{}' FROM released
+    INSERT INTO pgqueue.events (job_id, type, data)
+    SELECT id, CASE status WHEN 'cancelled' THEN 'cancelled' ELSE 'released' END, '{}' FROM released
 )
 SELECT id FROM released;
 
