@@ -106,6 +106,7 @@ class Worker:
         helpers = [
             asyncio.create_task(self._listen_loop(), name="pgqueue-listen"),
             asyncio.create_task(self._heartbeat_loop(), name="pgqueue-heartbeat"),
+            *([asyncio.create_task(self._maintenance_loop(), name="pgqueue-maintenance")] if self.maintenance else []),
             asyncio.create_task(self._flush_completions_loop(), name="pgqueue-complete"),
             asyncio.create_task(self._flush_events_loop(), name="pgqueue-events"),
         ]
@@ -385,37 +386,52 @@ class Worker:
     # -- heartbeat and maintenance -----------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        conn: AsyncConnection | None = None
-        last_maintenance = 0.0
+        await self._on_own_connection("heartbeat", self.settings.heartbeat_seconds, self._heartbeat)
+
+    async def _maintenance_loop(self) -> None:
+        """Rescue and prune while this worker holds the leader lock. Its own connection: the
+        session advisory lock lives on it, and a long pass never delays a heartbeat."""
         rescuer, pruner = LeaseRescuer(self.queue.store), Pruner(self.queue.store, self.settings)
-        while True:
-            try:
-                if conn is None or conn.closed:
-                    conn = await connect(self.url, application_name="pgqueue-worker-heartbeat")
-                    self.is_leader = False
-                await self._heartbeat(conn)
-                if self.maintenance and time.monotonic() - last_maintenance >= self.maintenance_interval:
-                    last_maintenance = time.monotonic()
-                    if not self.is_leader:
-                        self.is_leader = await self.queue.store.try_leader_lock(conn)
-                        if self.is_leader:
-                            log.info("worker %s is the maintenance leader", self.worker_id)
-                    if self.is_leader:
-                        await rescuer.run_once(conn)
-                        await pruner.run_once(conn)
-            except asyncio.CancelledError:
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await conn.close()
-                raise
-            except CONNECTION_ERRORS as exc:
-                log.warning("heartbeat failed (%s); reconnecting", exc)
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await conn.close()
-                conn = None
-                self.is_leader = False
-            await asyncio.sleep(self.settings.heartbeat_seconds)
+
+        async def maintain(conn: AsyncConnection) -> None:
+            if not self.is_leader:
+                self.is_leader = await self.queue.store.try_leader_lock(conn)
+                if self.is_leader:
+                    log.info("worker %s is the maintenance leader", self.worker_id)
+            if self.is_leader:
+                await rescuer.run_once(conn)
+                await pruner.run_once(conn)
+
+        try:
+            await self._on_own_connection("maintenance", self.maintenance_interval, maintain)
+        finally:
+            self.is_leader = False
+
+    async def _on_own_connection(self, name: str, interval: float, step: Any) -> None:
+        """Run ``step(conn)`` every ``interval`` seconds on a dedicated connection (so a busy pool
+        cannot starve it), reconnecting when it is lost."""
+        conn: AsyncConnection | None = None
+        try:
+            while True:
+                try:
+                    if conn is None or conn.closed:
+                        conn = await connect(self.url, application_name=f"pgqueue-worker-{name}")
+                        if name == "maintenance":
+                            self.is_leader = False  # a new session holds no advisory lock
+                    await step(conn)
+                except CONNECTION_ERRORS as exc:
+                    log.warning("%s failed (%s); reconnecting", name, exc)
+                    if conn is not None:
+                        with contextlib.suppress(Exception):
+                            await conn.close()
+                    conn = None
+                except Exception:
+                    log.exception("%s step failed; trying again in %.1fs", name, interval)
+                await asyncio.sleep(interval)
+        finally:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
 
     async def _heartbeat(self, conn: AsyncConnection) -> None:
         running = [(r.job.id, r.job.lease_token) for r in list(self.running.values()) if r.job.lease_token]
