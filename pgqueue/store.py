@@ -134,8 +134,9 @@ class Store:
     # -- the worker's cycle ------------------------------------------------------------------
 
     async def claim_jobs(self, queues: Sequence[str], limit: int, worker_id: str, lease_seconds: float,
-                         conn: AsyncConnection | None = None) -> list[Job]:
-        params = {"queues": list(queues), "limit": limit, "worker_id": worker_id, "lease_seconds": lease_seconds}
+                         record_started: bool = True, conn: AsyncConnection | None = None) -> list[Job]:
+        params = {"queues": list(queues), "limit": limit, "worker_id": worker_id, "lease_seconds": lease_seconds,
+                  "record_started": record_started}
         return await self._many("claim_jobs", params, conn, kwargs_row(Job))
 
     async def complete_jobs(self, items: Sequence[tuple[int, uuid.UUID, Any]],

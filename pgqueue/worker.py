@@ -82,6 +82,8 @@ class Worker:
         self._unacked: dict[int, uuid.UUID] = {}
         self._completions_ready = asyncio.Event()
         self._events_lock = asyncio.Lock()
+        # 'started' events not written yet: debounced like progress (see _flush_events)
+        self._unannounced: dict[int, dict[str, Any]] = {}
         self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="pgqueue-job")
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -181,7 +183,8 @@ class Worker:
                 continue
             self._wake.clear()
             try:
-                jobs = await self.queue.claim(self.queues, free, self.worker_id)
+                jobs = await self.queue.store.claim_jobs(self.queues, free, self.worker_id, self.settings.lease_seconds,
+                                                         record_started=False)
                 error_delay = 0.2
             except CONNECTION_ERRORS as exc:
                 log.warning("claim failed (%s); retrying in %.1fs", exc, error_delay)
@@ -213,6 +216,7 @@ class Worker:
         log.info("job %s %s started (attempt %s/%s)", job.id, job.kind, job.attempts, job.max_attempts)
         assert self._loop is not None
         ctx = JobContext(job, self.queue, self.events, self._loop)
+        self._unannounced[job.id] = {"attempt": job.attempts, "worker_id": self.worker_id}
         task = asyncio.create_task(self._execute(job, ctx), name=f"pgqueue-job-{job.id}")
         self.running[job.id] = _Running(job, ctx, task)
 
@@ -328,6 +332,14 @@ class Worker:
         # job's last progress and log lines always commit before its terminal event
         async with self._events_lock:
             pending = self.events.take()
+            # 'started' is written for jobs still running at this flush (<= 100 ms after they
+            # started) or that reported something; a job that finished before it gets none (its
+            # terminal event says it all), which spares two thirds of a no-op job's event rows
+            reporting = {event[0] for event in pending}
+            started = [(job_id, "started", data) for job_id, data in self._unannounced.items()
+                       if job_id in self.running or job_id in reporting]
+            self._unannounced.clear()
+            pending = started + pending
             if not pending:
                 return
             try:

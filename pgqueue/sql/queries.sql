@@ -56,8 +56,10 @@ WITH candidates AS (
     FROM candidates AS c WHERE j.id = c.id
     RETURNING j.*
 ), started AS (
+    -- false for pgqueue's own worker, which writes 'started' with its batched event flush
     INSERT INTO pgqueue.events (job_id, type, data)
     SELECT id, 'started', jsonb_build_object('attempt', attempts, 'worker_id', lease_owner) FROM claimed
+    WHERE %(record_started)s
 )
 SELECT * FROM claimed ORDER BY priority DESC, run_at, id;
 
