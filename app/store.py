@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from psycopg.rows import dict_row, kwargs_row, tuple_row
+from psycopg.rows import dict_row, kwargs_row
 from psycopg_pool import AsyncConnectionPool
 
-from pgqueue.db import AsyncConnection, Connection, transaction, translate_errors
+from pgqueue.db import AsyncConnection, Connection, fetch, translate_errors
 from pgqueue.models import Job
 from pgqueue.sql import parse_queries
 
@@ -104,9 +104,7 @@ class AppStore:
 
     async def _many(self, name: str, params: dict[str, Any], row: Any = None,
                     conn: AsyncConnection | None = None) -> list[Any]:
-        async with transaction(self.pool, conn) as c, c.cursor(row_factory=row or tuple_row) as cur:
-            await cur.execute(QUERIES[name].sql, params)
-            return await cur.fetchall()
+        return await fetch(self.pool, QUERIES[name].sql, params, conn, row)
 
     async def _one(self, name: str, params: dict[str, Any], row: Any = None) -> Any:
         rows = await self._many(name, params, row)

@@ -6,11 +6,12 @@ Only this module and the store import psycopg.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import msgspec
 import psycopg
+from psycopg.rows import tuple_row
 from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -117,6 +118,15 @@ async def connection(pool: AsyncConnectionPool, conn: AsyncConnection | None = N
         else:
             async with pool.connection() as pooled:
                 yield pooled
+
+
+async def fetch(pool: AsyncConnectionPool, sql: str, params: Mapping[str, Any], conn: AsyncConnection | None = None,
+                row_factory: Any = None) -> list[Any]:
+    """Run one named statement on the caller's connection or a pooled autocommit one (one round
+    trip); the rows it returns, if any. The stores of the engine and the app go through here."""
+    async with connection(pool, conn) as c, c.cursor(row_factory=row_factory or tuple_row) as cur:
+        await cur.execute(sql, params)
+        return await cur.fetchall() if cur.description else []
 
 
 @contextlib.asynccontextmanager

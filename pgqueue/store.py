@@ -12,10 +12,10 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from psycopg.rows import kwargs_row, tuple_row
+from psycopg.rows import kwargs_row
 from psycopg_pool import AsyncConnectionPool
 
-from pgqueue.db import AsyncConnection, Connection, connection, transaction, translate_errors
+from pgqueue.db import AsyncConnection, Connection, fetch, transaction, translate_errors
 from pgqueue.models import Event, Job, JobError, NewJob
 from pgqueue.sql import QUERIES
 
@@ -88,9 +88,7 @@ class Store:
         self.pool = pool
 
     async def _many(self, name: str, params: dict[str, Any], conn: AsyncConnection | None, row: Any = None) -> list[Any]:
-        async with connection(self.pool, conn) as c, c.cursor(row_factory=row or tuple_row) as cur:
-            await cur.execute(QUERIES[name].sql, params)
-            return await cur.fetchall() if cur.description else []
+        return await fetch(self.pool, QUERIES[name].sql, params, conn, row)
 
     async def _one(self, name: str, params: dict[str, Any], conn: AsyncConnection | None, row: Any = None) -> Any:
         rows = await self._many(name, params, conn, row)
