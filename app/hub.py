@@ -150,7 +150,6 @@ class EventHub:
         self._pending: deque[tuple[int, int]] = deque()  # (event_id, job_id) not yet dispatched
         self._pending_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._connection: AsyncConnection | None = None
         # Counters for /metrics.
         self.notifications = 0
         self.delivered = 0
@@ -178,11 +177,6 @@ class EventHub:
 
     async def wait_listening(self, timeout: float = 10.0) -> None:
         await asyncio.wait_for(self.listening.wait(), timeout)
-
-    async def drop_connection(self) -> None:
-        """Close the LISTEN connection as if the network failed (tests of the reconnect path)."""
-        if self._connection is not None:
-            await self._connection.close()
 
     # -- subscribers -----------------------------------------------------------------------------
 
@@ -235,8 +229,7 @@ class EventHub:
             conn: AsyncConnection | None = None
             try:
                 conn = await connect(self.database_url, application_name=self.application_name)
-                self._connection = conn
-                await conn.execute(f"LISTEN {EVENTS_CHANNEL}")
+                await self.store.listen(conn, EVENTS_CHANNEL)
                 delay = 0.1
                 # Whatever was committed while we were not listening is only in the table:
                 # every current subscriber replays from its last id.
@@ -257,7 +250,6 @@ class EventHub:
                 delay = min(delay * 2, self.reconnect_max_seconds)
             finally:
                 self.listening.clear()
-                self._connection = None
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await conn.close()

@@ -62,10 +62,6 @@ def operation(**doc: Any) -> Callable[[F], F]:
     return attach
 
 
-def _ref(name: str) -> dict[str, Any]:
-    return {"$ref": REF_TEMPLATE.format(name=name)}
-
-
 def _query_parameters(query_type: Any, schemas: dict[str, Any], ref: dict[str, Any]) -> list[dict[str, Any]]:
     name = ref["$ref"].rsplit("/", 1)[-1]
     struct_schema = schemas.pop(name)

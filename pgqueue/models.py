@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import msgspec
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "dead", "cancelled"]
-STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "dead", "cancelled")
+STATUSES: tuple[str, ...] = get_args(JobStatus)
 LIVE_STATUSES = frozenset({"queued", "running", "failed"})
 FINISHED_STATUSES = frozenset({"succeeded", "dead", "cancelled"})
 # Event types after which a job emits nothing more (SSE streams end there).

@@ -22,7 +22,7 @@ from pgqueue.store import Store, insert_jobs_sync
 EnqueueItem = NewJob | tuple[str, Any] | tuple[str, Any, dict[str, Any]]
 
 # Retry delay when the failing side (an HTTP worker, a rescue) did not choose one.
-DEFAULT_RETRY_BASE, DEFAULT_RETRY_MAX = 2.0, 3600.0
+DEFAULT_RETRY_BASE = 2.0
 
 
 def build_jobs(registry: JobRegistry, items: Iterable[EnqueueItem]) -> list[NewJob]:

@@ -6,12 +6,14 @@ Every method takes an optional connection so callers can act inside their own tr
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import msgspec
+from psycopg import sql as pg_sql
 from psycopg.rows import kwargs_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -20,6 +22,8 @@ from pgqueue.models import Event, Job, JobError, NewJob
 from pgqueue.sql import QUERIES
 
 _encode_json = msgspec.json.Encoder().encode
+
+_CHANNEL = re.compile(r"[a-z_]{1,63}")
 
 # Arbitrary constant naming pgqueue's maintenance leader lock (pg_try_advisory_lock key).
 LEADER_LOCK_KEY = 0x70677175  # "pgqu"
@@ -181,6 +185,15 @@ class Store:
 
     async def prune_workers(self, older_than_seconds: float, conn: AsyncConnection | None = None) -> int:
         return len(await self._many("prune_workers", {"older_than_seconds": older_than_seconds}, conn))
+
+    async def listen(self, conn: AsyncConnection, *channels: str) -> None:
+        """LISTEN on each of our channels. Not a named query: LISTEN takes no parameters and
+        cannot be prepared, so the (lower-case, checked) channel name is composed in."""
+        with translate_errors():
+            for channel in channels:
+                if not _CHANNEL.fullmatch(channel):
+                    raise ValueError(f"bad channel name {channel!r}")
+                await conn.execute(pg_sql.SQL("LISTEN {}").format(pg_sql.SQL(channel)))
 
     async def try_leader_lock(self, conn: AsyncConnection) -> bool:
         return bool((await self._one("try_leader_lock", {"key": LEADER_LOCK_KEY}, conn))[0])

@@ -258,7 +258,7 @@ class Worker:
                 log.info("job %s cancelled", job.id)
                 return
             spec = self.queue.registry.kinds.get(job.kind)
-            delay = spec.retry_delay(job.attempts) if spec else 2.0
+            delay = spec.retry_delay(job.attempts) if spec else None  # None: the engine's default backoff
             failed = await self.queue.fail(job.id, job.lease_token, str(value), retry_delay=delay,
                                            permanent=outcome == "dead")
         except LeaseLost:
@@ -356,8 +356,7 @@ class Worker:
             conn: AsyncConnection | None = None
             try:
                 conn = await connect(self.url, application_name="pgqueue-worker-listen")
-                await conn.execute(f"LISTEN {JOBS_CHANNEL}")
-                await conn.execute(f"LISTEN {CONTROL_CHANNEL}")
+                await self.queue.store.listen(conn, JOBS_CHANNEL, CONTROL_CHANNEL)
                 delay = 0.5
                 self._wake.set()  # anything enqueued while we were not listening
                 while True:
