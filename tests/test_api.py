@@ -23,7 +23,7 @@ from app.auth import issue_stream_token, verify_stream_token
 from tests.conftest import with_dbname
 from tests.helpers import wait_for
 from tests.web_fixtures import *  # noqa: F403
-from tests.web_fixtures import ApiUser, LiveServer
+from tests.web_fixtures import ApiUser, LiveServer, job_count
 
 EMAIL = {"to": "ada@example.com", "subject": "Welcome"}
 
@@ -38,12 +38,6 @@ async def create_job(http: httpx.AsyncClient, kind: str = "email", payload: Any 
     assert response.status_code == 201, response.text
     return response.json()
 
-
-async def job_count(server: LiveServer) -> int:
-    async with await psycopg.AsyncConnection.connect(server.database_url) as conn:
-        row = await (await conn.execute("SELECT count(*) FROM pgqueue.jobs")).fetchone()
-        assert row is not None
-        return int(row[0])
 
 
 # -- creating jobs ------------------------------------------------------------------------------

@@ -6,11 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import psycopg
 
 from tests.helpers import wait_for
 from tests.web_fixtures import *  # noqa: F403
-from tests.web_fixtures import ApiUser, LiveServer
+from tests.web_fixtures import ApiUser, LiveServer, job_count
 
 EMAIL = {"to": "ada@example.com", "subject": "Welcome"}
 
@@ -130,12 +129,6 @@ async def test_sweep_odd_inputs_never_5xx(live_server: LiveServer, alice: ApiUse
 
 
 
-async def job_total(server: LiveServer) -> int:
-    async with await psycopg.AsyncConnection.connect(server.database_url) as conn:
-        row = await (await conn.execute("SELECT count(*) FROM pgqueue.jobs")).fetchone()
-        assert row is not None
-        return int(row[0])
-
 
 async def test_deeply_nested_json_is_a_400_not_a_500(live_server: LiveServer, alice: ApiUser):
     async with live_server.client(alice) as http:
@@ -159,7 +152,7 @@ async def test_scheduled_for_outside_the_utc_calendar_is_a_422_and_inserts_nothi
             response = await http.post("/jobs", json={"kind": "email", "payload": EMAIL, "scheduled_for": when})
             assert response.status_code == 422, response.text
             assert response.json()["error"]["details"][0]["field"] == "scheduled_for"
-        assert await job_total(live_server) == 0
+        assert await job_count(live_server) == 0
         assert (await http.get("/jobs")).status_code == 200
         response = await http.post("/jobs", json={"kind": "email", "payload": EMAIL,
                                                   "scheduled_for": "9999-12-31T23:59:59+00:00"})
@@ -228,7 +221,7 @@ async def test_chunked_upload_body_is_bounded_outside_the_file_part_too(start_se
         assert response.status_code == 413, response.text
         check_error_shape(response)
         assert list((tmp_path / "storage").rglob("*.jsonl")) == []
-        assert await job_total(server) == 0
+        assert await job_count(server) == 0
         response = await http.post("/api/v1/files/upload", content=body(0), headers=headers)
         assert response.status_code == 202, response.text
 
@@ -252,4 +245,4 @@ async def test_invalid_utf8_inside_a_json_string_is_a_400(live_server: LiveServe
                 response = await http.post(path, content=body, headers={"content-type": "application/json"})
                 assert response.status_code == 400, (path, body, response.text)
                 assert response.json()["error"]["code"] == "malformed_json"
-        assert await job_total(live_server) == 0
+        assert await job_count(live_server) == 0

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import msgspec
+import psycopg
 import pytest
 import uvicorn
 
@@ -171,3 +172,10 @@ def bob(make_user: Callable[..., ApiUser]) -> ApiUser:
 def admin(make_user: Callable[..., ApiUser]) -> ApiUser:
     return make_user("root", admin=True)
 
+
+async def job_count(server: LiveServer) -> int:
+    """Rows in pgqueue.jobs of the server's database (to prove a refused request wrote nothing)."""
+    async with await psycopg.AsyncConnection.connect(server.database_url) as conn:
+        row = await (await conn.execute("SELECT count(*) FROM pgqueue.jobs")).fetchone()
+        assert row is not None
+        return int(row[0])
