@@ -95,9 +95,11 @@ RAW_COPY_JOBS = "COPY pgqueue.jobs (queue, kind, payload, priority, max_attempts
 RAW_INSERT_JOB = "INSERT INTO pgqueue.jobs (queue, kind, payload) VALUES (%(queue)s, %(kind)s, '{}')"
 
 # A bare SKIP LOCKED claim of up to n runnable rows (same ordering and index as the engine's),
-# taking a lease as any real claim must.
+# taking a lease as any real claim must. The update finds the locked rows by primary key
+# (`= ANY(ARRAY(...))`): joined to the CTE instead, the planner scans the whole table once the
+# batch is a fair share of it, and the ceiling would be a third lower than it can be.
 RAW_CLAIM = """
-WITH candidates AS (
+WITH candidates AS MATERIALIZED (
     SELECT id FROM pgqueue_bench.raw_jobs
     WHERE queue = %(queue)s AND status IN ('queued', 'failed') AND run_at <= now()
     ORDER BY priority DESC, run_at, id
@@ -107,7 +109,7 @@ WITH candidates AS (
 UPDATE pgqueue_bench.raw_jobs AS j
 SET status = 'running', attempts = j.attempts + 1, started_at = now(), updated_at = now(),
     lease_token = gen_random_uuid(), lease_expires_at = now() + interval '30 seconds'
-FROM candidates AS c WHERE j.id = c.id
+WHERE j.id = ANY(ARRAY(SELECT id FROM candidates))
 RETURNING j.id
 """
 RAW_FINISH = """

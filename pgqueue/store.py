@@ -82,6 +82,25 @@ def insert_jobs_sync(conn: Connection, jobs: Sequence[NewJob]) -> list[Job]:
     raise RuntimeError("unique-key holders kept finishing while enqueueing; giving up")
 
 
+_decode_jobs = msgspec.json.Decoder(list[Job]).decode
+_TIMESTAMPS = ("run_at", "lease_expires_at", "created_at", "updated_at", "started_at", "finished_at")
+
+
+def decode_jobs(text: str | None) -> list[Job]:
+    """Jobs from a JSON array of jobs rows (NULL: none)."""
+    if text is None:
+        return []
+    try:
+        return _decode_jobs(text)
+    except msgspec.ValidationError:
+        # a timestamp that is not RFC 3339 (a session time zone whose historical offset has
+        # seconds, such as LMT +00:19:32): fromisoformat reads those
+        rows = msgspec.json.decode(text)
+        for row in rows:
+            row.update({key: datetime.fromisoformat(row[key]) for key in _TIMESTAMPS if row.get(key)})
+        return [Job(**row) for row in rows]
+
+
 def _missing_unique_keys(jobs: Sequence[NewJob], inserted: list[Job]) -> list[str]:
     got = {job.unique_key for job in inserted}
     return sorted({j.unique_key for j in jobs if j.unique_key is not None and j.unique_key not in got})
@@ -139,15 +158,11 @@ class Store:
                          record_started: bool = True, conn: AsyncConnection | None = None) -> list[Job]:
         params = {"queues": list(queues), "limit": limit, "worker_id": worker_id, "lease_seconds": lease_seconds,
                   "record_started": record_started}
-        return await self._many("claim_jobs", params, conn, kwargs_row(Job))
+        return decode_jobs((await self._one("claim_jobs", params, conn))[0])
 
     async def complete_jobs(self, items: Sequence[tuple[int, uuid.UUID, Any]],
                             conn: AsyncConnection | None = None) -> set[int]:
-        params = {
-            "ids": [i[0] for i in items],
-            "tokens": [i[1] for i in items],
-            "results": [None if i[2] is None else _json_text(i[2]) for i in items],
-        }
+        params = {"items": _json_text([{"id": i[0], "token": i[1], "result": i[2]} for i in items])}
         return {row[0] for row in await self._many("complete_jobs", params, conn)}
 
     async def fail_job(self, job_id: int, token: uuid.UUID, error: str, *, retry_delay: float,

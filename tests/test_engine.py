@@ -12,9 +12,11 @@ import asyncio
 import re
 import secrets
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psycopg
 import pytest
 
@@ -189,6 +191,47 @@ async def test_claim_query_uses_the_claim_index(fast_queue: Queue) -> None:
     [(plan,)] = await fetch(queue, "EXPLAIN (FORMAT JSON) " + QUERIES["claim_jobs"].sql, params)
     assert "jobs_claim_idx" in _index_names(plan), plan
     assert ("Seq Scan", "jobs") not in _scanned_relations(plan), plan
+
+
+async def test_batch_statements_find_their_rows_by_primary_key(fast_queue: Queue) -> None:
+    """A batch of 100 on a 2,000-row table: joined to their input, claim and complete used to
+    hash it against a scan of the whole table (most of their cost in the drain benchmark)."""
+    queue = fast_queue
+    await queue.enqueue_many([("noop", {"n": n}) for n in range(2000)])
+    await fetch(queue, "ANALYZE pgqueue.jobs")
+    claim = {"queues": ["default"], "limit": 100, "worker_id": "explain", "lease_seconds": 30.0,
+             "record_started": False}
+    [(plan,)] = await fetch(queue, "EXPLAIN (FORMAT JSON) " + QUERIES["claim_jobs"].sql, claim)
+    assert ("Seq Scan", "jobs") not in _scanned_relations(plan), plan
+    jobs = await queue.claim(["default"], 100, "explain")
+    items = msgspec.json.encode([{"id": job.id, "token": job.lease_token, "result": None} for job in jobs]).decode()
+    [(plan,)] = await fetch(queue, "EXPLAIN (FORMAT JSON) " + QUERIES["complete_jobs"].sql, {"items": items})
+    assert ("Seq Scan", "jobs") not in _scanned_relations(plan), plan
+    assert "jobs_pkey" in _index_names(plan), plan
+
+
+async def test_claim_reads_timestamps_in_any_session_time_zone(fast_queue: Queue, db_url: str) -> None:
+    """Claimed jobs come back as JSON; a zone whose offset for year 1 has seconds (Amsterdam's
+    local mean time, +00:19:32) is no RFC 3339 and takes the slower parse, losing nothing."""
+    queue = fast_queue
+    job = await queue.enqueue("noop", {}, run_at=datetime(1, 1, 2, tzinfo=UTC))
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        await conn.execute("SET TIME ZONE 'Europe/Amsterdam'")
+        [claimed] = await queue.store.claim_jobs(["default"], 10, "tz-worker", 30.0, conn=conn)
+    assert claimed.id == job.id and claimed.status == "running" and claimed.lease_token is not None
+    assert claimed.run_at == datetime(1, 1, 2, tzinfo=UTC)
+    assert claimed.started_at is not None
+    assert claimed.started_at.utcoffset() in (timedelta(hours=1), timedelta(hours=2))  # CET or CEST
+
+
+async def test_events_only_take_the_engine_vocabulary(fast_queue: Queue) -> None:
+    queue = fast_queue
+    job = await queue.enqueue("noop", {})
+    for bad in ("no_such_type", "progress 1", "log\n2 3 x"):
+        with pytest.raises(psycopg.errors.CheckViolation):
+            await fetch(queue, QUERIES["insert_event"].sql, {"job_id": job.id, "type": bad, "data": "{}"})
+    await fetch(queue, QUERIES["insert_event"].sql, {"job_id": job.id, "type": "progress", "data": "{}"})
+    assert [event.type for event in await queue.events(job.id)] == ["progress"]
 
 
 async def test_concurrent_claims_never_exceed_the_limit_nor_share_a_job(fast_queue: Queue) -> None:

@@ -319,6 +319,9 @@ def user_tables(url: str) -> set[str]:
     return {row[0] for row in rows}
 
 
+EVENT_TYPE_CHECK = "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'events_type_check'"
+
+
 def test_migrate_is_idempotent_and_rolls_back_and_reapplies(empty_db):  # noqa: F811
     ids = migration_ids()
     first = run_cli("migrate", database_url=empty_db)
@@ -332,15 +335,18 @@ def test_migrate_is_idempotent_and_rolls_back_and_reapplies(empty_db):  # noqa: 
     assert again.stdout.strip() == "applied: nothing (up to date)"
     assert applied_migrations(empty_db) == ids
 
-    back = run_cli("migrate", "--rollback", "1", database_url=empty_db)
+    # the last two: one that changes a constraint, one that made tables
+    back = run_cli("migrate", "--rollback", "2", database_url=empty_db)
     assert back.returncode == 0, back.stderr
-    assert back.stdout.strip() == f"rolled back: {ids[-1]}"
-    assert applied_migrations(empty_db) == ids[:-1]
+    assert back.stdout.strip() == f"rolled back: {ids[-1]}, {ids[-2]}"
+    assert applied_migrations(empty_db) == ids[:-2]
     assert user_tables(empty_db) < tables, "the rollback should have removed tables"
+    assert "~" in query(empty_db, EVENT_TYPE_CHECK)[0][0], "0004 rolled back: the pattern check again"
 
     redo = run_cli("migrate", database_url=empty_db)
     assert redo.returncode == 0, redo.stderr
-    assert redo.stdout.strip() == f"applied: {ids[-1]}"
+    assert redo.stdout.strip() == f"applied: {ids[-2]}, {ids[-1]}"
+    assert "'progress'" in query(empty_db, EVENT_TYPE_CHECK)[0][0]
     assert user_tables(empty_db) == tables
     assert applied_migrations(empty_db) == ids
 
