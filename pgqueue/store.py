@@ -156,8 +156,10 @@ class Store:
 
     async def claim_jobs(self, queues: Sequence[str], limit: int, worker_id: str, lease_seconds: float,
                          record_started: bool = True, conn: AsyncConnection | None = None) -> list[Job]:
+        # the claim's commit skips the WAL flush only on a pooled autocommit connection, where the
+        # statement is the whole transaction; a caller's own transaction keeps its durability
         params = {"queues": list(queues), "limit": limit, "worker_id": worker_id, "lease_seconds": lease_seconds,
-                  "record_started": record_started}
+                  "record_started": record_started, "async_commit": conn is None}
         return decode_jobs((await self._one("claim_jobs", params, conn))[0])
 
     async def complete_jobs(self, items: Sequence[tuple[int, uuid.UUID, Any]],

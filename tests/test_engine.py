@@ -187,7 +187,8 @@ async def test_claim_query_uses_the_claim_index(fast_queue: Queue) -> None:
                CASE WHEN n % 50 = 0 THEN NULL ELSE now() END, 1 + n % 5
         FROM generate_series(1, 20000) AS n""")
     await fetch(queue, "ANALYZE pgqueue.jobs")
-    params = {"queues": ["q0"], "limit": 10, "worker_id": "explain", "lease_seconds": 30.0, "record_started": True}
+    params = {"queues": ["q0"], "limit": 10, "worker_id": "explain", "lease_seconds": 30.0, "record_started": True,
+              "async_commit": False}
     [(plan,)] = await fetch(queue, "EXPLAIN (FORMAT JSON) " + QUERIES["claim_jobs"].sql, params)
     assert "jobs_claim_idx" in _index_names(plan), plan
     assert ("Seq Scan", "jobs") not in _scanned_relations(plan), plan
@@ -200,7 +201,7 @@ async def test_batch_statements_find_their_rows_by_primary_key(fast_queue: Queue
     await queue.enqueue_many([("noop", {"n": n}) for n in range(2000)])
     await fetch(queue, "ANALYZE pgqueue.jobs")
     claim = {"queues": ["default"], "limit": 100, "worker_id": "explain", "lease_seconds": 30.0,
-             "record_started": False}
+             "record_started": False, "async_commit": False}
     [(plan,)] = await fetch(queue, "EXPLAIN (FORMAT JSON) " + QUERIES["claim_jobs"].sql, claim)
     assert ("Seq Scan", "jobs") not in _scanned_relations(plan), plan
     jobs = await queue.claim(["default"], 100, "explain")
@@ -222,6 +223,29 @@ async def test_claim_reads_timestamps_in_any_session_time_zone(fast_queue: Queue
     assert claimed.run_at == datetime(1, 1, 2, tzinfo=UTC)
     assert claimed.started_at is not None
     assert claimed.started_at.utcoffset() in (timedelta(hours=1), timedelta(hours=2))  # CET or CEST
+
+
+async def test_only_a_claim_on_its_own_transaction_skips_the_wal_flush(fast_queue: Queue, db_url: str) -> None:
+    """The worker's claims (pooled autocommit: the statement is the transaction) commit without
+    waiting for the WAL flush; a claim inside the caller's transaction leaves its durability be."""
+    queue = fast_queue
+    await queue.enqueue_many([("noop", {"n": n}) for n in range(3)])
+    params = {"queues": ["default"], "limit": 1, "worker_id": "commit-mode", "lease_seconds": 30.0,
+              "record_started": False}
+    async with await psycopg.AsyncConnection.connect(db_url) as conn:
+        await conn.execute("SET synchronous_commit = on")  # (the test server runs without it)
+        await conn.commit()
+        for async_commit, expected in ((True, "off"), (False, "on")):
+            [(claimed,)] = await (await conn.execute(QUERIES["claim_jobs"].sql,
+                                                     {**params, "async_commit": async_commit})).fetchall()
+            assert claimed is not None
+            assert (await (await conn.execute("SHOW synchronous_commit")).fetchone()) == (expected,)
+            await conn.commit()
+        assert (await (await conn.execute("SHOW synchronous_commit")).fetchone()) == ("on",)  # local to that transaction
+        [claimed_here] = await queue.store.claim_jobs(["default"], 1, "commit-mode", 30.0, conn=conn)
+        assert (await (await conn.execute("SHOW synchronous_commit")).fetchone()) == ("on",)
+        await conn.commit()
+    assert claimed_here.status == "running"
 
 
 async def test_events_only_take_the_engine_vocabulary(fast_queue: Queue) -> None:

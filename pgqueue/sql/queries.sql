@@ -65,8 +65,13 @@ WITH candidates AS MATERIALIZED (
     INSERT INTO pgqueue.events (job_id, type, data)
     SELECT id, 'started', jsonb_build_object('attempt', attempts, 'worker_id', lease_owner) FROM claimed
     WHERE %(record_started)s
+), commit_mode AS (
+    -- %(async_commit)s: this statement is its own transaction (never the caller's), so its
+    -- commit need not wait for the WAL flush (see the README: a claim lost in a server crash
+    -- puts the job back in the queue, which at-least-once delivery covers anyway)
+    SELECT set_config('synchronous_commit', 'off', true) WHERE %(async_commit)s
 )
-SELECT json_agg(claimed ORDER BY priority DESC, run_at, id)::text FROM claimed;
+SELECT json_agg(claimed ORDER BY priority DESC, run_at, id)::text FROM claimed LEFT JOIN commit_mode ON true;
 
 -- name: complete_jobs :many
 -- Finish a batch of jobs as succeeded; only rows whose lease token still matches are touched,
