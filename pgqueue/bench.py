@@ -46,7 +46,7 @@ WAKE_RATE_PER_SECOND = 50.0
 # Every figure is the best of a few rounds, raw and library measurements taking turns.
 QUICK_MAX_JOBS = 2000
 ROUNDS = (3, 1)
-DRAIN_ROUNDS = (2, 1)  # per worker configuration
+DRAIN_ROUNDS = (3, 1)  # per worker configuration
 SINGLE_PER_ROUND = (500, 200)  # one job per transaction, library and raw
 RAW_SINGLE_DRAIN_PER_ROUND = (1000, 300)  # one job per transaction
 WAKE_SAMPLES = (300, 50)
