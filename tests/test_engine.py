@@ -196,7 +196,8 @@ async def test_claim_query_uses_the_claim_index(fast_queue: Queue) -> None:
 
 async def test_batch_statements_find_their_rows_by_primary_key(fast_queue: Queue) -> None:
     """A batch of 100 on a 2,000-row table: joined to their input, claim and complete used to
-    hash it against a scan of the whole table (most of their cost in the drain benchmark)."""
+    hash it against a scan of the whole table (most of their cost in the drain benchmark);
+    the heartbeat, release, rescue and prune statements are written the same way."""
     queue = fast_queue
     await queue.enqueue_many([("noop", {"n": n}) for n in range(2000)])
     await fetch(queue, "ANALYZE pgqueue.jobs")
@@ -206,9 +207,13 @@ async def test_batch_statements_find_their_rows_by_primary_key(fast_queue: Queue
     assert ("Seq Scan", "jobs") not in _scanned_relations(plan), plan
     jobs = await queue.claim(["default"], 100, "explain")
     items = msgspec.json.encode([{"id": job.id, "token": job.lease_token, "result": None} for job in jobs]).decode()
-    [(plan,)] = await fetch(queue, "EXPLAIN (FORMAT JSON) " + QUERIES["complete_jobs"].sql, {"items": items})
-    assert ("Seq Scan", "jobs") not in _scanned_relations(plan), plan
-    assert "jobs_pkey" in _index_names(plan), plan
+    lease = {"ids": [job.id for job in jobs], "tokens": [job.lease_token for job in jobs], "lease_seconds": 30.0}
+    for name, params in (("complete_jobs", {"items": items}), ("extend_leases", lease), ("release_jobs", lease),
+                         ("rescue_expired_leases", {"limit": 100}),
+                         ("prune_finished_jobs", {"older_than_seconds": 0, "statuses": ["queued"], "limit": 100})):
+        [(plan,)] = await fetch(queue, "EXPLAIN (FORMAT JSON) " + QUERIES[name].sql, params)
+        assert ("Seq Scan", "jobs") not in _scanned_relations(plan), (name, plan)
+        assert "jobs_pkey" in _index_names(plan), (name, plan)
 
 
 async def test_claim_reads_timestamps_in_any_session_time_zone(fast_queue: Queue, db_url: str) -> None:

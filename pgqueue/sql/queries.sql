@@ -1,5 +1,9 @@
 -- Every SQL statement of the engine, each under a `-- name: NAME :cardinality` header
 -- (:one, :many, :none), with %(param)s placeholders. Loaded once by pgqueue/sql.py.
+--
+-- Statements that act on a batch of jobs find the rows by primary key, `j.id = ANY(...)`:
+-- joined only to their input, the planner hashes the batch against a scan of the whole jobs
+-- table once the batch is a fair share of it (see claim_jobs).
 
 -- name: insert_jobs :many
 -- Insert a batch in one statement; rows whose unique key is already held by a live job are
@@ -146,7 +150,7 @@ WITH released AS (
         finished_at = CASE WHEN j.cancel_requested THEN now() END,
         run_at = now(), updated_at = now(), lease_token = NULL, lease_expires_at = NULL
     FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS i(id, token)
-    WHERE j.id = i.id AND j.lease_token = i.token
+    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = i.id AND j.lease_token = i.token
     RETURNING j.id, j.status
 ), events AS (
     INSERT INTO pgqueue.events (job_id, type, data)
@@ -160,7 +164,7 @@ SELECT id FROM released;
 UPDATE pgqueue.jobs AS j
 SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
 FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS i(id, token)
-WHERE j.id = i.id AND j.lease_token = i.token
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = i.id AND j.lease_token = i.token
 RETURNING j.id, j.cancel_requested;
 
 -- name: lease_held :one
@@ -173,7 +177,7 @@ FOR NO KEY UPDATE;
 -- name: rescue_expired_leases :many
 -- Jobs whose worker stopped heartbeating (killed, partitioned): count the attempt and make
 -- them runnable at once, or dead when out of attempts, or cancelled when that was asked for.
-WITH expired AS (
+WITH expired AS MATERIALIZED (
     SELECT id FROM pgqueue.jobs
     WHERE status = 'running' AND lease_expires_at < now()
     ORDER BY lease_expires_at
@@ -187,7 +191,7 @@ WITH expired AS (
         finished_at = CASE WHEN j.cancel_requested OR j.attempts >= j.max_attempts THEN now() END,
         last_error = 'lease expired: worker ' || coalesce(j.lease_owner, '?') || ' stopped heartbeating',
         lease_token = NULL, lease_expires_at = NULL, updated_at = now()
-    FROM expired AS e WHERE j.id = e.id
+    WHERE j.id = ANY(ARRAY(SELECT id FROM expired))
     RETURNING j.*
 ), errors AS (
     INSERT INTO pgqueue.job_errors (job_id, attempt, worker_id, error)
@@ -202,7 +206,7 @@ SELECT id, status, lease_owner FROM rescued;
 
 -- name: prune_finished_jobs :many
 -- Delete finished jobs past their retention, in bounded batches (errors and checkpoints cascade).
-WITH doomed AS (
+WITH doomed AS MATERIALIZED (
     SELECT id FROM pgqueue.jobs
     WHERE finished_at < now() - make_interval(secs => %(older_than_seconds)s)
       AND status = ANY(%(statuses)s)
@@ -210,7 +214,7 @@ WITH doomed AS (
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
-DELETE FROM pgqueue.jobs AS j USING doomed WHERE j.id = doomed.id RETURNING j.id;
+DELETE FROM pgqueue.jobs AS j WHERE j.id = ANY(ARRAY(SELECT id FROM doomed)) RETURNING j.id;
 
 -- name: prune_events :many
 -- Delete old events in bounded batches.
