@@ -736,6 +736,38 @@ async def test_readyz_is_503_when_a_migration_is_missing(live_server: LiveServer
     assert response.json()["error"]["message"] == "1 migration(s) not applied: 0002.app"
 
 
+async def test_readyz_follows_the_database_going_away_and_coming_back(pg_server, template_db, start_server):
+    """The database vanishes under a running server (dropped, its connections killed): /readyz
+    says 503 unreachable within its timeout, /healthz stays 200, and once the database is back
+    the pool reconnects by itself and /readyz is 200 again."""
+    name = f"vanishing_{int(time.time() * 1000)}"
+    with pg_server.admin() as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
+    try:
+        server = start_server(database_url=with_dbname(pg_server.url, name))
+        async with server.client() as http:
+            assert (await http.get("/readyz")).status_code == 200
+            with pg_server.admin() as conn:
+                conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+            gone = await http.get("/readyz")
+            assert gone.status_code == 503
+            assert gone.json()["database"] == "unreachable"
+            assert gone.json()["error"]["code"] == "database_unavailable"
+            assert (await http.get("/healthz")).status_code == 200
+
+            with pg_server.admin() as conn:
+                conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
+
+            async def ready() -> bool:
+                return (await http.get("/readyz")).status_code == 200
+
+            await wait_for(ready, timeout=60, interval=0.5, message="/readyz back to 200")
+        server.stop()
+    finally:
+        with pg_server.admin() as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 async def test_metrics_in_prometheus_format(live_server: LiveServer, alice: ApiUser, admin: ApiUser):
     async with live_server.client(alice) as http, live_server.client(admin) as worker:
         for _ in range(3):
