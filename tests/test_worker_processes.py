@@ -138,6 +138,33 @@ def test_worker_survives_a_postgres_restart_and_loses_nothing(pg_server: PgServe
     assert worker.wait(30) == 0
 
 
+def test_worker_survives_a_postgres_crash_and_loses_nothing(pg_server: PgServer, proc_db, spawn_worker):  # noqa: F811
+    """An immediate stop is a crash: commits not yet flushed are gone (the worker's claims do
+    not wait for the flush, and the suite's server flushes nothing at commit). A claim lost that
+    way puts its job back in the queue; every job still ends up succeeded, having run at least
+    once."""
+    server = pg_server.embedded
+    if server is None:
+        pytest.skip("needs the suite's embedded PostgreSQL (it crashes and restarts the server)")
+    worker = spawn_worker(proc_db, concurrency=8)
+    worker.worker_id()
+    ids = enqueue_marks(proc_db, 200, sleep=0.05)
+    wait_for_sync(lambda: scalar(proc_db, "SELECT count(*) FROM test_runs") >= 20, message="some jobs to finish")
+    try:
+        server.stop("immediate")
+        assert not server.is_running()
+    finally:
+        if not server.is_running():
+            server.start()
+    wait_for_sync(lambda: try_scalar(proc_db, "SELECT count(*) FROM pgqueue.jobs WHERE status = 'succeeded'") == 200,
+                  timeout=90, interval=0.2, message="every job to succeed after the crash")
+    assert status_counts(proc_db) == {"succeeded": 200}
+    assert set(runs_per_job(proc_db)) == set(ids)  # each ran, some perhaps twice (at least once)
+    assert worker.is_alive()
+    worker.terminate()
+    assert worker.wait(30) == 0
+
+
 # -- graceful shutdown -------------------------------------------------------------------------
 
 
