@@ -48,6 +48,11 @@ def insert_params(jobs: Sequence[NewJob]) -> dict[str, list[Any]]:
     }
 
 
+def complete_params(items: Sequence[tuple[int, uuid.UUID, Any]]) -> dict[str, str]:
+    """complete_jobs' one JSON array of {id, token, result}."""
+    return {"items": _json_text([{"id": i[0], "token": i[1], "result": i[2]} for i in items])}
+
+
 def order_like_input(jobs: Sequence[NewJob], inserted: list[Job], existing: list[Job]) -> list[Job] | None:
     """Map returned rows back to the input order; None when a duplicate's holder vanished meanwhile."""
     by_key = {job.unique_key: job for job in existing}
@@ -164,8 +169,7 @@ class Store:
 
     async def complete_jobs(self, items: Sequence[tuple[int, uuid.UUID, Any]],
                             conn: AsyncConnection | None = None) -> set[int]:
-        params = {"items": _json_text([{"id": i[0], "token": i[1], "result": i[2]} for i in items])}
-        return {row[0] for row in await self._many("complete_jobs", params, conn)}
+        return {row[0] for row in await self._many("complete_jobs", complete_params(items), conn)}
 
     async def fail_job(self, job_id: int, token: uuid.UUID, error: str, *, retry_delay: float,
                        permanent: bool = False, conn: AsyncConnection | None = None) -> Job | None:

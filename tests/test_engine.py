@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import psycopg
 import pytest
 
@@ -26,6 +25,7 @@ from pgqueue.maintenance import LeaseRescuer, Pruner
 from pgqueue.migrate import migrate, rollback
 from pgqueue.queue import Queue
 from pgqueue.sql import QUERIES
+from pgqueue.store import complete_params
 from tests.conftest import PgServer, with_dbname
 from tests.engine_fixtures import (
     fast_settings,
@@ -206,9 +206,9 @@ async def test_batch_statements_find_their_rows_by_primary_key(fast_queue: Queue
     [(plan,)] = await fetch(queue, "EXPLAIN (FORMAT JSON) " + QUERIES["claim_jobs"].sql, claim)
     assert ("Seq Scan", "jobs") not in _scanned_relations(plan), plan
     jobs = await queue.claim(["default"], 100, "explain")
-    items = msgspec.json.encode([{"id": job.id, "token": job.lease_token, "result": None} for job in jobs]).decode()
+    items = complete_params([(job.id, job.lease_token, None) for job in jobs if job.lease_token])
     lease = {"ids": [job.id for job in jobs], "tokens": [job.lease_token for job in jobs], "lease_seconds": 30.0}
-    for name, params in (("complete_jobs", {"items": items}), ("extend_leases", lease), ("release_jobs", lease),
+    for name, params in (("complete_jobs", items), ("extend_leases", lease), ("release_jobs", lease),
                          ("rescue_expired_leases", {"limit": 100}),
                          ("prune_finished_jobs", {"older_than_seconds": 0, "statuses": ["queued"], "limit": 100})):
         [(plan,)] = await fetch(queue, "EXPLAIN (FORMAT JSON) " + QUERIES[name].sql, params)

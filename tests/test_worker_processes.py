@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 
 from pgqueue.__main__ import build_parser
-from pgqueue.embedded import free_port
+from pgqueue.embedded import EmbeddedPostgres, free_port
 from pgqueue.migrate import schema_dir
 from tests.conftest import PgServer
 from tests.helpers import wait_for_sync
 from tests.process_fixtures import (  # noqa: F401 - fixtures
     LEASE_SECONDS,
     REPO_ROOT,
+    WorkerProcess,
     empty_db,
     enqueue_marks,
     proc_db,
@@ -101,14 +103,24 @@ def test_jobs_of_a_worker_killed_with_sigkill_are_rescued_and_finished(proc_db, 
 # -- database restart --------------------------------------------------------------------------
 
 
-def test_worker_survives_a_postgres_restart_and_loses_nothing(pg_server: PgServer, proc_db, spawn_worker):  # noqa: F811
+def marks_partway(pg_server: PgServer, proc_db: str, spawn_worker: Callable[..., WorkerProcess], *,  # noqa: F811
+                  concurrency: int, count: int, sleep: float,
+                  finished: int) -> tuple[EmbeddedPostgres, WorkerProcess, list[int]]:
+    """The suite's embedded server (skip without one: the outage tests stop it), and a worker
+    that has finished `finished` of `count` mark jobs."""
     server = pg_server.embedded
     if server is None:
         pytest.skip("needs the suite's embedded PostgreSQL (it stops and starts the server)")
-    worker = spawn_worker(proc_db, concurrency=4)
+    worker = spawn_worker(proc_db, concurrency=concurrency)
     worker.worker_id()
-    ids = enqueue_marks(proc_db, 30, sleep=0.3)
-    wait_for_sync(lambda: scalar(proc_db, "SELECT count(*) FROM test_runs") >= 4, message="some jobs to finish")
+    ids = enqueue_marks(proc_db, count, sleep=sleep)
+    wait_for_sync(lambda: scalar(proc_db, "SELECT count(*) FROM test_runs") >= finished, message="some jobs to finish")
+    return server, worker, ids
+
+
+def test_worker_survives_a_postgres_restart_and_loses_nothing(pg_server: PgServer, proc_db, spawn_worker):  # noqa: F811
+    server, worker, ids = marks_partway(pg_server, proc_db, spawn_worker, concurrency=4, count=30, sleep=0.3,
+                                        finished=4)
 
     failures_before = worker.output().count("heartbeat failed")
     try:
@@ -143,13 +155,8 @@ def test_worker_survives_a_postgres_crash_and_loses_nothing(pg_server: PgServer,
     not wait for the flush, and the suite's server flushes nothing at commit). A claim lost that
     way puts its job back in the queue; every job still ends up succeeded, having run at least
     once."""
-    server = pg_server.embedded
-    if server is None:
-        pytest.skip("needs the suite's embedded PostgreSQL (it crashes and restarts the server)")
-    worker = spawn_worker(proc_db, concurrency=8)
-    worker.worker_id()
-    ids = enqueue_marks(proc_db, 200, sleep=0.05)
-    wait_for_sync(lambda: scalar(proc_db, "SELECT count(*) FROM test_runs") >= 20, message="some jobs to finish")
+    server, worker, ids = marks_partway(pg_server, proc_db, spawn_worker, concurrency=8, count=200, sleep=0.05,
+                                        finished=20)
     try:
         server.stop("immediate")
         assert not server.is_running()
