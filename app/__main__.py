@@ -45,6 +45,15 @@ def _database(args: argparse.Namespace) -> str:
 def _serve(args: argparse.Namespace, *, run_worker: bool) -> int:
     import uvicorn
 
+    from pgqueue.config import check_concurrency
+    from pgqueue.errors import ConfigError
+
+    if run_worker:
+        check_concurrency(args.concurrency, "--concurrency")
+    if not 1 <= args.workers <= 64:
+        raise ConfigError(f"--workers must be an integer from 1 to 64, got {args.workers}")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be from 0 to 65535, got {args.port}")
     _database(args)
     os.environ["APP_RUN_WORKER"] = "true" if run_worker else "false"
     if run_worker:

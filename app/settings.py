@@ -6,16 +6,23 @@ layer needs is ``APP_*`` (``APP_MAX_BODY_BYTES``, ``APP_SECRET``, ``APP_RUN_WORK
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from pathlib import Path
 
 import msgspec
 
-from pgqueue.config import Settings, load_settings
+from pgqueue.config import MIN_INTERVAL_SECONDS, Settings, check_concurrency, check_seconds, load_settings
 from pgqueue.errors import ConfigError
 
 MIB = 1024 * 1024
+
+
+def _check_range(name: str, value: int, minimum: int, maximum: int | None = None) -> None:
+    if value < minimum or (maximum is not None and value > maximum):
+        rule = f"at least {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise ConfigError(f"{name} must be an integer {rule}, got {value!r}")
 
 
 class AppSettings(msgspec.Struct, kw_only=True):
@@ -61,15 +68,23 @@ class AppSettings(msgspec.Struct, kw_only=True):
         settings = load_settings(cls, "APP_", overrides, defaults)
         if not settings.secret:
             settings.secret = secrets.token_urlsafe(32)
-        if settings.max_body_bytes < 1:
-            raise ConfigError("APP_MAX_BODY_BYTES must be at least 1")
-        if settings.max_upload_bytes < 1:
-            raise ConfigError("APP_MAX_UPLOAD_BYTES must be at least 1")
-        if not 1 <= settings.ingest_batch_lines <= 100_000:
-            raise ConfigError("APP_INGEST_BATCH_LINES must be from 1 to 100000")
-        if not 0 <= settings.ingest_line_delay_max_seconds <= 1:
-            raise ConfigError("APP_INGEST_LINE_DELAY_MAX_SECONDS must be from 0 to 1")
         return settings
+
+    def __post_init__(self) -> None:
+        """Refuse values the app cannot work with, naming the variable and the rule."""
+        _check_range("APP_MAX_BODY_BYTES", self.max_body_bytes, 1)
+        _check_range("APP_MAX_UPLOAD_BYTES", self.max_upload_bytes, 1)
+        _check_range("APP_STREAM_TOKEN_SECONDS", self.stream_token_seconds, 1, 7 * 24 * 3600)
+        _check_range("APP_POOL_SIZE", self.pool_size, 1, 1000)
+        check_concurrency(self.worker_concurrency, "APP_WORKER_CONCURRENCY")
+        check_seconds("APP_WORKER_SHUTDOWN_GRACE", self.worker_shutdown_grace, 0.0)
+        check_seconds("APP_SSE_KEEPALIVE_SECONDS", self.sse_keepalive_seconds, MIN_INTERVAL_SECONDS)
+        _check_range("APP_SSE_RETRY_MS", self.sse_retry_ms, 1, 24 * 3600 * 1000)
+        _check_range("APP_SSE_QUEUE_SIZE", self.sse_queue_size, 1, 1_000_000)
+        _check_range("APP_INGEST_BATCH_LINES", self.ingest_batch_lines, 1, 100_000)
+        delay = self.ingest_line_delay_max_seconds
+        if not (math.isfinite(delay) and 0 <= delay <= 1):
+            raise ConfigError(f"APP_INGEST_LINE_DELAY_MAX_SECONDS must be from 0 to 1, got {delay!r}")
 
     def upload_storage_url(self) -> str:
         return self.storage_url or Path(".data", "uploads").resolve().as_uri()

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from pgqueue.config import Settings
+from pgqueue.config import Settings, check_concurrency, check_seconds
 from pgqueue.errors import ConfigError, InvalidPayload, PgQueueError
 from pgqueue.registry import JobRegistry
 
@@ -103,7 +103,13 @@ def _queues(raw: str | None, registry: JobRegistry) -> list[str]:
     return sorted({spec.queue for spec in registry.kinds.values()}) or ["default"]
 
 
+def _check_worker_options(args: argparse.Namespace) -> None:
+    check_concurrency(args.concurrency, "--concurrency")
+    check_seconds("--grace", args.grace, 0.0)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
+    _check_worker_options(args)
     registry = load_registry(args.app)
     asyncio.run(run_worker(_settings(args), registry, _queues(args.queues, registry), args.concurrency, args.grace))
     return 0
@@ -176,6 +182,7 @@ def start_dev_database(data_dir: str) -> str:
 def cmd_dev(args: argparse.Namespace) -> int:
     from pgqueue.migrate import migrate
 
+    _check_worker_options(args)
     url = start_dev_database(args.data_dir)
     os.environ["PGQUEUE_DATABASE_URL"] = url
     migrate(url)

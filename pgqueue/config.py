@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from typing import TypeVar
@@ -42,10 +43,56 @@ class Settings(msgspec.Struct, kw_only=True):
     keep_succeeded_seconds: float = 24 * 3600
     keep_failed_seconds: float = 7 * 24 * 3600
     keep_events_seconds: float = 7 * 24 * 3600
+    # the largest payload enqueue accepts, measured as JSON (the REST layer's APP_MAX_BODY_BYTES
+    # default): a job row is read by every claim, big inputs belong in storage (pgqueue/storage.py)
+    max_payload_bytes: int = 1024 * 1024
+
+    def __post_init__(self) -> None:
+        check_engine_settings(self)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         return load_settings(cls, "PGQUEUE_", overrides)
+
+
+# Floors that keep the worker sane: a lease shorter than a second expires under a normal
+# commit hiccup, a heartbeat faster than 50 ms costs hundreds of commits a second per worker.
+MIN_LEASE_SECONDS = 1.0
+MIN_HEARTBEAT_SECONDS = 0.05
+MIN_INTERVAL_SECONDS = 0.01  # poll and maintenance: anything shorter is a busy loop
+# A heartbeat at most a third of the lease: two missed beats still leave the lease held.
+HEARTBEATS_PER_LEASE = 3
+MAX_CONCURRENCY = 1000
+
+
+def check_seconds(name: str, value: float, minimum: float, *, inclusive: bool = True) -> float:
+    """``value`` if it is a finite number of seconds >= (or >) ``minimum``, else a ConfigError naming ``name``."""
+    rule = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+    if not math.isfinite(value) or value < minimum or (not inclusive and value == minimum):
+        raise ConfigError(f"{name} must be a finite number of seconds {rule}, got {value!r}")
+    return value
+
+
+def check_concurrency(value: int, name: str = "concurrency") -> int:
+    """``value`` if it is a whole number of job slots from 1 to MAX_CONCURRENCY, else a ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONCURRENCY:
+        raise ConfigError(f"{name} must be an integer from 1 to {MAX_CONCURRENCY}, got {value!r}")
+    return value
+
+
+def check_engine_settings(settings: Settings) -> None:
+    """Refuse timings the worker cannot keep (a negative lease, a zero heartbeat, ...)."""
+    check_seconds("PGQUEUE_LEASE_SECONDS", settings.lease_seconds, MIN_LEASE_SECONDS)
+    check_seconds("PGQUEUE_HEARTBEAT_SECONDS", settings.heartbeat_seconds, MIN_HEARTBEAT_SECONDS)
+    check_seconds("PGQUEUE_POLL_SECONDS", settings.poll_seconds, MIN_INTERVAL_SECONDS)
+    check_seconds("PGQUEUE_MAINTENANCE_SECONDS", settings.maintenance_seconds, MIN_INTERVAL_SECONDS)
+    for field in ("keep_succeeded_seconds", "keep_failed_seconds", "keep_events_seconds"):
+        check_seconds(f"PGQUEUE_{field.upper()}", getattr(settings, field), 0.0)
+    if settings.heartbeat_seconds * HEARTBEATS_PER_LEASE > settings.lease_seconds:
+        raise ConfigError(
+            f"PGQUEUE_HEARTBEAT_SECONDS must be at most a third of PGQUEUE_LEASE_SECONDS (so a couple of missed "
+            f"beats do not lose the lease), got heartbeat {settings.heartbeat_seconds:g} s for a "
+            f"{settings.lease_seconds:g} s lease")
 
 
 S = TypeVar("S", bound=msgspec.Struct)

@@ -59,7 +59,9 @@ class Worker:
                  maintenance_interval: float | None = None, worker_id: str | None = None) -> None:
         self.queue = queue
         self.queues = list(queues)
-        self.concurrency = max(1, concurrency)
+        from pgqueue.config import check_concurrency
+
+        self.concurrency = check_concurrency(concurrency)  # 0 slots is a ConfigError, not silently 1
         self.url: str = url or queue.settings.database_url or str(queue.pool.conninfo)
         self.settings = queue.settings
         self.shutdown_grace = shutdown_grace
