@@ -28,6 +28,7 @@ from app.ops import ProcessMetrics
 from app.settings import AppSettings
 from app.store import AppStore
 from pgqueue.errors import ConfigError
+from pgqueue.migrate import shipped_migrations
 from pgqueue.queue import Queue
 from pgqueue.worker import Worker
 
@@ -68,15 +69,6 @@ ROUTES: list[BaseRoute] = [
 ]
 
 
-def expected_migrations() -> list[str]:
-    """The ids of the migrations in schema/, which /readyz expects to find applied."""
-    from yoyo import read_migrations
-
-    from pgqueue.migrate import schema_dir
-
-    return [migration.id for migration in read_migrations(str(schema_dir()))]
-
-
 def _handled_queues(queue: Queue) -> list[str]:
     return sorted({spec.queue for spec in queue.registry.kinds.values() if spec.handler is not None})
 
@@ -101,7 +93,7 @@ def create_app(settings: AppSettings | None = None, *, queue: Queue | None = Non
     """The app. Without ``settings`` they are read from the environment (PGQUEUE_*, APP_*);
     with ``queue`` the app uses that engine (and its job kinds) instead of opening its own."""
     settings = settings or AppSettings.from_env()
-    migrations = expected_migrations()
+    migrations = shipped_migrations()  # /readyz expects every one of them applied
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:

@@ -24,6 +24,7 @@ from starlette.responses import PlainTextResponse, Response
 from app.api import json_response
 from app.openapi import operation
 from pgqueue.errors import PgQueueError
+from pgqueue.migrate import missing_migrations
 
 log = logging.getLogger("app.ops")
 
@@ -51,15 +52,13 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     expected: list[str] = request.state.expected_migrations
     try:
-        applied = await asyncio.wait_for(request.state.store.applied_migrations(), READY_TIMEOUT_SECONDS)
-    except psycopg.errors.UndefinedTable:
-        applied = set()
+        applied = await asyncio.wait_for(request.state.queue.store.applied_migrations(), READY_TIMEOUT_SECONDS)
     except (TimeoutError, psycopg.Error, PgQueueError) as exc:
         log.warning("not ready: database unreachable: %s", exc)
         return json_response({"status": "unavailable", "database": "unreachable",
                               "error": {"code": "database_unavailable", "message": str(exc) or "timed out",
                                         "details": []}}, 503)
-    missing = [migration for migration in expected if migration not in applied]
+    missing = missing_migrations(applied, expected)  # what a worker checks before it starts, too
     if missing:
         return json_response({"status": "unavailable", "database": "reachable", "pending_migrations": missing,
                               "error": {"code": "not_migrated",

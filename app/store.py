@@ -142,6 +142,3 @@ class AppStore:
     async def wait_time_histogram(self, bounds: Sequence[float], window_seconds: float) -> WaitHistogram:
         params = {"bounds": list(bounds), "window_seconds": window_seconds}
         return await self._one("wait_time_histogram", params, kwargs_row(WaitHistogram))
-
-    async def applied_migrations(self) -> set[str]:
-        return {row[0] for row in await self._many("applied_migrations", {})}

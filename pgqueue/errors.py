@@ -65,3 +65,13 @@ class JobCancelled(PgQueueError):
 
 class PermanentFailure(PgQueueError):
     """Raise from a handler to fail the job now, without further retries (it goes dead)."""
+
+
+class SchemaNotMigrated(PgQueueError):
+    """The database lacks the engine's tables, or some migrations shipped in schema/ are not applied."""
+
+    def __init__(self, missing: list[str], applied_any: bool) -> None:
+        self.missing = missing
+        state = "behind" if applied_any else "missing"
+        super().__init__(f"the database schema is {state} ({len(missing)} migration(s) not applied: "
+                         f"{', '.join(missing)}); run `python -m pgqueue migrate` first")

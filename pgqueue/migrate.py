@@ -8,7 +8,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pgqueue.config import validate_database_url
 from pgqueue.db import connect_sync
-from pgqueue.errors import ConfigError
+from pgqueue.errors import ConfigError, SchemaNotMigrated
+from pgqueue.store import Store
 
 # Concurrent `migrate` runs queue up behind this session advisory lock: yoyo's own lock
 # table cannot protect the very first run, which creates it.
@@ -71,3 +72,22 @@ def rollback(url: str, count: int = 1, directory: Path | None = None) -> list[st
 def pending(url: str, directory: Path | None = None) -> list[str]:
     with _backend_and_migrations(url, directory) as (backend, migrations):
         return [m.id for m in backend.to_apply(migrations)]
+
+
+def shipped_migrations(directory: Path | None = None) -> list[str]:
+    """The ids of the migrations in schema/ (read from the files; no database involved)."""
+    from yoyo import read_migrations
+
+    return [migration.id for migration in read_migrations(str(directory or schema_dir()))]
+
+
+def missing_migrations(applied: set[str], shipped: list[str]) -> list[str]:
+    """The shipped migrations not applied yet, in order."""
+    return [migration for migration in shipped if migration not in applied]
+
+
+async def check_schema(store: Store) -> None:
+    """SchemaNotMigrated unless every migration in schema/ is applied (a worker checks before it starts)."""
+    applied = await store.applied_migrations()
+    if missing := missing_migrations(applied, shipped_migrations()):
+        raise SchemaNotMigrated(missing, applied_any=bool(applied))

@@ -295,6 +295,12 @@ class Store:
     async def unregister_worker(self, worker_id: str, conn: AsyncConnection | None = None) -> None:
         await self._many("unregister_worker", {"id": worker_id}, conn)
 
+    async def applied_migrations(self, conn: AsyncConnection | None = None) -> set[str]:
+        """The ids of the migrations applied to this database; empty when none ever was."""
+        if not (await self._one("migrations_table_exists", {}, conn))[0]:
+            return set()
+        return {row[0] for row in await self._many("applied_migrations", {}, conn)}
+
     async def next_run_at(self, queues: Sequence[str], conn: AsyncConnection | None = None) -> tuple[datetime | None, datetime]:
         row = await self._one("next_run_at", {"queues": list(queues)}, conn)
         return row[0], row[1]

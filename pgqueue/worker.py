@@ -128,9 +128,14 @@ class Worker:
             log.info("worker %s stopped", self.worker_id)
 
     async def _register(self) -> None:
+        """Check the schema (SchemaNotMigrated when missing or behind) and record this worker,
+        retrying while the database is unreachable."""
+        from pgqueue.migrate import check_schema
+
         delay = 0.5
         while not self.stopping.is_set():
             try:
+                await check_schema(self.queue.store)
                 await self.queue.store.register_worker(self.worker_id, socket.gethostname(), os.getpid(), self.queues,
                                                        self.concurrency)
                 return

@@ -108,7 +108,3 @@ SELECT array(SELECT count(*) FILTER (WHERE w.wait <= b.le)
              GROUP BY b.n ORDER BY b.n) AS bucket_counts,
        (SELECT coalesce(sum(wait), 0) FROM waits) AS sum,
        (SELECT count(*) FROM waits) AS count;
-
--- name: applied_migrations :many
--- The migrations yoyo has applied to this database (/readyz compares them with schema/).
-SELECT migration_id FROM _yoyo_migration;

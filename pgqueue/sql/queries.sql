@@ -365,3 +365,11 @@ SELECT pg_try_advisory_lock(%(key)s) AS acquired;
 
 -- name: now :one
 SELECT now() AS now;
+
+-- name: migrations_table_exists :one
+-- Whether yoyo ever ran on this database (its log table is in the search path).
+SELECT to_regclass('_yoyo_migration') IS NOT NULL AS exists;
+
+-- name: applied_migrations :many
+-- The migrations yoyo has applied here: workers and /readyz compare them with schema/.
+SELECT migration_id FROM _yoyo_migration;
