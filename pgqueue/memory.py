@@ -38,7 +38,7 @@ from pgqueue.context import EventBuffer, JobContext, run_handler, settle_outcome
 from pgqueue.errors import InvalidTransition, JobNotFound, LeaseLost
 from pgqueue.models import LIVE_STATUSES, Event, Job, JobError, NewJob
 from pgqueue.queue import DEFAULT_RETRY_BASE, EnqueueItem, build_jobs
-from pgqueue.registry import JobRegistry
+from pgqueue.registry import JobRegistry, check_payload_sizes
 
 # The lease owner `run_until_empty` claims under.
 MEMORY_WORKER_ID = "memory"
@@ -107,14 +107,18 @@ class MemoryQueue:
     async def enqueue(self, kind: str, payload: Any = None, *, conn: Any = None, **options: Any) -> Job:
         """Validate and store one job; a live job holding the same unique key is returned instead."""
         new = self.registry.build(kind, {} if payload is None else payload, **options)
+        check_payload_sizes([new], self.settings.max_payload_bytes)
         return self._snapshot(self._insert([new])[0])
 
     async def enqueue_many(self, items: Iterable[EnqueueItem], *, conn: Any = None) -> list[int]:
         """Store many jobs at once (all validated first); returns their ids in input order."""
-        return [job.id for job in self._insert(build_jobs(self.registry, items))]
+        jobs = build_jobs(self.registry, items, max_payload_bytes=self.settings.max_payload_bytes)
+        return [job.id for job in self._insert(jobs)]
 
     def _insert(self, new_jobs: Sequence[NewJob]) -> list[Job]:
-        payloads = [_through_json(new.payload) for new in new_jobs]  # may raise: nothing written yet
+        # what Postgres would hand back after storing the payload as jsonb
+        payloads = [_through_json(new.payload) if new.payload_json is None else msgspec.json.decode(new.payload_json)
+                    for new in new_jobs]  # may raise: nothing written yet
         now = self.now()
         live_by_key = {job.unique_key: job for job in self._jobs.values()
                        if job.unique_key is not None and job.status in LIVE_STATUSES}

@@ -71,3 +71,6 @@ class NewJob(msgspec.Struct, kw_only=True):
     max_attempts: int = 3
     unique_key: str | None = None
     owner_id: str | None = None
+    # the payload as the JSON text to store, set by the registry when it validated it (the store
+    # encodes ``payload`` itself when this is None)
+    payload_json: str | None = None

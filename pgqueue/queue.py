@@ -16,7 +16,7 @@ from pgqueue.config import Settings
 from pgqueue.db import AsyncConnection, Connection, ConnectionPool, connect_sync, open_pool, transaction
 from pgqueue.errors import ConfigError, InvalidTransition, JobNotFound, LeaseLost
 from pgqueue.models import Event, Job, JobError, NewJob
-from pgqueue.registry import JobRegistry
+from pgqueue.registry import JobRegistry, check_payload_sizes
 from pgqueue.store import Store, insert_jobs_sync
 
 EnqueueItem = NewJob | tuple[str, Any] | tuple[str, Any, dict[str, Any]]
@@ -25,8 +25,9 @@ EnqueueItem = NewJob | tuple[str, Any] | tuple[str, Any, dict[str, Any]]
 DEFAULT_RETRY_BASE = 2.0
 
 
-def build_jobs(registry: JobRegistry, items: Iterable[EnqueueItem]) -> list[NewJob]:
-    """Validate every item before anything is written (shared by both backends and SyncQueue).
+def build_jobs(registry: JobRegistry, items: Iterable[EnqueueItem], *, max_payload_bytes: int) -> list[NewJob]:
+    """Validate every item before anything is written (shared by both backends and SyncQueue),
+    payload sizes included (``Settings.max_payload_bytes``).
 
     Runs of plain ``(kind, payload)`` items of one kind are validated together."""
     jobs: list[NewJob] = []
@@ -41,7 +42,7 @@ def build_jobs(registry: JobRegistry, items: Iterable[EnqueueItem]) -> list[NewJ
     for item in items:
         if isinstance(item, NewJob):
             flush_run()
-            jobs.append(item)
+            jobs.append(registry.check_new_job(item))
         elif len(item) == 2:
             if item[0] != run_kind:
                 flush_run()
@@ -52,6 +53,7 @@ def build_jobs(registry: JobRegistry, items: Iterable[EnqueueItem]) -> list[NewJ
             kind, payload, options = item  # type: ignore[misc]
             jobs.append(registry.build(kind, payload, **options))
     flush_run()
+    check_payload_sizes(jobs, max_payload_bytes)
     return jobs
 
 
@@ -96,11 +98,12 @@ class Queue:
         holding the same unique key is returned instead of a new one.
         """
         new = self.registry.build(kind, {} if payload is None else payload, **options)
+        check_payload_sizes([new], self.settings.max_payload_bytes)
         return (await self.store.insert_jobs([new], conn))[0]
 
     async def enqueue_many(self, items: Iterable[EnqueueItem], *, conn: AsyncConnection | None = None) -> list[int]:
         """Insert many jobs in one round trip (COPY when it can); returns their ids in order."""
-        jobs = build_jobs(self.registry, items)
+        jobs = build_jobs(self.registry, items, max_payload_bytes=self.settings.max_payload_bytes)
         if not jobs:
             return []
         if _copyable(jobs):
@@ -305,7 +308,7 @@ class SyncQueue:
         return self.enqueue_many([(kind, {} if payload is None else payload, options)], conn=conn)[0]
 
     def enqueue_many(self, items: Iterable[EnqueueItem], *, conn: Connection | None = None) -> list[Job]:
-        jobs = build_jobs(self.registry, items)
+        jobs = build_jobs(self.registry, items, max_payload_bytes=self.settings.max_payload_bytes)
         if conn is not None:
             return insert_jobs_sync(conn, jobs)
         if not self.url:

@@ -13,11 +13,12 @@
 from __future__ import annotations
 
 import inspect
+import math
 import random
 import re
 import typing
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -26,6 +27,17 @@ from pgqueue.errors import InvalidPayload, UnknownKind
 from pgqueue.models import PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, NewJob
 
 Handler = Callable[..., Any]
+
+# How deeply arrays and objects may nest in a payload: the REST layer's limit for a whole body
+# (app/api.py MAX_JSON_DEPTH), far below where msgspec and Python give up with a RecursionError.
+MAX_PAYLOAD_DEPTH = 128
+# The instants a job may be scheduled at: a day inside years 1-9999, so the instant still falls in
+# those years in whatever time zone a session shows it (Python's datetime holds no year 0 or
+# 10000, and a worker must be able to read every row it claims).
+EARLIEST_RUN_AT = datetime(1, 1, 2, tzinfo=UTC)
+LATEST_RUN_AT = datetime(9999, 12, 30, tzinfo=UTC)
+NUL_MESSAGE = "must not contain the NUL character (\\u0000): PostgreSQL text and jsonb cannot store it"
+_encode_json = msgspec.json.Encoder().encode
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 _AT = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
@@ -86,6 +98,102 @@ def _payload_type_of(handler: Handler) -> Any:
     return hints.get(params[1].name, Any)
 
 
+def encode_payload(payload: Any, field: str = "payload") -> tuple[str | None, list[dict[str, str]]]:
+    """A JSON-able payload as the JSON text to store, or None and what is wrong with it.
+
+    The checks run on the encoded bytes first (a few C-speed scans); the payload is walked only
+    when one of them finds a suspect: many brackets, an escaped NUL, or a ``null`` (msgspec
+    writes NaN and Infinity as null)."""
+    try:
+        encoded = _encode_json(payload)
+    except RecursionError:
+        return None, [_too_deep(field)]
+    except (TypeError, ValueError) as exc:
+        return None, [{"field": field, "message": f"not JSON-serialisable: {exc}"}]
+    if encoded.count(b"[") + encoded.count(b"{") > MAX_PAYLOAD_DEPTH and _depth(payload) > MAX_PAYLOAD_DEPTH:
+        return None, [_too_deep(field)]
+    if (b"\\u0000" in encoded or b"null" in encoded) and (error := _unstorable_value(payload, field)):
+        return None, [error]
+    return encoded.decode(), []
+
+
+def _too_deep(field: str) -> dict[str, str]:
+    return {"field": field, "message": f"nests arrays and objects more than {MAX_PAYLOAD_DEPTH} levels deep"}
+
+
+def _depth(value: Any) -> int:
+    """How deeply arrays and objects nest (iterative: any depth is safe)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list | tuple):
+            depth += 1
+            deepest = max(deepest, depth)
+            stack.extend((child, depth) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _unstorable_value(value: Any, path: str) -> dict[str, str] | None:
+    """The first string or key holding NUL, or float that is NaN or infinite (recursive: only
+    called once the nesting is known to be shallow)."""
+    if isinstance(value, str):
+        return {"field": path, "message": NUL_MESSAGE} if "\x00" in value else None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else {"field": path, "message": "NaN and Infinity are not JSON numbers"}
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and "\x00" in key:
+                return {"field": path, "message": "has a key with the NUL character (\\u0000), which PostgreSQL cannot store"}
+            if error := _unstorable_value(item, f"{path}.{key}"):
+                return error
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            if error := _unstorable_value(item, f"{path}.{index}"):
+                return error
+    return None
+
+
+def validate_schedule(run_at: datetime | None, delay: float | None) -> list[dict[str, str]]:
+    """run_at must be an aware datetime and delay a finite number of seconds >= 0, and the
+    instant either names within EARLIEST_RUN_AT..LATEST_RUN_AT."""
+    errors = []
+    if delay is not None:
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not math.isfinite(delay) or delay < 0:
+            errors.append({"field": "delay", "message": "must be a finite number of seconds >= 0"})
+        elif delay > (LATEST_RUN_AT - datetime.now(UTC)).total_seconds():
+            errors.append({"field": "delay", "message": f"puts the job after {LATEST_RUN_AT:%Y-%m-%d} UTC"})
+    if run_at is not None:
+        if not isinstance(run_at, datetime) or run_at.utcoffset() is None:
+            errors.append({"field": "run_at", "message": "must be a timezone-aware datetime"})
+        elif not EARLIEST_RUN_AT <= run_at <= LATEST_RUN_AT:
+            errors.append({"field": "run_at", "message": f"must be from {EARLIEST_RUN_AT:%Y-%m-%d} to "
+                                                         f"{LATEST_RUN_AT:%Y-%m-%d} UTC"})
+    return errors
+
+
+def validate_keys(unique_key: str | None, owner_id: str | None) -> list[dict[str, str]]:
+    errors = []
+    for field, value in (("unique_key", unique_key), ("owner_id", owner_id)):
+        if value is None:
+            continue
+        if not isinstance(value, str) or not 1 <= len(value) <= 500:
+            errors.append({"field": field, "message": "must be a string of 1-500 characters"})
+        elif "\x00" in value:
+            errors.append({"field": field, "message": NUL_MESSAGE})
+    return errors
+
+
+def check_payload_sizes(jobs: list[NewJob], max_bytes: int) -> None:
+    """InvalidPayload for the first job whose payload is longer than ``max_bytes`` as JSON."""
+    for job in jobs:
+        text = job.payload_json or ""
+        size = len(text) if text.isascii() else len(text.encode())  # isascii() is O(1) in CPython
+        if size > max_bytes:
+            raise InvalidPayload([{"field": "payload", "message": f"is {size} bytes as JSON, more than the "
+                                   f"{max_bytes} allowed (PGQUEUE_MAX_PAYLOAD_BYTES)"}])
+
+
 def validate_options(priority: int, max_attempts: int, queue: str) -> list[dict[str, str]]:
     errors = []
     if not isinstance(priority, int) or isinstance(priority, bool) or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
@@ -138,19 +246,23 @@ class JobRegistry:
         self.kinds.update(other.kinds)
 
     def build_plain(self, kind: str, payloads: list[Any]) -> list[NewJob]:
-        """``build(kind, p)`` for many payloads with the kind's defaults, validated in one msgspec
-        call (bulk enqueue spends most of its Python time here); the first bad payload is then
+        """``build(kind, p)`` for many payloads with the kind's defaults, converted in one msgspec
+        call (bulk enqueue spends most of its Python time here); the first bad payload is
         reported exactly as ``build`` would."""
         spec = self.get(kind)
-        try:
-            if spec.payload_type is not Any:
+        if spec.payload_type is not Any:
+            try:
                 payloads = msgspec.to_builtins(msgspec.convert(payloads, list[spec.payload_type], strict=False))  # type: ignore[name-defined]
-            else:
-                msgspec.json.encode(payloads)
-        except (msgspec.ValidationError, TypeError, ValueError):
-            return [self.build(kind, payload) for payload in payloads]
-        return [NewJob(queue=spec.queue, kind=kind, payload=payload, priority=spec.priority,
-                       max_attempts=spec.max_attempts) for payload in payloads]
+            except (msgspec.ValidationError, RecursionError):
+                return [self.build(kind, payload) for payload in payloads]
+        jobs = []
+        for payload in payloads:
+            payload_json, errors = encode_payload(payload)
+            if errors:
+                raise InvalidPayload(errors)
+            jobs.append(NewJob(queue=spec.queue, kind=kind, payload=payload, priority=spec.priority,
+                               max_attempts=spec.max_attempts, payload_json=payload_json))
+        return jobs
 
     def build(self, kind: str, payload: Any, *, priority: int | None = None, queue: str | None = None,
               run_at: datetime | None = None, delay: float | None = None, max_attempts: int | None = None,
@@ -161,24 +273,35 @@ class JobRegistry:
         max_attempts = spec.max_attempts if max_attempts is None else max_attempts
         queue = spec.queue if queue is None else queue
         errors = validate_options(priority, max_attempts, queue)
-        if spec.payload_type is not Any:
-            try:
+        payload_json = None
+        try:
+            if spec.payload_type is not Any:
                 payload = msgspec.to_builtins(msgspec.convert(payload, spec.payload_type, strict=False))
-            except msgspec.ValidationError as exc:
-                errors += field_errors(exc)
+        except msgspec.ValidationError as exc:
+            errors += field_errors(exc)
+        except RecursionError:
+            errors.append(_too_deep("payload"))
         else:
-            try:
-                msgspec.json.encode(payload)
-            except (TypeError, ValueError) as exc:
-                errors.append({"field": "payload", "message": f"not JSON-serialisable: {exc}"})
-        if delay is not None and (not isinstance(delay, int | float) or delay < 0):
-            errors.append({"field": "delay", "message": "must be a number of seconds >= 0"})
-        if run_at is not None and (not isinstance(run_at, datetime) or run_at.tzinfo is None):
-            errors.append({"field": "run_at", "message": "must be a timezone-aware datetime"})
-        if unique_key is not None and (not isinstance(unique_key, str) or not 1 <= len(unique_key) <= 500):
-            errors.append({"field": "unique_key", "message": "must be a string of 1-500 characters"})
+            payload_json, payload_errors = encode_payload(payload)
+            errors += payload_errors
+        errors += validate_schedule(run_at, delay)
+        errors += validate_keys(unique_key, owner_id)
         if errors:
             raise InvalidPayload(errors)
         return NewJob(queue=queue, kind=kind, payload=payload, priority=priority, run_at=run_at,
                       delay_seconds=float(delay or 0.0), max_attempts=max_attempts, unique_key=unique_key,
-                      owner_id=owner_id)
+                      owner_id=owner_id, payload_json=payload_json)
+
+    def check_new_job(self, new: NewJob) -> NewJob:
+        """A NewJob made by the caller, checked like ``build`` checks its arguments except for the
+        kind's payload type (the kind need not be registered here); returned with its JSON text."""
+        errors = validate_options(new.priority, new.max_attempts, new.queue)
+        if not isinstance(new.kind, str) or not _NAME.match(new.kind):
+            errors.append({"field": "kind", "message": "must be 1-100 characters of letters, digits, _ . : -"})
+        payload_json, payload_errors = encode_payload(new.payload)
+        errors += payload_errors
+        errors += validate_schedule(new.run_at, new.delay_seconds)
+        errors += validate_keys(new.unique_key, new.owner_id)
+        if errors:
+            raise InvalidPayload(errors)
+        return msgspec.structs.replace(new, payload_json=payload_json)

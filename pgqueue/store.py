@@ -33,12 +33,17 @@ def _json_text(value: Any) -> str:
     return _encode_json(value).decode()
 
 
+def _payload_text(job: NewJob) -> str:
+    """The JSON the registry encoded while validating, else the payload encoded now."""
+    return _json_text(job.payload) if job.payload_json is None else job.payload_json
+
+
 def insert_params(jobs: Sequence[NewJob]) -> dict[str, list[Any]]:
     """Column arrays for insert_jobs (shared by the async store and the sync enqueue)."""
     return {
         "queues": [j.queue for j in jobs],
         "kinds": [j.kind for j in jobs],
-        "payloads": [_json_text(j.payload) for j in jobs],
+        "payloads": [_payload_text(j) for j in jobs],
         "priorities": [j.priority for j in jobs],
         "run_ats": [j.run_at for j in jobs],
         "delays": [float(j.delay_seconds) for j in jobs],
@@ -152,7 +157,7 @@ class Store:
             async with c.cursor() as cur, cur.copy(QUERIES["copy_jobs"].sql) as copy:
                 for job_id, job in zip(ids, jobs, strict=True):
                     await copy.write_row(
-                        (job_id, job.queue, job.kind, _json_text(job.payload), job.priority,
+                        (job_id, job.queue, job.kind, _payload_text(job), job.priority,
                          job.max_attempts, job.owner_id)
                     )
         return ids

@@ -7,9 +7,11 @@ clock, `pass_time` waits (polling the server, no blind sleep) for a few tenths o
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -24,6 +26,8 @@ from pgqueue import (
     UnknownKind,
 )
 from pgqueue.config import Settings
+from pgqueue.registry import MAX_PAYLOAD_DEPTH
+from tests.engine_fixtures import fetch
 from tests.helpers import wait_for
 from tests.jobs import jobs
 
@@ -216,6 +220,56 @@ async def test_complete_stores_the_result_and_only_the_lease_holder_may(backend:
     running = await claim_one(backend, "mail")
     with pytest.raises(LeaseLost):
         await backend.complete(job.id, uuid.uuid4(), "forged")
+async def refused_fields(backend: QueueBackend, kind: str, payload: Any, **options: Any) -> list[str]:
+    """The fields InvalidPayload names for this enqueue, through both enqueue and enqueue_many."""
+    with pytest.raises(InvalidPayload) as one:
+        await backend.enqueue(kind, payload, **options)
+    with pytest.raises(InvalidPayload) as many:
+        await backend.enqueue_many([("noop", {"fine": 1}), (kind, payload, options)])
+    assert [e["field"] for e in many.value.errors] == [e["field"] for e in one.value.errors]
+    return [e["field"] for e in one.value.errors]
+
+
+def nested(depth: int) -> Any:
+    payload: Any = {}
+    for _ in range(depth - 1):
+        payload = {"a": payload}
+    return payload
+
+
+async def test_values_postgres_cannot_store_are_refused_before_anything_is_written(backend: QueueBackend) -> None:
+    """NUL (text and jsonb cannot hold U+0000), NaN and Infinity (msgspec would store null),
+    nesting deeper than MAX_PAYLOAD_DEPTH (a RecursionError otherwise), a payload over the size
+    limit, and instants outside years 1-9999 (stored, then unreadable by every worker)."""
+    assert await refused_fields(backend, "noop", {"text": "a\x00b"}) == ["payload.text"]
+    assert await refused_fields(backend, "noop", {"list": ["ok", {"k\x00": 1}]}) == ["payload.list.1"]
+    assert await refused_fields(backend, "email", {"to": "a@example.com\x00"}) == ["payload.to"]
+    assert await refused_fields(backend, "noop", {}, unique_key="key\x00") == ["unique_key"]
+    assert await refused_fields(backend, "noop", {}, owner_id="user\x00") == ["owner_id"]
+    for number in (math.nan, math.inf, -math.inf):
+        assert await refused_fields(backend, "noop", {"x": [1, number]}) == ["payload.x.1"]
+    assert await refused_fields(backend, "noop", nested(MAX_PAYLOAD_DEPTH + 1)) == ["payload"]
+    assert await refused_fields(backend, "noop", nested(5000)) == ["payload"]
+    limit = backend.settings.max_payload_bytes
+    assert await refused_fields(backend, "noop", {"blob": "x" * limit}) == ["payload"]
+    for delay in (math.nan, math.inf, 1e300, -0.5, True):
+        assert await refused_fields(backend, "noop", {}, delay=delay) == ["delay"]
+    before_year_1 = datetime(1, 1, 1, 5, tzinfo=timezone(timedelta(hours=10)))  # 0001-12-31 BC in UTC
+    after_year_9999 = datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5)))
+    for run_at in (before_year_1, after_year_9999, datetime(2030, 1, 1)):  # the last one is naive
+        assert await refused_fields(backend, "noop", {}, run_at=run_at) == ["run_at"]
+    assert await backend.stats() == {}
+
+    # right at the limits everything is accepted
+    deepest = await backend.enqueue("noop", nested(MAX_PAYLOAD_DEPTH))
+    assert (await backend.get(deepest.id)).payload == nested(MAX_PAYLOAD_DEPTH)
+    blob = "x" * (limit - len('{"blob":""}'))
+    await backend.enqueue_many([("noop", {"blob": blob}), ("noop", {"n": None, "s": "\\u0000 is text"})])
+    early = await backend.enqueue("noop", {}, run_at=datetime(1, 1, 2, tzinfo=UTC))
+    assert early.run_at == datetime(1, 1, 2, tzinfo=UTC)
+    assert (await backend.stats())["default"]["queued"] == 4
+
+
     await backend.complete(job.id, running.lease_token, {"sent_to": "a@example.com", "n": [1, 2]})
     done = await backend.get(job.id)
     assert done.status == "succeeded"
