@@ -147,6 +147,12 @@ def read_query(request: Request, query_type: type[T]) -> T:
             values[key] = value
     if (field := nul_character_at(values)) is not None:
         raise validation_error([{"field": field, "message": _NUL_MESSAGE}], "the query parameters are not valid")
+    # msgspec's lax conversion reads "1e2" or "5.0" as an integer; a query parameter must say it plainly
+    not_decimal = [{"field": name, "message": "must be an integer in decimal digits (such as 20)"}
+                   for name in sorted(integer_fields(query_type)) if name in values
+                   and not _DECIMAL_INTEGER.fullmatch(values[name])]
+    if not_decimal:
+        raise validation_error(not_decimal, "the query parameters are not valid")
     try:
         return msgspec.convert(values, query_type, strict=False)
     except msgspec.ValidationError as exc:
@@ -158,6 +164,24 @@ def read_query(request: Request, query_type: type[T]) -> T:
             elif detail["message"].startswith("Object missing required field"):
                 detail["message"] = "required query parameter is missing"
         raise validation_error(details, "the query parameters are not valid") from None
+
+
+_DECIMAL_INTEGER = re.compile(r"-?[0-9]{1,20}")
+
+
+@functools.cache
+def integer_fields(query_type: type) -> frozenset[str]:
+    """The names of a query Struct's integer parameters (``int``, optional or not)."""
+    def is_integer(field_type: msgspec.inspect.Type) -> bool:
+        if isinstance(field_type, msgspec.inspect.Metadata):  # Annotated[int, Meta(...)]
+            return is_integer(field_type.type)
+        if isinstance(field_type, msgspec.inspect.UnionType):  # int | None
+            return any(is_integer(t) for t in field_type.types)
+        return isinstance(field_type, msgspec.inspect.IntType)
+
+    info = msgspec.inspect.type_info(query_type)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return frozenset(field.encode_name for field in info.fields if is_integer(field.type))
 
 
 def split_list(raw: str | UnsetType, field: str) -> list[str] | None:

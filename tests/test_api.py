@@ -350,7 +350,7 @@ async def test_list_searches_the_last_error(live_server: LiveServer, alice: ApiU
                                "cancelled"}]),
         ({"sort": "name"}, [{"field": "sort", "message": "Invalid enum value 'name'"}]),
         ({"limit": "101"}, [{"field": "limit", "message": "Expected `int` <= 100"}]),
-        ({"limit": "ten"}, [{"field": "limit", "message": "Expected `int`, got `str`"}]),
+        ({"limit": "ten"}, [{"field": "limit", "message": "must be an integer in decimal digits (such as 20)"}]),
         ({"offset": "-1"}, [{"field": "offset", "message": "Expected `int` >= 0"}]),
         ({"kind": "fax"}, [{"field": "kind", "message":
                             "unknown kind 'fax'; expected one of email, external, ingest_file, notification, report, task"}]),
@@ -849,3 +849,25 @@ async def test_every_app_query_prepares_against_the_migrated_schema(db_url: str)
             except psycopg.Error as exc:
                 failures.append(f"{query.name}: {str(exc).strip()}")
     assert len(QUERIES) >= 10 and failures == []
+
+
+# -- integer query parameters -------------------------------------------------------------------
+
+NOT_DECIMAL = ["1e2", "5.0", "+5", " 5", "0x10", "1_0", "\u0665", "5 "]
+INTEGER_PARAMS = [("GET", "/jobs", "limit"), ("GET", "/jobs", "offset"), ("GET", "/tasks", "limit"),
+                  ("GET", "/tasks", "offset"), ("POST", "/worker/claim", "limit"),
+                  ("GET", "/events", "last_event_id")]
+
+
+@pytest.mark.parametrize(("method", "path", "name"), INTEGER_PARAMS)
+async def test_integer_query_parameters_must_be_plain_decimal(live_server: LiveServer, admin: ApiUser,
+                                                              method: str, path: str, name: str):
+    base = {"queues": "external"} if path == "/worker/claim" else {}
+    async with live_server.client(admin) as http:
+        for raw in NOT_DECIMAL:
+            response = await http.request(method, path, params={**base, name: raw})
+            assert response.status_code == 422, (raw, response.text)
+            assert response.json() == error("validation_error", "the query parameters are not valid", [
+                {"field": name, "message": "must be an integer in decimal digits (such as 20)"}]), raw
+        if name != "last_event_id":  # a valid position opens a stream that does not end by itself
+            assert (await http.request(method, path, params={**base, name: "20"})).status_code == 200
