@@ -80,6 +80,21 @@ async def authenticate_admin(connection: HTTPConnection) -> User:
     return user
 
 
+async def authenticate_metrics(connection: HTTPConnection) -> None:
+    """For /metrics: open with APP_METRICS_PUBLIC, else APP_METRICS_TOKEN or an admin's API token."""
+    settings = connection.state.settings
+    if settings.metrics_public:
+        return
+    token = _bearer_token(connection)
+    if settings.metrics_token and hmac.compare_digest(token.encode(), settings.metrics_token.encode()):
+        return
+    user = await user_for_api_token(connection.state.store, token)
+    if user is None:
+        raise unauthorized("invalid_token", "the token is neither APP_METRICS_TOKEN nor a valid API token")
+    if not user.is_admin:
+        raise forbidden("/metrics needs an admin token or APP_METRICS_TOKEN")
+
+
 # -- stream tokens ------------------------------------------------------------------------------
 
 class StreamToken(msgspec.Struct, kw_only=True):

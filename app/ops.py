@@ -1,6 +1,8 @@
 """Operations endpoints: /healthz (alive), /readyz (database reachable and migrated), /metrics.
 
-/metrics (Prometheus text format, no authentication: scrape it from inside the network) has
+/metrics (Prometheus text format) takes ``Authorization: Bearer`` with APP_METRICS_TOKEN or an
+admin's API token, since it shows every user's queues; APP_METRICS_PUBLIC=true opens it (scraped on
+a private network). It has
 - ``pgqueue_jobs{queue,status}``: a gauge read from the database, so it is the same on every
   process;
 - ``pgqueue_claims_total`` / ``pgqueue_failures_total``: counters of *this process* (jobs claimed
@@ -22,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from app.api import json_response
+from app.auth import authenticate_metrics
 from app.openapi import operation
 from pgqueue.errors import PgQueueError
 from pgqueue.migrate import missing_migrations
@@ -75,8 +78,11 @@ def _number(value: float) -> str:
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
-@operation(summary="Prometheus metrics", tag="ops", auth="none", media_type="text/plain")
+@operation(summary="Prometheus metrics", tag="ops", auth="admin", media_type="text/plain",
+           description="An admin's API token or APP_METRICS_TOKEN as the Bearer token; "
+                       "no token when APP_METRICS_PUBLIC is true.")
 async def metrics(request: Request) -> Response:
+    await authenticate_metrics(request)
     store = request.state.store
     counters: ProcessMetrics = request.state.metrics
     worker = request.state.worker

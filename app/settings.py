@@ -57,6 +57,10 @@ class AppSettings(msgspec.Struct, kw_only=True):
     max_upload_bytes: int = 100 * MIB
     ingest_batch_lines: int = 10_000
     ingest_line_delay_max_seconds: float = 0.0
+    # /metrics shows every user's per-queue counts: it takes an admin's API token or this token
+    # (both as `Authorization: Bearer`), unless APP_METRICS_PUBLIC opens it (a private network)
+    metrics_token: str = ""
+    metrics_public: bool = False
 
     @classmethod
     def from_env(cls, **overrides: object) -> AppSettings:
@@ -82,6 +86,8 @@ class AppSettings(msgspec.Struct, kw_only=True):
         _check_range("APP_SSE_RETRY_MS", self.sse_retry_ms, 1, 24 * 3600 * 1000)
         _check_range("APP_SSE_QUEUE_SIZE", self.sse_queue_size, 1, 1_000_000)
         _check_range("APP_INGEST_BATCH_LINES", self.ingest_batch_lines, 1, 100_000)
+        if self.metrics_token and len(self.metrics_token) < 16:
+            raise ConfigError("APP_METRICS_TOKEN must be at least 16 characters (e.g. `openssl rand -hex 16`)")
         delay = self.ingest_line_delay_max_seconds
         if not (math.isfinite(delay) and 0 <= delay <= 1):
             raise ConfigError(f"APP_INGEST_LINE_DELAY_MAX_SECONDS must be from 0 to 1, got {delay!r}")

@@ -776,7 +776,7 @@ async def test_metrics_in_prometheus_format(live_server: LiveServer, alice: ApiU
         leased = await claim(worker, limit=2)
         await worker.post(f"/worker/jobs/{leased[0]['id']}/fail",
                           json={"lease_token": leased[0]["lease_token"], "error": "x"})
-        response = await http.get("/metrics")
+        response = await worker.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     samples = {}
@@ -796,6 +796,33 @@ async def test_metrics_in_prometheus_format(live_server: LiveServer, alice: ApiU
     buckets = [v for k, v in samples.items() if k.startswith("pgqueue_queue_wait_seconds_bucket")]
     assert buckets == sorted(buckets)  # cumulative
     assert "# TYPE pgqueue_queue_wait_seconds histogram" in response.text
+
+
+METRICS_TOKEN = "metrics-" + "x" * 24
+
+
+async def test_metrics_need_an_admin_or_the_metrics_token(start_server: Any, alice: ApiUser, admin: ApiUser):
+    server = start_server(metrics_token=METRICS_TOKEN)
+    async with server.client() as anonymous, server.client(alice) as user, server.client(admin) as operator:
+        missing = await anonymous.get("/metrics")
+        wrong = await anonymous.get("/metrics", headers={"Authorization": "Bearer metrics-wrong"})
+        not_admin = await user.get("/metrics")
+        scraper = await anonymous.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+        by_admin = await operator.get("/metrics")
+    assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing_token"
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_token"
+    assert not_admin.status_code == 403
+    assert not_admin.json() == error("forbidden", "/metrics needs an admin token or APP_METRICS_TOKEN")
+    assert scraper.status_code == by_admin.status_code == 200
+    assert "pgqueue_claims_total" in scraper.text
+
+
+async def test_metrics_public_opens_them_to_anyone(start_server: Any):
+    server = start_server(metrics_public=True)
+    async with server.client() as anonymous:
+        response = await anonymous.get("/metrics")
+    assert response.status_code == 200
+    assert "pgqueue_claims_total" in response.text
 
 
 async def test_openapi_document_is_valid_and_generated_from_the_types(live_server: LiveServer):

@@ -443,7 +443,7 @@ async def test_websocket_client_leaving_unsubscribes(live_server: LiveServer, al
 
 async def test_metrics_count_open_streams_and_slow_subscribers(start_server: Callable[..., LiveServer],
                                                                alice: ApiUser, queue: Queue) -> None:
-    server = start_server(sse_queue_size=2)
+    server = start_server(sse_queue_size=2, metrics_public=True)
     job_id = await create_external_job(server, alice)
 
     async def metric(name: str) -> int:
