@@ -1,4 +1,4 @@
-"""Command line: `python -m pgqueue {migrate,worker,enqueue,stats,dev,bench} --help`."""
+"""Command line: `python -m pgqueue {migrate,worker,enqueue,stats,dev,bench,chaos} --help`."""
 
 from __future__ import annotations
 
@@ -198,6 +198,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from pgqueue.chaos.cli import main as chaos_main
+
+    return chaos_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pgqueue", description="Postgres-native job queue")
     parser.add_argument("--log-level", default=os.environ.get("PGQUEUE_LOG_LEVEL", "INFO"))
@@ -251,6 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="bench-results.json")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     p.set_defaults(func=cmd_bench)
+
+    from pgqueue.chaos.cli import add_arguments as chaos_arguments
+
+    p = sub.add_parser("chaos", help="kill workers, restart or crash the server, exhaust connections; count "
+                                     "jobs lost, run twice, rescued from a live worker")
+    database(p)
+    chaos_arguments(p)
+    p.set_defaults(func=cmd_chaos)
     return parser
 
 
