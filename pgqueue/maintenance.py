@@ -21,13 +21,15 @@ MAX_BATCHES = 20  # per run_once, so one pass never holds the loop for long
 class LeaseRescuer:
     """Makes jobs whose worker stopped heartbeating runnable again (or dead)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, lease_seconds: float) -> None:
         self.store = store
+        # after a server restart, leases are rescued only once it has been up this long
+        self.lease_seconds = lease_seconds
 
     async def run_once(self, conn: AsyncConnection | None = None) -> int:
         total = 0
         for _ in range(MAX_BATCHES):
-            rows = await self.store.rescue_expired_leases(BATCH, conn)
+            rows = await self.store.rescue_expired_leases(BATCH, self.lease_seconds, conn)
             for job_id, status, worker in rows:
                 log.warning("job %s rescued from worker %s (lease expired) -> %s", job_id, worker, status)
             total += len(rows)
@@ -60,7 +62,8 @@ class Pruner:
             total += deleted
             if deleted < BATCH * 5:
                 break
-        await self.store.prune_workers(max(3600.0, self.settings.lease_seconds * 10), conn)
+        # a killed worker's row goes after max(10 of its heartbeats, 2 leases, 5 minutes): README "Workers"
+        await self.store.prune_workers(max(300.0, self.settings.lease_seconds * 2), conn)
         if total:
             log.info("pruned %s rows", total)
         return total

@@ -42,6 +42,9 @@ class Job(msgspec.Struct, kw_only=True):
     updated_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # see schema/0005.crash-isolation.sql
+    crash_suspect: bool = False
+    lease_charged: bool = True
 
 
 class Event(msgspec.Struct, kw_only=True):

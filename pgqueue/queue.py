@@ -147,13 +147,14 @@ class Queue:
         """Extend leases; returns {job_id: cancel_requested} for the leases still held."""
         if not items:
             return {}
-        return await self.store.extend_leases(items, lease_seconds or self.settings.lease_seconds, conn)
+        rows = await self.store.extend_leases(items, lease_seconds or self.settings.lease_seconds, conn)
+        return {job_id: cancel_requested for job_id, _token, cancel_requested, _extended in rows}
 
     async def release(self, items: Sequence[tuple[int, uuid.UUID]]) -> list[int]:
         return await self.store.release_jobs(items) if items else []
 
     async def rescue_expired_leases(self, limit: int = 1000, conn: AsyncConnection | None = None) -> list[int]:
-        return [row[0] for row in await self.store.rescue_expired_leases(limit, conn)]
+        return [row[0] for row in await self.store.rescue_expired_leases(limit, self.settings.lease_seconds, conn)]
 
     # -- operator actions --------------------------------------------------------------------
 
@@ -300,8 +301,10 @@ class SyncQueue:
     Pass ``conn`` (a psycopg Connection) to enqueue inside your own transaction.
     """
 
-    def __init__(self, url: str | None = None, registry: JobRegistry | None = None) -> None:
-        self.url = url or Settings.from_env().database_url
+    def __init__(self, url: str | None = None, registry: JobRegistry | None = None,
+                 settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.from_env(database_url=url)
+        self.url = url or self.settings.database_url
         self.registry = registry or JobRegistry()
 
     def enqueue(self, kind: str, payload: Any = None, *, conn: Connection | None = None, **options: Any) -> Job:

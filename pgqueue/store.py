@@ -6,6 +6,7 @@ Every method takes an optional connection so callers can act inside their own tr
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from collections.abc import Sequence
@@ -22,6 +23,8 @@ from pgqueue.models import Event, Job, JobError, NewJob
 from pgqueue.sql import QUERIES
 
 _encode_json = msgspec.json.Encoder().encode
+
+log = logging.getLogger("pgqueue.store")
 
 _CHANNEL = re.compile(r"[a-z_]{1,63}")
 
@@ -92,23 +95,56 @@ def insert_jobs_sync(conn: Connection, jobs: Sequence[NewJob]) -> list[Job]:
     raise RuntimeError("unique-key holders kept finishing while enqueueing; giving up")
 
 
+class UndecodableJob(msgspec.Struct, frozen=True):
+    """A claimed row the engine cannot read into a Job, and why (claim_jobs buries it)."""
+
+    id: int
+    lease_token: uuid.UUID
+    reason: str
+
+
+class _LeaseKey(msgspec.Struct):
+    id: int
+    lease_token: uuid.UUID
+
+
 _decode_jobs = msgspec.json.Decoder(list[Job]).decode
+_decode_rows = msgspec.json.Decoder(list[msgspec.Raw]).decode
+_decode_job = msgspec.json.Decoder(Job).decode
+_decode_lease_key = msgspec.json.Decoder(_LeaseKey).decode
 _TIMESTAMPS = ("run_at", "lease_expires_at", "created_at", "updated_at", "started_at", "finished_at")
 
 
-def decode_jobs(text: str | None) -> list[Job]:
-    """Jobs from a JSON array of jobs rows (NULL: none)."""
+def decode_jobs(text: str | None) -> tuple[list[Job], list[UndecodableJob]]:
+    """Jobs from a JSON array of claimed jobs rows (NULL: none), and apart from them the rows
+    that cannot be read even one by one (a year outside 1-9999, a number no float holds)."""
     if text is None:
-        return []
+        return [], []
     try:
-        return _decode_jobs(text)
+        return _decode_jobs(text), []
+    except msgspec.ValidationError:
+        pass
+    jobs: list[Job] = []
+    undecodable: list[UndecodableJob] = []
+    for raw in _decode_rows(text):  # each row's JSON, not parsed yet
+        try:
+            jobs.append(_decode_job_leniently(raw))
+        except (msgspec.ValidationError, ValueError, TypeError) as exc:
+            key = _decode_lease_key(raw)
+            reason = f"cannot read the claimed job: {exc}".replace("\x00", "\ufffd")[:2000]
+            undecodable.append(UndecodableJob(id=key.id, lease_token=key.lease_token, reason=reason))
+    return jobs, undecodable
+
+
+def _decode_job_leniently(raw: msgspec.Raw) -> Job:
+    try:
+        return _decode_job(raw)
     except msgspec.ValidationError:
         # a timestamp that is not RFC 3339 (a session time zone whose historical offset has
         # seconds, such as LMT +00:19:32): fromisoformat reads those
-        rows = msgspec.json.decode(text)
-        for row in rows:
-            row.update({key: datetime.fromisoformat(row[key]) for key in _TIMESTAMPS if row.get(key)})
-        return [Job(**row) for row in rows]
+        row = msgspec.json.decode(raw)
+        row.update({key: datetime.fromisoformat(row[key]) for key in _TIMESTAMPS if row.get(key)})
+        return msgspec.convert(row, Job)
 
 
 def _missing_unique_keys(jobs: Sequence[NewJob], inserted: list[Job]) -> list[str]:
@@ -165,12 +201,36 @@ class Store:
     # -- the worker's cycle ------------------------------------------------------------------
 
     async def claim_jobs(self, queues: Sequence[str], limit: int, worker_id: str, lease_seconds: float,
-                         record_started: bool = True, conn: AsyncConnection | None = None) -> list[Job]:
+                         record_started: bool = True, conn: AsyncConnection | None = None, *,
+                         charged: bool = True, include_suspects: bool = True) -> list[Job]:
         # the claim's commit skips the WAL flush only on a pooled autocommit connection, where the
         # statement is the whole transaction; a caller's own transaction keeps its durability
         params = {"queues": list(queues), "limit": limit, "worker_id": worker_id, "lease_seconds": lease_seconds,
-                  "record_started": record_started, "async_commit": conn is None}
-        return decode_jobs((await self._one("claim_jobs", params, conn))[0])
+                  "record_started": record_started, "async_commit": conn is None, "charged": charged,
+                  "include_suspects": include_suspects}
+        return await self._readable_claims((await self._one("claim_jobs", params, conn))[0], conn)
+
+    async def claim_suspect_job(self, queues: Sequence[str], worker_id: str, lease_seconds: float,
+                                conn: AsyncConnection | None = None) -> list[Job]:
+        params = {"queues": list(queues), "worker_id": worker_id, "lease_seconds": lease_seconds}
+        return await self._readable_claims((await self._one("claim_suspect_job", params, conn))[0], conn)
+
+    async def _readable_claims(self, claimed: str | None, conn: AsyncConnection | None) -> list[Job]:
+        """The claimed jobs the engine can read; the others are made dead with the reason, so no
+        odd row (written by raw SQL, another version, another language) reaches a worker."""
+        jobs, undecodable = decode_jobs(claimed)
+        if undecodable:
+            for row in undecodable:
+                log.warning("job %s is dead: %s", row.id, row.reason)
+            await self.bury_undecodable_jobs(undecodable, conn)
+        return jobs
+
+    async def bury_undecodable_jobs(self, rows: Sequence[UndecodableJob], conn: AsyncConnection | None = None) -> list[int]:
+        params = {"ids": [r.id for r in rows], "tokens": [r.lease_token for r in rows], "reasons": [r.reason for r in rows]}
+        return [row[0] for row in await self._many("bury_undecodable_jobs", params, conn)]
+
+    async def suspects_waiting(self, queues: Sequence[str], conn: AsyncConnection | None = None) -> bool:
+        return bool((await self._one("suspects_waiting", {"queues": list(queues)}, conn))[0])
 
     async def complete_jobs(self, items: Sequence[tuple[int, uuid.UUID, Any]],
                             conn: AsyncConnection | None = None) -> set[int]:
@@ -189,17 +249,19 @@ class Store:
         return [row[0] for row in await self._many("release_jobs", params, conn)]
 
     async def extend_leases(self, items: Sequence[tuple[int, uuid.UUID]], lease_seconds: float,
-                            conn: AsyncConnection | None = None) -> dict[int, bool]:
+                            conn: AsyncConnection | None = None) -> list[tuple[int, uuid.UUID, bool, bool]]:
+        """(id, token, cancel_requested, extended) per lease still held (see extend_leases)."""
         params = {"ids": [i[0] for i in items], "tokens": [i[1] for i in items], "lease_seconds": lease_seconds}
-        return {row[0]: row[1] for row in await self._many("extend_leases", params, conn)}
+        return await self._many("extend_leases", params, conn)
 
     async def lease_held(self, job_id: int, token: uuid.UUID, conn: AsyncConnection | None = None) -> bool:
         return await self._one("lease_held", {"id": job_id, "token": token}, conn) is not None
 
     # -- maintenance -------------------------------------------------------------------------
 
-    async def rescue_expired_leases(self, limit: int, conn: AsyncConnection | None = None) -> list[tuple[int, str, str]]:
-        return await self._many("rescue_expired_leases", {"limit": limit}, conn)
+    async def rescue_expired_leases(self, limit: int, lease_seconds: float,
+                                    conn: AsyncConnection | None = None) -> list[tuple[int, str, str]]:
+        return await self._many("rescue_expired_leases", {"limit": limit, "lease_seconds": lease_seconds}, conn)
 
     async def prune_finished_jobs(self, statuses: Sequence[str], older_than_seconds: float, limit: int,
                                   conn: AsyncConnection | None = None) -> int:
@@ -290,8 +352,9 @@ class Store:
     # -- workers and stats -------------------------------------------------------------------
 
     async def register_worker(self, worker_id: str, hostname: str, pid: int, queues: Sequence[str], concurrency: int,
-                              conn: AsyncConnection | None = None) -> None:
-        params = {"id": worker_id, "hostname": hostname, "pid": pid, "queues": list(queues), "concurrency": concurrency}
+                              heartbeat_seconds: float, conn: AsyncConnection | None = None) -> None:
+        params = {"id": worker_id, "hostname": hostname, "pid": pid, "queues": list(queues), "concurrency": concurrency,
+                  "heartbeat_seconds": heartbeat_seconds}
         await self._many("register_worker", params, conn)
 
     async def touch_worker(self, worker_id: str, conn: AsyncConnection | None = None) -> None:

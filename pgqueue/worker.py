@@ -3,11 +3,17 @@
 Tasks inside one worker:
 - fetcher: claims up to the free slots (SKIP LOCKED), woken by NOTIFY, a jittered poll as safety net;
 - listener: a dedicated LISTEN connection (re-established when lost);
-- heartbeat + maintenance: a second dedicated connection, so a busy pool cannot starve them;
-  it extends leases, notices cancellation, and, while holding the leader lock, rescues
-  expired leases and prunes;
+- heartbeat and maintenance: dedicated connections each, so a busy pool cannot starve them;
+  the heartbeat extends leases and notices cancellation (it never waits on a row lock, so no
+  handler can hold it up); maintenance, while holding the leader lock, rescues expired leases
+  and prunes;
 - flushers: completions and progress/log events are written in batches.
 Async handlers run on the loop; sync handlers in a thread pool.
+
+Runs are tracked by lease token, not job id: a job rescued from this worker and claimed by it
+again is a new run, and nothing of the old run (its heartbeat answer, its clean-up) touches it.
+A crash suspect (a job that was running when some worker died) is claimed only when nothing
+else runs here, and nothing else is claimed beside it (README, "One bad job").
 """
 
 from __future__ import annotations
@@ -68,24 +74,28 @@ class Worker:
         self.maintenance = maintenance
         self.maintenance_interval = maintenance_interval or queue.settings.maintenance_seconds
         self.worker_id = worker_id or new_worker_id()
-        self.running: dict[int, _Running] = {}
+        self.running: dict[uuid.UUID, _Running] = {}  # by lease token
+        self._isolated: uuid.UUID | None = None  # the lease of a crash suspect running alone
+        self._suspects_waiting = False
+        self._suspects_checked_at = 0.0
         self.events = EventBuffer()
         self.stopping = asyncio.Event()
         self.stopped = asyncio.Event()
         self._release_now = asyncio.Event()  # shutdown: stop waiting for running jobs, release them
         self._releasing = False  # set once the running jobs left are being released
         self.is_leader = False
-        self.counters = {"claimed": 0, "succeeded": 0, "failed": 0, "dead": 0, "cancelled": 0, "lease_lost": 0}
+        self.counters = {"claimed": 0, "succeeded": 0, "failed": 0, "dead": 0, "cancelled": 0, "lease_lost": 0,
+                         "isolated": 0, "beats_skipped": 0}
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._completions: list[tuple[int, uuid.UUID, Any]] = []
         # finished jobs whose completion is not written yet: still heartbeated (their lease must
         # not expire while a slow flush runs), and they hold back claiming once they pile up
-        self._unacked: dict[int, uuid.UUID] = {}
+        self._unacked: dict[uuid.UUID, int] = {}  # lease token -> job id
         self._completions_ready = asyncio.Event()
         self._events_lock = asyncio.Lock()
         # 'started' events not written yet: debounced like progress (see _flush_events)
-        self._unannounced: dict[int, dict[str, Any]] = {}
+        self._unannounced: dict[uuid.UUID, tuple[int, dict[str, Any]]] = {}
         self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="pgqueue-job")
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -137,7 +147,7 @@ class Worker:
             try:
                 await check_schema(self.queue.store)
                 await self.queue.store.register_worker(self.worker_id, socket.gethostname(), os.getpid(), self.queues,
-                                                       self.concurrency)
+                                                       self.concurrency, self.settings.heartbeat_seconds)
                 return
             except CONNECTION_ERRORS as exc:
                 log.warning("database unavailable at start (%s); retrying in %.1fs", exc, delay)
@@ -159,7 +169,7 @@ class Worker:
             return
         self._releasing = True
         await self._flush_completions()
-        items = [(r.job.id, r.job.lease_token) for r in leftovers if r.job.lease_token]
+        items = [(r.job.id, r.job.lease_token) for r in leftovers]
         for r in leftovers:
             r.ctx.cancelled.set()
             r.task.cancel()
@@ -182,7 +192,12 @@ class Worker:
         error_delay = 0.2
         while not self.stopping.is_set():
             free = self.concurrency - len(self.running) - max(0, len(self._unacked) - self.concurrency)
-            if free <= 0:
+            try:
+                isolating = self._isolated is not None or await self._suspects_due()
+            except CONNECTION_ERRORS:
+                isolating = False  # the claim below meets the same outage and backs off
+            if free <= 0 or (isolating and self.running):
+                # full, or a crash suspect waits to run alone here: let the running jobs finish
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 # let every job that is finishing right now finish, then claim for all free slots at once
@@ -190,8 +205,16 @@ class Worker:
                 continue
             self._wake.clear()
             try:
+                if isolating:
+                    jobs = await self.queue.store.claim_suspect_job(self.queues, self.worker_id,
+                                                                    self.settings.lease_seconds)
+                    if jobs:
+                        self._start(jobs[0], isolated=True)
+                        continue
+                    self._suspects_waiting = False
+                # uncharged: should this worker die, the expired leases of the batch cost no attempt
                 jobs = await self.queue.store.claim_jobs(self.queues, free, self.worker_id, self.settings.lease_seconds,
-                                                         record_started=False)
+                                                         record_started=False, charged=False, include_suspects=False)
                 error_delay = 0.2
             except CONNECTION_ERRORS as exc:
                 log.warning("claim failed (%s); retrying in %.1fs", exc, error_delay)
@@ -203,6 +226,13 @@ class Worker:
             if len(jobs) < free:
                 await self._idle()
 
+    async def _suspects_due(self) -> bool:
+        """Whether crash suspects wait to be run alone (asked at most once per poll interval)."""
+        if not self._suspects_waiting and time.monotonic() - self._suspects_checked_at >= self.settings.poll_seconds:
+            self._suspects_checked_at = time.monotonic()
+            self._suspects_waiting = await self.queue.store.suspects_waiting(self.queues)
+        return self._suspects_waiting
+
     async def _idle(self) -> None:
         """Wait for a NOTIFY, a free slot, or the (jittered) poll timer, or the next scheduled job."""
         timeout = self.settings.poll_seconds * random.uniform(0.8, 1.2)
@@ -211,21 +241,30 @@ class Worker:
             if next_at is not None and next_at > now:
                 timeout = min(timeout, (next_at - now).total_seconds())
             elif next_at is not None and len(self.running) < self.concurrency:
-                # something is runnable already (e.g. rows another worker just released): fetch again soon
+                # something is runnable already (rows another worker just released, or crash
+                # suspects the plain claim skips): fetch again soon, asking for suspects too
                 timeout = min(timeout, 0.05)
+                self._suspects_checked_at = 0.0
         if self._wake.is_set():
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), max(timeout, 0.001))
 
-    def _start(self, job: Job) -> None:
+    def _start(self, job: Job, isolated: bool = False) -> None:
+        token = job.lease_token
+        assert token is not None and self._loop is not None
         self.counters["claimed"] += 1
-        log.info("job %s %s started (attempt %s/%s)", job.id, job.kind, job.attempts, job.max_attempts)
-        assert self._loop is not None
+        if isolated:
+            self._isolated = token
+            self.counters["isolated"] += 1
+            log.warning("job %s %s started alone: it was running when a worker died (attempt %s/%s)", job.id,
+                        job.kind, job.attempts, job.max_attempts)
+        else:
+            log.info("job %s %s started (attempt %s/%s)", job.id, job.kind, job.attempts, job.max_attempts)
         ctx = JobContext(job, self.queue, self.events, self._loop)
-        self._unannounced[job.id] = {"attempt": job.attempts, "worker_id": self.worker_id}
+        self._unannounced[token] = (job.id, {"attempt": job.attempts, "worker_id": self.worker_id})
         task = asyncio.create_task(self._execute(job, ctx), name=f"pgqueue-job-{job.id}")
-        self.running[job.id] = _Running(job, ctx, task)
+        self.running[token] = _Running(job, ctx, task)
 
     # -- running one job ---------------------------------------------------------------------
 
@@ -237,7 +276,9 @@ class Worker:
             if not self._releasing and ctx.cancelled.is_set() and not ctx.lease_lost:
                 await self._record(job, ctx, *settle_outcome(ctx, "cancelled", None))
         finally:
-            self.running.pop(job.id, None)
+            self.running.pop(job.lease_token, None)
+            if self._isolated == job.lease_token:
+                self._isolated = None
             self._slot_free.set()
 
     async def _record(self, job: Job, ctx: JobContext, outcome: str, value: Any) -> None:
@@ -250,7 +291,7 @@ class Worker:
             return
         if outcome == "succeeded":
             self._completions.append((job.id, token, value))
-            self._unacked[job.id] = token
+            self._unacked[token] = job.id
             self._completions_ready.set()
             return
         await self._retrying(self._finish_unsuccessful, job, ctx, outcome, value)
@@ -320,8 +361,8 @@ class Worker:
             self._completions[:0] = batch
             raise
         self.counters["succeeded"] += len(done)
-        for job_id, _token, _result in batch:
-            self._unacked.pop(job_id, None)
+        for job_id, token, _result in batch:
+            self._unacked.pop(token, None)
             if job_id in done:
                 log.info("job %s succeeded", job_id)
             else:
@@ -343,8 +384,8 @@ class Worker:
             # started) or that reported something; a job that finished before it gets none (its
             # terminal event says it all), which spares two thirds of a no-op job's event rows
             reporting = {event[0] for event in pending}
-            started = [(job_id, "started", data) for job_id, data in self._unannounced.items()
-                       if job_id in self.running or job_id in reporting]
+            started = [(job_id, "started", data) for token, (job_id, data) in self._unannounced.items()
+                       if token in self.running or job_id in reporting]
             self._unannounced.clear()
             pending = started + pending
             if not pending:
@@ -388,15 +429,16 @@ class Worker:
         elif channel == CONTROL_CHANNEL:
             action, _, raw_id = payload.partition(" ")
             if action == "cancel" and raw_id.isdigit():
-                self._cancel_running(int(raw_id))
+                for running in [r for r in self.running.values() if r.job.id == int(raw_id)]:
+                    self._cancel_running(running)
 
-    def _cancel_running(self, job_id: int, lease_lost: bool = False) -> None:
-        running = self.running.get(job_id)
-        if running is None or running.ctx.cancelled.is_set():
+    def _cancel_running(self, running: _Running, lease_lost: bool = False) -> None:
+        if running.ctx.cancelled.is_set():
             return
         running.ctx.lease_lost = lease_lost
         running.ctx.cancelled.set()
-        log.info("job %s %s; stopping it", job_id, "lost its lease" if lease_lost else "cancellation requested")
+        log.info("job %s %s; stopping it", running.job.id,
+                 "lost its lease" if lease_lost else "cancellation requested")
         spec = self.queue.registry.kinds.get(running.job.kind)
         if spec is not None and spec.is_async:
             running.task.cancel()  # async handlers stop at their next await; sync ones see ctx.cancelled
@@ -409,7 +451,8 @@ class Worker:
     async def _maintenance_loop(self) -> None:
         """Rescue and prune while this worker holds the leader lock. Its own connection: the
         session advisory lock lives on it, and a long pass never delays a heartbeat."""
-        rescuer, pruner = LeaseRescuer(self.queue.store), Pruner(self.queue.store, self.settings)
+        rescuer = LeaseRescuer(self.queue.store, self.settings.lease_seconds)
+        pruner = Pruner(self.queue.store, self.settings)
 
         async def maintain(conn: AsyncConnection) -> None:
             if not self.is_leader:
@@ -452,16 +495,22 @@ class Worker:
                     await conn.close()
 
     async def _heartbeat(self, conn: AsyncConnection) -> None:
-        running = [(r.job.id, r.job.lease_token) for r in list(self.running.values()) if r.job.lease_token]
-        held = await self.queue.heartbeat(running + list(self._unacked.items()), conn=conn)  # type: ignore[arg-type]
+        running = list(self.running.items())
+        leases = [(r.job.id, token) for token, r in running] + [(job_id, token) for token, job_id in self._unacked.items()]
+        rows = await self.queue.store.extend_leases(leases, self.settings.lease_seconds, conn) if leases else []
         await self.queue.store.touch_worker(self.worker_id, conn)
-        for job_id, _token in running:
-            if job_id not in self.running:
+        held: dict[uuid.UUID, bool] = {}
+        for _job_id, token, cancel_requested, extended in rows:
+            held[token] = cancel_requested
+            if not extended:  # the row was locked by another writer: extended on the next beat
+                self.counters["beats_skipped"] += 1
+        for token, r in running:
+            if token not in self.running:
                 continue  # finished meanwhile
-            if job_id not in held:
-                self._cancel_running(job_id, lease_lost=True)
-            elif held[job_id]:
-                self._cancel_running(job_id)
+            if token not in held:
+                self._cancel_running(r, lease_lost=True)
+            elif held[token]:
+                self._cancel_running(r)
 
 
 async def _cancel_and_wait(tasks: Sequence[asyncio.Task[Any]]) -> None:

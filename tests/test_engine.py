@@ -188,10 +188,15 @@ async def test_claim_query_uses_the_claim_index(fast_queue: Queue) -> None:
         FROM generate_series(1, 20000) AS n""")
     await fetch(queue, "ANALYZE pgqueue.jobs")
     params = {"queues": ["q0"], "limit": 10, "worker_id": "explain", "lease_seconds": 30.0, "record_started": True,
-              "async_commit": False}
+              "async_commit": False, "charged": False, "include_suspects": False}
     [(plan,)] = await fetch(queue, "EXPLAIN (FORMAT JSON) " + QUERIES["claim_jobs"].sql, params)
     assert "jobs_claim_idx" in _index_names(plan), plan
     assert ("Seq Scan", "jobs") not in _scanned_relations(plan), plan
+    # the crash-suspect statements probe their own small index
+    for name in ("claim_suspect_job", "suspects_waiting"):
+        [(plan,)] = await fetch(queue, "EXPLAIN (FORMAT JSON) " + QUERIES[name].sql, params)
+        assert "jobs_suspect_idx" in _index_names(plan), (name, plan)
+        assert ("Seq Scan", "jobs") not in _scanned_relations(plan), (name, plan)
 
 
 async def test_batch_statements_find_their_rows_by_primary_key(fast_queue: Queue) -> None:
@@ -202,14 +207,14 @@ async def test_batch_statements_find_their_rows_by_primary_key(fast_queue: Queue
     await queue.enqueue_many([("noop", {"n": n}) for n in range(2000)])
     await fetch(queue, "ANALYZE pgqueue.jobs")
     claim = {"queues": ["default"], "limit": 100, "worker_id": "explain", "lease_seconds": 30.0,
-             "record_started": False, "async_commit": False}
+             "record_started": False, "async_commit": False, "charged": False, "include_suspects": False}
     [(plan,)] = await fetch(queue, "EXPLAIN (FORMAT JSON) " + QUERIES["claim_jobs"].sql, claim)
     assert ("Seq Scan", "jobs") not in _scanned_relations(plan), plan
     jobs = await queue.claim(["default"], 100, "explain")
     items = complete_params([(job.id, job.lease_token, None) for job in jobs if job.lease_token])
     lease = {"ids": [job.id for job in jobs], "tokens": [job.lease_token for job in jobs], "lease_seconds": 30.0}
     for name, params in (("complete_jobs", items), ("extend_leases", lease), ("release_jobs", lease),
-                         ("rescue_expired_leases", {"limit": 100}),
+                         ("rescue_expired_leases", {"limit": 100, "lease_seconds": 30.0}),
                          ("prune_finished_jobs", {"older_than_seconds": 0, "statuses": ["queued"], "limit": 100})):
         [(plan,)] = await fetch(queue, "EXPLAIN (FORMAT JSON) " + QUERIES[name].sql, params)
         assert ("Seq Scan", "jobs") not in _scanned_relations(plan), (name, plan)
@@ -236,7 +241,7 @@ async def test_only_a_claim_on_its_own_transaction_skips_the_wal_flush(fast_queu
     queue = fast_queue
     await queue.enqueue_many([("noop", {"n": n}) for n in range(3)])
     params = {"queues": ["default"], "limit": 1, "worker_id": "commit-mode", "lease_seconds": 30.0,
-              "record_started": False}
+              "record_started": False, "charged": True, "include_suspects": True}
     async with await psycopg.AsyncConnection.connect(db_url) as conn:
         await conn.execute("SET synchronous_commit = on")  # (the test server runs without it)
         await conn.commit()
@@ -389,7 +394,7 @@ async def test_lease_rescuer_run_once(fast_queue: Queue) -> None:
     claimed = await queue.claim(["default"], 2, "vanished-worker", lease_seconds=0.2)
     assert {job.id for job in claimed} == {short_a, short_b}
     await queue.claim(["default"], 1, "healthy-worker", lease_seconds=60)
-    rescuer = LeaseRescuer(queue.store)
+    rescuer = LeaseRescuer(queue.store, queue.settings.lease_seconds)
 
     assert await wait_for(rescuer.run_once, timeout=10, message="the short leases to be rescued") == 2
     assert await rescuer.run_once() == 0

@@ -46,11 +46,14 @@ WHERE unique_key = ANY(%(unique_keys)s) AND status IN ('queued', 'running', 'fai
 -- One LATERAL index scan per queue (`queue = ANY(...)` would defeat the ordered scan of
 -- jobs_claim_idx and sort every runnable row); rows locked there but not kept by the outer
 -- LIMIT are only skipped by other workers until this statement's transaction ends.
+-- pgqueue's worker skips crash suspects (it runs them alone, claim_suspect_job) and claims
+-- uncharged (%(charged)s false: an expired lease of a batch is not counted, README "One bad job").
 WITH candidates AS MATERIALIZED (
     SELECT c.id FROM unnest(%(queues)s::text[]) AS q(name)
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at FROM pgqueue.jobs
         WHERE queue = q.name AND status IN ('queued', 'failed') AND run_at <= now()
+          AND (%(include_suspects)s OR NOT crash_suspect)
         ORDER BY priority DESC, run_at, id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
@@ -61,7 +64,7 @@ WITH candidates AS MATERIALIZED (
     UPDATE pgqueue.jobs AS j
     SET status = 'running', attempts = j.attempts + 1, lease_owner = %(worker_id)s,
         lease_token = gen_random_uuid(), lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-        started_at = now(), updated_at = now()
+        lease_charged = %(charged)s, started_at = now(), updated_at = now()
     WHERE j.id = ANY(ARRAY(SELECT id FROM candidates))
     RETURNING j.*
 ), started AS (
@@ -77,6 +80,43 @@ WITH candidates AS MATERIALIZED (
 )
 SELECT json_agg(claimed ORDER BY priority DESC, run_at, id)::text FROM claimed LEFT JOIN commit_mode ON true;
 
+-- name: claim_suspect_job :one
+-- Claim one crash suspect (see rescue_expired_leases) for a worker that has nothing else
+-- running and will run nothing else beside it: if it crashes its worker again, it alone is
+-- charged (lease_charged). Same JSON array form as claim_jobs.
+WITH candidate AS MATERIALIZED (
+    SELECT c.id FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at FROM pgqueue.jobs
+        WHERE queue = q.name AND crash_suspect AND status IN ('queued', 'failed') AND run_at <= now()
+        ORDER BY priority DESC, run_at, id
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    ORDER BY c.priority DESC, c.run_at, c.id
+    LIMIT 1
+), claimed AS (
+    UPDATE pgqueue.jobs AS j
+    SET status = 'running', attempts = j.attempts + 1, lease_owner = %(worker_id)s,
+        lease_token = gen_random_uuid(), lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+        lease_charged = true, started_at = now(), updated_at = now()
+    WHERE j.id = (SELECT id FROM candidate)
+    RETURNING j.*
+)
+SELECT json_agg(claimed)::text FROM claimed;
+
+-- name: suspects_waiting :one
+-- Whether a crash suspect of these queues is runnable (the worker then stops claiming, lets
+-- its running jobs finish, and runs the suspect alone). Probes the small jobs_suspect_idx.
+SELECT EXISTS (
+    SELECT 1 FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT 1 FROM pgqueue.jobs
+        WHERE queue = q.name AND crash_suspect AND status IN ('queued', 'failed') AND run_at <= now()
+        LIMIT 1
+    ) AS s
+) AS waiting;
+
 -- name: complete_jobs :many
 -- Finish a batch of jobs as succeeded; only rows whose lease token still matches are touched,
 -- so a worker whose job was rescued cannot overwrite it. Returns the ids it finished.
@@ -87,13 +127,17 @@ SELECT json_agg(claimed ORDER BY priority DESC, run_at, id)::text FROM claimed L
 -- The batch comes as one JSON array of {id, token, result}: one encode call for the worker
 -- instead of three arrays dumped element by element. `j.id = ANY(...)` makes the rows found by
 -- primary key (see claim_jobs: a join alone may scan the whole table).
+-- The rows are locked first, in id order (like every statement that locks many jobs and may
+-- wait), so two such statements can never deadlock.
 WITH input AS (
     SELECT * FROM jsonb_to_recordset(%(items)s::jsonb) AS t(id bigint, token uuid, result jsonb)
+), locked AS MATERIALIZED (
+    SELECT id FROM pgqueue.jobs WHERE id = ANY(ARRAY(SELECT id FROM input)) ORDER BY id FOR NO KEY UPDATE
 ), done AS (
     UPDATE pgqueue.jobs AS j
     SET status = 'succeeded', result = i.result, finished_at = now(), updated_at = now(),
         lease_token = NULL, lease_expires_at = NULL
-    FROM input AS i WHERE j.id = ANY(ARRAY(SELECT id FROM input)) AND j.id = i.id AND j.lease_token = i.token
+    FROM input AS i WHERE j.id = ANY(ARRAY(SELECT id FROM locked)) AND j.id = i.id AND j.lease_token = i.token
     RETURNING j.id, j.attempts
 ), events AS (
     INSERT INTO pgqueue.events (job_id, type, data)
@@ -112,7 +156,8 @@ WITH failed AS (
         run_at = CASE WHEN j.cancel_requested OR %(permanent)s OR j.attempts >= j.max_attempts THEN j.run_at
                       ELSE now() + make_interval(secs => %(retry_delay)s) END,
         finished_at = CASE WHEN j.cancel_requested OR %(permanent)s OR j.attempts >= j.max_attempts THEN now() END,
-        last_error = %(error)s, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
+        last_error = %(error)s, lease_token = NULL, lease_expires_at = NULL, updated_at = now(),
+        crash_suspect = false  -- it failed without crashing its worker: an ordinary retry
     WHERE j.id = %(id)s AND j.lease_token = %(token)s AND j.status = 'running'
     RETURNING j.*
 ), errors AS (
@@ -143,14 +188,18 @@ SELECT * FROM cancelled;
 -- name: release_jobs :many
 -- Give jobs back to the queue untouched (graceful shutdown ran out of time): the attempt
 -- did not fail, so it is not counted. A job whose cancellation was requested is cancelled.
-WITH released AS (
+-- It takes jobs away from their handlers, so it locks them FOR UPDATE (in id order): that waits
+-- for a handler's ctx.transaction() (FOR KEY SHARE, see lease_held) to end first.
+WITH locked AS MATERIALIZED (
+    SELECT id FROM pgqueue.jobs WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id FOR UPDATE
+), released AS (
     UPDATE pgqueue.jobs AS j
     SET status = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'queued' END,
         attempts = CASE WHEN j.cancel_requested THEN j.attempts ELSE greatest(j.attempts - 1, 0) END,
         finished_at = CASE WHEN j.cancel_requested THEN now() END,
         run_at = now(), updated_at = now(), lease_token = NULL, lease_expires_at = NULL
     FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS i(id, token)
-    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = i.id AND j.lease_token = i.token
+    WHERE j.id = ANY(ARRAY(SELECT id FROM locked)) AND j.id = i.id AND j.lease_token = i.token
     RETURNING j.id, j.status
 ), events AS (
     INSERT INTO pgqueue.events (job_id, type, data)
@@ -159,47 +208,80 @@ WITH released AS (
 SELECT id FROM released;
 
 -- name: extend_leases :many
--- Heartbeat: push the lease of each job this worker holds; returns the ones still held
--- (a missing id means the lease was lost) and whether cancellation was requested.
-UPDATE pgqueue.jobs AS j
-SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
-FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS i(id, token)
-WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = i.id AND j.lease_token = i.token
-RETURNING j.id, j.cancel_requested;
+-- Heartbeat: push the lease of each job this worker holds. Returns one row per lease still held
+-- (a missing one was lost): its token, whether cancellation was requested, and whether it was
+-- extended. It never waits for a lock: a row locked by someone else's UPDATE or FOR UPDATE is
+-- skipped (held, not extended: the next beat tries again); a handler's ctx.transaction() holds
+-- only FOR KEY SHARE (lease_held), which does not conflict with this UPDATE's FOR NO KEY UPDATE.
+-- The expiry counts from clock_timestamp(), when the row is written, not from the statement's start.
+WITH held AS (
+    SELECT j.id, j.lease_token, j.cancel_requested
+    FROM pgqueue.jobs AS j JOIN unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS i(id, token)
+         ON j.id = i.id AND j.lease_token = i.token
+    WHERE j.id = ANY(%(ids)s::bigint[])
+), locked AS MATERIALIZED (
+    SELECT id FROM pgqueue.jobs WHERE id = ANY(ARRAY(SELECT id FROM held)) ORDER BY id
+    FOR NO KEY UPDATE SKIP LOCKED
+), extended AS (
+    UPDATE pgqueue.jobs AS j
+    SET lease_expires_at = clock_timestamp() + make_interval(secs => %(lease_seconds)s)
+    FROM held AS h
+    WHERE j.id = ANY(ARRAY(SELECT id FROM locked)) AND j.id = h.id AND j.lease_token = h.lease_token
+    RETURNING j.id
+)
+SELECT h.id, h.lease_token, h.cancel_requested, e.id IS NOT NULL AS extended
+FROM held AS h LEFT JOIN extended AS e ON e.id = h.id;
 
 -- name: lease_held :one
 -- Whether a lease is still the caller's; locks the job row until the caller's transaction ends,
--- so a checkpoint and the work it covers commit only while the lease is held.
+-- so a checkpoint and the work it covers commit only while the lease is held. FOR KEY SHARE:
+-- it conflicts only with FOR UPDATE, which whoever takes the job away takes (the rescuer, a
+-- release), so they wait for (or skip) this transaction, while the heartbeat's UPDATE
+-- (FOR NO KEY UPDATE) passes: a handler's transaction never holds up its worker's heartbeat.
 SELECT cancel_requested FROM pgqueue.jobs
 WHERE id = %(id)s AND lease_token = %(token)s AND status = 'running'
-FOR NO KEY UPDATE;
+FOR KEY SHARE;
 
 -- name: rescue_expired_leases :many
--- Jobs whose worker stopped heartbeating (killed, partitioned): count the attempt and make
--- them runnable at once, or dead when out of attempts, or cancelled when that was asked for.
+-- Jobs whose worker stopped heartbeating (killed, partitioned) become runnable at once, or
+-- cancelled when that was asked for. A charged lease (lease_charged: the job ran alone, or an
+-- HTTP worker claimed it) counts as a failed attempt and may end the job dead; an uncharged one
+-- (a batch of pgqueue's worker: which job crashed it cannot be told) gives the attempt back and
+-- marks the job a crash suspect, which the worker then runs alone (README, "One bad job").
+-- Only while the server has been up for longer than a lease (%(lease_seconds)s): after an
+-- outage, live workers first get the time to reconnect and re-assert their leases.
+-- FOR UPDATE SKIP LOCKED: a job whose handler is inside ctx.transaction() (FOR KEY SHARE) is
+-- skipped until that transaction ends, and the rescue never waits for anyone.
 WITH expired AS MATERIALIZED (
     SELECT id FROM pgqueue.jobs
     WHERE status = 'running' AND lease_expires_at < now()
+      AND pg_postmaster_start_time() < now() - make_interval(secs => %(lease_seconds)s)
     ORDER BY lease_expires_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), rescued AS (
     UPDATE pgqueue.jobs AS j
     SET status = CASE WHEN j.cancel_requested THEN 'cancelled'
-                      WHEN j.attempts >= j.max_attempts THEN 'dead' ELSE 'failed' END,
+                      WHEN j.lease_charged AND j.attempts >= j.max_attempts THEN 'dead' ELSE 'failed' END,
+        attempts = CASE WHEN j.lease_charged OR j.cancel_requested THEN j.attempts ELSE j.attempts - 1 END,
+        crash_suspect = NOT j.cancel_requested,
         run_at = now(),
-        finished_at = CASE WHEN j.cancel_requested OR j.attempts >= j.max_attempts THEN now() END,
-        last_error = 'lease expired: worker ' || coalesce(j.lease_owner, '?') || ' stopped heartbeating',
+        finished_at = CASE WHEN j.cancel_requested OR (j.lease_charged AND j.attempts >= j.max_attempts)
+                           THEN now() END,
+        last_error = 'lease expired: worker ' || coalesce(j.lease_owner, '?') || ' stopped heartbeating'
+                     || CASE WHEN j.lease_charged OR j.cancel_requested THEN ''
+                             ELSE ' (attempt not counted: it ran beside other jobs; it runs alone next)' END,
         lease_token = NULL, lease_expires_at = NULL, updated_at = now()
     WHERE j.id = ANY(ARRAY(SELECT id FROM expired))
-    RETURNING j.*
+    RETURNING j.*,
+              j.attempts + CASE WHEN j.lease_charged OR j.cancel_requested THEN 0 ELSE 1 END AS run_attempt
 ), errors AS (
     INSERT INTO pgqueue.job_errors (job_id, attempt, worker_id, error)
-    SELECT id, attempts, lease_owner, last_error FROM rescued
+    SELECT id, run_attempt, lease_owner, last_error FROM rescued
 ), events AS (
     INSERT INTO pgqueue.events (job_id, type, data)
     SELECT id, CASE status WHEN 'failed' THEN 'rescued' ELSE status END,
-           jsonb_build_object('attempt', attempts, 'error', last_error)
+           jsonb_build_object('attempt', run_attempt, 'error', last_error, 'counted', lease_charged)
     FROM rescued
 )
 SELECT id, status, lease_owner FROM rescued;
@@ -224,8 +306,9 @@ WHERE id IN (SELECT id FROM pgqueue.events WHERE created_at < now() - make_inter
 RETURNING id;
 
 -- name: prune_workers :many
--- Forget workers that stopped heartbeating long ago.
-DELETE FROM pgqueue.workers WHERE heartbeat_at < now() - make_interval(secs => %(older_than_seconds)s)
+-- Forget workers silent for 10 of their own heartbeats, and at least older_than_seconds.
+DELETE FROM pgqueue.workers
+WHERE heartbeat_at < now() - make_interval(secs => greatest(10 * heartbeat_seconds, %(older_than_seconds)s))
 RETURNING id;
 
 -- name: get_job :one
@@ -263,7 +346,7 @@ SELECT flagged.* FROM flagged, (SELECT count(*) FROM wake) AS w;
 WITH redriven AS (
     UPDATE pgqueue.jobs
     SET status = 'queued', attempts = 0, run_at = now(), finished_at = NULL, cancel_requested = false,
-        updated_at = now()
+        crash_suspect = false, updated_at = now()
     WHERE id = %(id)s AND status IN ('dead', 'failed')
     RETURNING *
 ), events AS (
@@ -330,9 +413,10 @@ INSERT INTO pgqueue.checkpoints (job_id, state) VALUES (%(job_id)s, %(state)s)
 ON CONFLICT (job_id) DO UPDATE SET state = excluded.state, updated_at = now();
 
 -- name: register_worker :none
-INSERT INTO pgqueue.workers (id, hostname, pid, queues, concurrency)
-VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s, %(concurrency)s)
-ON CONFLICT (id) DO UPDATE SET heartbeat_at = now();
+-- heartbeat_seconds: how often this worker touches its row (pgqueue.worker_status's `alive`).
+INSERT INTO pgqueue.workers (id, hostname, pid, queues, concurrency, heartbeat_seconds)
+VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s, %(concurrency)s, %(heartbeat_seconds)s)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), heartbeat_seconds = EXCLUDED.heartbeat_seconds;
 
 -- name: touch_worker :none
 UPDATE pgqueue.workers SET heartbeat_at = now() WHERE id = %(id)s;
@@ -373,3 +457,30 @@ SELECT to_regclass('_yoyo_migration') IS NOT NULL AS exists;
 -- name: applied_migrations :many
 -- The migrations yoyo has applied here: workers and /readyz compare them with schema/.
 SELECT migration_id FROM _yoyo_migration;
+
+-- name: bury_undecodable_jobs :many
+-- Claimed jobs whose row the engine cannot read back (a run_at before year 1 written by raw
+-- SQL, a jsonb number no float holds): dead at once with the reason, so no worker runs them or
+-- chokes on them. Matched on (id, lease_token) like the other lease statements; recorded like
+-- fail_job records a death (a job_errors row and a 'dead' event). A run_at a session could show
+-- outside years 1-9999 (the bounds enqueue keeps, pgqueue/registry.py) becomes now(), the
+-- reason keeping the original, so the row can still be read, re-driven or deleted.
+WITH input AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(reasons)s::text[]) AS t(id, token, reason)
+), buried AS (
+    UPDATE pgqueue.jobs AS j
+    SET status = 'dead', finished_at = now(), updated_at = now(), last_error = i.reason,
+        lease_token = NULL, lease_expires_at = NULL,
+        run_at = CASE WHEN j.run_at < '0001-01-02 00:00:00+00' OR j.run_at > '9999-12-30 00:00:00+00' THEN now()
+                      ELSE j.run_at END
+    FROM input AS i WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = i.id AND j.lease_token = i.token
+    RETURNING j.id, j.attempts, j.lease_owner, j.last_error
+), errors AS (
+    INSERT INTO pgqueue.job_errors (job_id, attempt, worker_id, error)
+    SELECT id, attempts, lease_owner, last_error FROM buried
+), events AS (
+    INSERT INTO pgqueue.events (job_id, type, data)
+    SELECT id, 'dead', jsonb_build_object('attempt', attempts, 'error', left(last_error, 500), 'retry_at', NULL)
+    FROM buried ORDER BY id
+)
+SELECT id FROM buried;
