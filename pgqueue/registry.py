@@ -18,7 +18,7 @@ import random
 import re
 import typing
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -31,11 +31,12 @@ Handler = Callable[..., Any]
 # How deeply arrays and objects may nest in a payload: the REST layer's limit for a whole body
 # (app/api.py MAX_JSON_DEPTH), far below where msgspec and Python give up with a RecursionError.
 MAX_PAYLOAD_DEPTH = 128
-# The instants a job may be scheduled at: a day inside years 1-9999, so the instant still falls in
-# those years in whatever time zone a session shows it (Python's datetime holds no year 0 or
-# 10000, and a worker must be able to read every row it claims).
-EARLIEST_RUN_AT = datetime(1, 1, 2, tzinfo=UTC)
-LATEST_RUN_AT = datetime(9999, 12, 30, tzinfo=UTC)
+# The instants a job may be scheduled at: years 1-9999 in UTC. Postgres stores far more, but
+# Python's datetime holds no year 0 or 10000, and a worker must be able to read every row it claims.
+EARLIEST_RUN_AT = datetime.min.replace(tzinfo=UTC)
+LATEST_RUN_AT = datetime.max.replace(tzinfo=UTC)
+# a delay is added to the database's clock, not ours
+_CLOCK_SKEW_MARGIN = timedelta(days=1)
 NUL_MESSAGE = "must not contain the NUL character (\\u0000): PostgreSQL text and jsonb cannot store it"
 _encode_json = msgspec.json.Encoder().encode
 
@@ -110,11 +111,24 @@ def encode_payload(payload: Any, field: str = "payload") -> tuple[str | None, li
         return None, [_too_deep(field)]
     except (TypeError, ValueError) as exc:
         return None, [{"field": field, "message": f"not JSON-serialisable: {exc}"}]
-    if encoded.count(b"[") + encoded.count(b"{") > MAX_PAYLOAD_DEPTH and _depth(payload) > MAX_PAYLOAD_DEPTH:
-        return None, [_too_deep(field)]
-    if (b"\\u0000" in encoded or b"null" in encoded) and (error := _unstorable_value(payload, field)):
+    if error := _payload_problem(encoded, payload, field, suspect=True):
         return None, [error]
     return encoded.decode(), []
+
+
+# Nesting deeper than MAX_PAYLOAD_DEPTH takes more brackets than this many bytes hold.
+_SHORT_ENOUGH_FOR_ANY_DEPTH = 2 * MAX_PAYLOAD_DEPTH
+
+
+def _payload_problem(encoded: bytes, payload: Any, field: str, *, suspect: bool) -> dict[str, str] | None:
+    """Too deep, or a NUL, NaN or Infinity in it (looked for only when ``suspect``: a batch
+    whose joined JSON has no escaped NUL and no null holds none)."""
+    if (len(encoded) > _SHORT_ENOUGH_FOR_ANY_DEPTH and encoded.count(b"[") + encoded.count(b"{") > MAX_PAYLOAD_DEPTH
+            and _depth(payload) > MAX_PAYLOAD_DEPTH):
+        return _too_deep(field)
+    if suspect and (b"\\u0000" in encoded or b"null" in encoded):
+        return _unstorable_value(payload, field)
+    return None
 
 
 def _too_deep(field: str) -> dict[str, str]:
@@ -161,14 +175,13 @@ def validate_schedule(run_at: datetime | None, delay: float | None) -> list[dict
     if delay is not None:
         if isinstance(delay, bool) or not isinstance(delay, int | float) or not math.isfinite(delay) or delay < 0:
             errors.append({"field": "delay", "message": "must be a finite number of seconds >= 0"})
-        elif delay > (LATEST_RUN_AT - datetime.now(UTC)).total_seconds():
-            errors.append({"field": "delay", "message": f"puts the job after {LATEST_RUN_AT:%Y-%m-%d} UTC"})
+        elif delay > (LATEST_RUN_AT - _CLOCK_SKEW_MARGIN - datetime.now(UTC)).total_seconds():
+            errors.append({"field": "delay", "message": "puts the job after the year 9999"})
     if run_at is not None:
         if not isinstance(run_at, datetime) or run_at.utcoffset() is None:
             errors.append({"field": "run_at", "message": "must be a timezone-aware datetime"})
         elif not EARLIEST_RUN_AT <= run_at <= LATEST_RUN_AT:
-            errors.append({"field": "run_at", "message": f"must be from {EARLIEST_RUN_AT:%Y-%m-%d} to "
-                                                         f"{LATEST_RUN_AT:%Y-%m-%d} UTC"})
+            errors.append({"field": "run_at", "message": "must be within the years 1-9999 in UTC"})
     return errors
 
 
@@ -250,19 +263,23 @@ class JobRegistry:
         call (bulk enqueue spends most of its Python time here); the first bad payload is
         reported exactly as ``build`` would."""
         spec = self.get(kind)
-        if spec.payload_type is not Any:
-            try:
+        try:
+            if spec.payload_type is not Any:
                 payloads = msgspec.to_builtins(msgspec.convert(payloads, list[spec.payload_type], strict=False))  # type: ignore[name-defined]
-            except (msgspec.ValidationError, RecursionError):
-                return [self.build(kind, payload) for payload in payloads]
-        jobs = []
-        for payload in payloads:
-            payload_json, errors = encode_payload(payload)
-            if errors:
-                raise InvalidPayload(errors)
-            jobs.append(NewJob(queue=spec.queue, kind=kind, payload=payload, priority=spec.priority,
-                               max_attempts=spec.max_attempts, payload_json=payload_json))
-        return jobs
+            texts = [_encode_json(payload) for payload in payloads]
+        except (msgspec.ValidationError, TypeError, ValueError, RecursionError):
+            return [self.build(kind, payload) for payload in payloads]
+        # one scan of the whole batch for an escaped NUL or a null (NaN); per payload only a length
+        # check for depth, unless the batch scan found something
+        joined = b"".join(texts)
+        suspect = b"\\u0000" in joined or b"null" in joined
+        if suspect or max(map(len, texts), default=0) > _SHORT_ENOUGH_FOR_ANY_DEPTH:
+            for payload, text in zip(payloads, texts, strict=True):
+                if error := _payload_problem(text, payload, "payload", suspect=suspect):
+                    raise InvalidPayload([error])
+        return [NewJob(queue=spec.queue, kind=kind, payload=payload, priority=spec.priority,
+                       max_attempts=spec.max_attempts, payload_json=text.decode())
+                for payload, text in zip(payloads, texts, strict=True)]
 
     def build(self, kind: str, payload: Any, *, priority: int | None = None, queue: str | None = None,
               run_at: datetime | None = None, delay: float | None = None, max_attempts: int | None = None,

@@ -462,9 +462,9 @@ SELECT migration_id FROM _yoyo_migration;
 -- Claimed jobs whose row the engine cannot read back (a run_at before year 1 written by raw
 -- SQL, a jsonb number no float holds): dead at once with the reason, so no worker runs them or
 -- chokes on them. Matched on (id, lease_token) like the other lease statements; recorded like
--- fail_job records a death (a job_errors row and a 'dead' event). A run_at a session could show
--- outside years 1-9999 (the bounds enqueue keeps, pgqueue/registry.py) becomes now(), the
--- reason keeping the original, so the row can still be read, re-driven or deleted.
+-- fail_job records a death (a job_errors row and a 'dead' event). A run_at a session may show
+-- outside years 1-9999 (enqueue keeps them in UTC; a day of margin for the session's time zone)
+-- becomes now(), the reason keeping the original, so the row can still be read, re-driven, deleted.
 WITH input AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(reasons)s::text[]) AS t(id, token, reason)
 ), buried AS (
