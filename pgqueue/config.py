@@ -86,6 +86,8 @@ def check_engine_settings(settings: Settings) -> None:
     check_seconds("PGQUEUE_HEARTBEAT_SECONDS", settings.heartbeat_seconds, MIN_HEARTBEAT_SECONDS)
     check_seconds("PGQUEUE_POLL_SECONDS", settings.poll_seconds, MIN_INTERVAL_SECONDS)
     check_seconds("PGQUEUE_MAINTENANCE_SECONDS", settings.maintenance_seconds, MIN_INTERVAL_SECONDS)
+    if isinstance(settings.max_payload_bytes, bool) or settings.max_payload_bytes < 1:
+        raise ConfigError(f"PGQUEUE_MAX_PAYLOAD_BYTES must be an integer >= 1, got {settings.max_payload_bytes!r}")
     for field in ("keep_succeeded_seconds", "keep_failed_seconds", "keep_events_seconds"):
         check_seconds(f"PGQUEUE_{field.upper()}", getattr(settings, field), 0.0)
     if settings.heartbeat_seconds * HEARTBEATS_PER_LEASE > settings.lease_seconds:

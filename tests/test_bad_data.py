@@ -17,6 +17,7 @@ import pytest
 from pgqueue import InvalidPayload, SyncQueue
 from pgqueue.__main__ import main
 from pgqueue.config import Settings
+from pgqueue.errors import ConfigError
 from pgqueue.queue import Queue
 from tests.engine_fixtures import fetch, open_fast_queue, running_worker, wait_for_status
 from tests.jobs import jobs
@@ -81,6 +82,15 @@ async def test_a_worker_buries_unreadable_rows_and_runs_the_rest(fast_queue: Que
             await wait_for_status(queue, job_id, "succeeded")
     for name, job_id in bad.items():
         await assert_buried(queue, job_id, "BC" if name == "before year 1" else "out of range")
+
+
+def test_the_payload_limit_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGQUEUE_MAX_PAYLOAD_BYTES", "2048")
+    assert Settings.from_env().max_payload_bytes == 2048
+    assert SyncQueue("postgresql://nobody@127.0.0.1:1/none", jobs).settings.max_payload_bytes == 2048
+    monkeypatch.setenv("PGQUEUE_MAX_PAYLOAD_BYTES", "0")
+    with pytest.raises(ConfigError, match="PGQUEUE_MAX_PAYLOAD_BYTES"):
+        Settings.from_env()
 
 
 def test_sync_queue_refuses_bad_input_before_connecting() -> None:
