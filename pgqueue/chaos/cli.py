@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pgqueue.errors import ConfigError
+
 DEFAULT_OUTPUT = "chaos-results.json"
 
 
@@ -32,15 +34,15 @@ def say(message: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pgqueue.chaos.harness import ChaosError, prepare_database
+    from pgqueue.chaos.harness import prepare_database
     from pgqueue.chaos.scenarios import SCENARIOS, run_scenario
     from pgqueue.chaos.server import ChaosServer
 
     names = list(SCENARIOS) if args.scenarios == "all" else [n.strip() for n in args.scenarios.split(",") if n.strip()]
     if unknown := [name for name in names if name not in SCENARIOS]:
-        raise ChaosError(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+        raise ConfigError(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
     if args.scale <= 0:
-        raise ChaosError("--scale must be positive")
+        raise ConfigError("--scale must be positive")
     server = None
     url = args.database_url
     if url:

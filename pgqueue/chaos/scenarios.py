@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from pgqueue.chaos.fleet import WorkerTimings
-from pgqueue.chaos.harness import Params, Run, connect
+from pgqueue.chaos.harness import Params, Progress, Run, connect
 from pgqueue.chaos.jobs import POISON, SLOW_TX, WORK
 from pgqueue.chaos.server import ChaosServer
 from pgqueue.chaos.sql import CHAOS_QUERIES
@@ -72,7 +72,15 @@ def outage(run: Run) -> None:
     run.start_fleet()
     run.enqueue(run.work_items(p.jobs, after=p.work_after))
     slots = min(p.workers * p.concurrency, p.jobs)
-    run.wait(lambda progress: progress.running >= slots, p.settle_timeout, "every slot to be busy")
+
+    def busy_past_side_effect(progress: Progress) -> bool:
+        """Every slot busy with a job that has done its side effect (and now works on, `after`)."""
+        if progress.running < slots:
+            return False
+        running = sorted(run.probe.ids("running_jobs"))
+        return len(run.probe.ids("jobs_with_side_effect", {"ids": running})) >= slots
+
+    run.wait(busy_past_side_effect, p.settle_timeout, "every slot busy past its side effect")
     fault = run.begin_fault("outage -m immediate")
     past_side_effect = run.probe.ids("jobs_with_side_effect", {"ids": sorted(fault.in_flight)})
     run.server.stop("immediate")
