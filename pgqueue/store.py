@@ -357,8 +357,6 @@ class Store:
                   "heartbeat_seconds": heartbeat_seconds}
         await self._many("register_worker", params, conn)
 
-    async def touch_worker(self, worker_id: str, conn: AsyncConnection | None = None) -> None:
-        await self._many("touch_worker", {"id": worker_id}, conn)
 
     async def unregister_worker(self, worker_id: str, conn: AsyncConnection | None = None) -> None:
         await self._many("unregister_worker", {"id": worker_id}, conn)

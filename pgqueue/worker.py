@@ -32,10 +32,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
+from pgqueue.config import check_concurrency
 from pgqueue.context import EventBuffer, JobContext, run_handler, settle_outcome
 from pgqueue.db import CONNECTION_ERRORS, AsyncConnection, connect
 from pgqueue.errors import LeaseLost
 from pgqueue.maintenance import LeaseRescuer, Pruner
+from pgqueue.migrate import check_schema
 from pgqueue.models import Job
 from pgqueue.queue import Queue
 
@@ -65,8 +67,6 @@ class Worker:
                  maintenance_interval: float | None = None, worker_id: str | None = None) -> None:
         self.queue = queue
         self.queues = list(queues)
-        from pgqueue.config import check_concurrency
-
         self.concurrency = check_concurrency(concurrency)  # 0 slots is a ConfigError, not silently 1
         self.url: str = url or queue.settings.database_url or str(queue.pool.conninfo)
         self.settings = queue.settings
@@ -140,19 +140,22 @@ class Worker:
     async def _register(self) -> None:
         """Check the schema (SchemaNotMigrated when missing or behind) and record this worker,
         retrying while the database is unreachable."""
-        from pgqueue.migrate import check_schema
-
         delay = 0.5
         while not self.stopping.is_set():
             try:
                 await check_schema(self.queue.store)
-                await self.queue.store.register_worker(self.worker_id, socket.gethostname(), os.getpid(), self.queues,
-                                                       self.concurrency, self.settings.heartbeat_seconds)
+                await self._record_worker()
                 return
             except CONNECTION_ERRORS as exc:
                 log.warning("database unavailable at start (%s); retrying in %.1fs", exc, delay)
                 await self._sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _record_worker(self, conn: AsyncConnection | None = None) -> None:
+        """Write this worker's row (an upsert: after a pause past the pruning horizon, the next
+        heartbeat puts back the row the pruner removed)."""
+        await self.queue.store.register_worker(self.worker_id, socket.gethostname(), os.getpid(), self.queues,
+                                               self.concurrency, self.settings.heartbeat_seconds, conn)
 
     async def _drain(self) -> None:
         """Graceful shutdown: wait for running jobs, then release what did not finish."""
@@ -498,7 +501,7 @@ class Worker:
         running = list(self.running.items())
         leases = [(r.job.id, token) for token, r in running] + [(job_id, token) for token, job_id in self._unacked.items()]
         rows = await self.queue.store.extend_leases(leases, self.settings.lease_seconds, conn) if leases else []
-        await self.queue.store.touch_worker(self.worker_id, conn)
+        await self._record_worker(conn)
         held: dict[uuid.UUID, bool] = {}
         for _job_id, token, cancel_requested, extended in rows:
             held[token] = cancel_requested

@@ -418,9 +418,6 @@ INSERT INTO pgqueue.workers (id, hostname, pid, queues, concurrency, heartbeat_s
 VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s, %(concurrency)s, %(heartbeat_seconds)s)
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), heartbeat_seconds = EXCLUDED.heartbeat_seconds;
 
--- name: touch_worker :none
-UPDATE pgqueue.workers SET heartbeat_at = now() WHERE id = %(id)s;
-
 -- name: unregister_worker :none
 DELETE FROM pgqueue.workers WHERE id = %(id)s;
 
