@@ -77,12 +77,12 @@ def test_postgres_restart_fast_mid_drain(chaos_db, server):
 
 
 def test_outage_longer_than_the_lease_keeps_the_results_finished_during_it(chaos_db, server):
-    report = run("outage", chaos_db, server, jobs=60, workers=2, concurrency=10, work_after=1.0,
+    report = run("outage", chaos_db, server, jobs=80, workers=4, concurrency=5, work_after=1.0,
                  fault_seconds=LEASE_SECONDS * 2)
     assert report["faults"][0]["in_flight"] == 20, "every slot busy when the server went down"
     assert report["outage"]["in_flight_past_side_effect"] > 0
     assert report["outage"]["of_those_run_again"] == 0, "work finished during the outage was thrown away and re-run"
-    assert report["succeeded"] == 60
+    assert report["succeeded"] == 80
     assert_came_through(report)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from pgqueue.chaos.fleet import WorkerTimings
 from pgqueue.chaos.harness import Params, Progress, Run, connect
-from pgqueue.chaos.jobs import POISON, SLOW_TX, WORK
+from pgqueue.chaos.jobs import POISON, SLOW_TX
 from pgqueue.chaos.server import ChaosServer
 from pgqueue.chaos.sql import CHAOS_QUERIES
 from pgqueue.db import CONNECTION_ERRORS, Connection
@@ -71,7 +71,8 @@ def outage(run: Run) -> None:
     assert run.server is not None
     run.start_fleet()
     run.enqueue(run.work_items(p.jobs, after=p.work_after))
-    slots = min(p.workers * p.concurrency, p.jobs)
+    run.wait_for_share(0.25)
+    slots = min(p.workers * p.concurrency, p.jobs - len(run.ids) // 4)
 
     def busy_past_side_effect(progress: Progress) -> bool:
         """Every slot busy with a job that has done its side effect (and now works on, `after`)."""
@@ -153,13 +154,9 @@ def slow_tx(run: Run) -> None:
     their heartbeats must still go through; no live worker may lose a job to the rescuer."""
     p = run.params
     run.start_fleet()
-    every = max(1, p.jobs // max(1, p.slow_jobs))  # the slow jobs spread evenly among the short ones
-    items: list[tuple[str, Any]] = []
-    for index in range(p.jobs):
-        if index % every == 0 and len(items) - index < p.slow_jobs:
-            items.append((SLOW_TX, {"hold": p.hold}))
-        items.append((WORK, {}))
-    run.enqueue(items)
+    # the slow jobs first: claimed together, they hold every slot (and queue for the pool's
+    # connections) while the heartbeat has to extend all their leases; the short jobs follow
+    run.enqueue([(SLOW_TX, {"hold": p.hold})] * p.slow_jobs + run.work_items(p.jobs))
     run.wait_settled()
 
 
@@ -226,15 +223,16 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              lambda k: Params(jobs=_jobs(40_000, k), fault_every=_scaled(3, k, 0.5), fault_seconds=_scaled(30, k, 2))),
     Scenario("restart_fast", "pg_ctl restart -m fast a third of the way through 20,000 jobs", restart_fast,
              lambda k: Params(jobs=_jobs(20_000, k)), needs_server=True),
-    Scenario("outage", "crash (-m immediate), down 10 s with a 5 s lease, every slot busy", outage,
-             lambda k: Params(jobs=_jobs(400, k, 40), work_after=2.0, fault_seconds=_scaled(10, k, 3)),
+    Scenario("outage", "crash (-m immediate), down 10 s with a 5 s lease, every slot of 4 workers busy", outage,
+             lambda k: Params(jobs=_jobs(400, k, 40), workers=4, concurrency=10, work_after=2.0,
+                              fault_seconds=_scaled(10, k, 3)),
              needs_server=True),
     Scenario("terminate", "pg_terminate_backend of every pgqueue session, twice, during 20,000 jobs", terminate,
              lambda k: Params(jobs=_jobs(20_000, k))),
     Scenario("xmin_pin", "an idle transaction pins xmin for 120 s during 300,000 jobs", xmin_pin,
              lambda k: Params(jobs=_jobs(300_000, k), fault_seconds=_scaled(120, k, 2),
                               bucket_seconds=_scaled(10, k, 1), settle_timeout=600)),
-    Scenario("slow_tx", "50 jobs hold ctx.transaction() for 2 s among 2,000 short ones (lease 5 s, heartbeat 1 s)",
+    Scenario("slow_tx", "50 jobs hold ctx.transaction() for 2 s, then 2,000 short ones (lease 5 s, heartbeat 1 s)",
              slow_tx, lambda k: Params(jobs=_jobs(2_000, k), workers=1, concurrency=50, slow_jobs=50, hold=2.0)),
     Scenario("poison", "a job that kills its worker (os._exit) on every attempt, among 2,000", poison,
              lambda k: Params(jobs=_jobs(2_000, k), workers=1, concurrency=10)),
