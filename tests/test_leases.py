@@ -310,3 +310,43 @@ async def test_heartbeat_extends_from_the_moment_it_writes(lease_queue: Queue, d
     expires = await expiry(queue, job.id)
     assert (expires - started).total_seconds() >= 10.3
 
+
+
+async def test_heartbeats_completions_and_releases_on_shared_rows_never_deadlock(lease_queue: Queue,
+                                                                                  db_url: str) -> None:
+    """Issue 8 #3: the heartbeat and batched completions updated many rows in no fixed order
+    and deadlocked under load. Every multi-row statement now locks in id order (or skips what
+    is locked): hammer overlapping sets, given in random orders, from several connections."""
+    import random
+
+    queue = lease_queue
+    await queue.enqueue_many([("noop", {}) for _ in range(300)])
+    claimed = await queue.claim(["default"], 300, "w1")
+    leases = [(job.id, job.lease_token) for job in claimed if job.lease_token]
+    rng = random.Random(8)
+    finish = leases[:]
+    rng.shuffle(finish)
+    to_complete, to_release = finish[:150], finish[150:]
+
+    async def beat(rounds: int) -> None:
+        async with await other_connection(db_url) as conn:
+            for _ in range(rounds):
+                batch = leases[:]
+                rng.shuffle(batch)
+                await queue.store.extend_leases(batch, 60, conn)
+
+    async def complete(items: list[Any]) -> None:
+        for start in range(0, len(items), 25):
+            chunk = items[start:start + 25]
+            rng.shuffle(chunk)
+            await queue.store.complete_jobs([(job_id, token, None) for job_id, token in chunk])
+
+    async def release(items: list[Any]) -> None:
+        for start in range(0, len(items), 25):
+            chunk = items[start:start + 25]
+            rng.shuffle(chunk)
+            await queue.release(chunk)
+
+    await asyncio.gather(beat(30), beat(30), beat(30), complete(to_complete), release(to_release))
+    counts = dict(await fetch(queue, "SELECT status, count(*) FROM pgqueue.jobs GROUP BY status"))
+    assert counts == {"succeeded": 150, "queued": 150}
