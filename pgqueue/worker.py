@@ -209,6 +209,8 @@ class Worker:
             self._wake.clear()
             try:
                 if isolating:
+                    # should the suspect crash this process, nothing finished may go down with it
+                    await self._flush_completions()
                     jobs = await self.queue.store.claim_suspect_job(self.queues, self.worker_id,
                                                                     self.settings.lease_seconds)
                     if jobs:
@@ -310,6 +312,8 @@ class Worker:
                 return
             spec = self.queue.registry.kinds.get(job.kind)
             delay = spec.retry_delay(job.attempts) if spec else None  # None: the engine's default backoff
+            if ctx.retry_delay is not None:  # the handler raised RetryAfter
+                delay = ctx.retry_delay
             failed = await self.queue.fail(job.id, job.lease_token, str(value), retry_delay=delay,
                                            permanent=outcome == "dead")
         except LeaseLost:
