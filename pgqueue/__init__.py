@@ -11,6 +11,7 @@ from pgqueue.errors import (
     LeaseLost,
     PermanentFailure,
     PgQueueError,
+    RetryAfter,
     UnknownKind,
 )
 from pgqueue.memory import MemoryQueue
@@ -37,6 +38,7 @@ __all__ = [
     "PgQueueError",
     "Queue",
     "QueueBackend",
+    "RetryAfter",
     "SyncQueue",
     "UnknownKind",
 ]

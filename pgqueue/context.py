@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from pgqueue.errors import JobCancelled, LeaseLost, PermanentFailure, UnknownKind
+from pgqueue.errors import JobCancelled, LeaseLost, PermanentFailure, RetryAfter, UnknownKind
 from pgqueue.models import Job
 
 if TYPE_CHECKING:
@@ -97,6 +97,8 @@ class JobContext:
         self.queue = queue
         self._cancelled: threading.Event | None = None
         self.lease_lost = False
+        # set by run_handler when the handler raised RetryAfter: the delay its failure asks for
+        self.retry_delay: float | None = None
         self._events = events
         self._loop = loop
 
@@ -164,7 +166,7 @@ async def run_handler(ctx: JobContext, executor: Executor | None = None) -> tupl
     """Run the job's handler (async on this loop, sync in ``executor``) and say how it ended.
 
     Returns ("succeeded", result), ("failed", traceback), ("dead", reason), ("cancelled", None)
-    or ("lease_lost", None). Shared by the worker and the in-memory backend so both map a
+    or ("lease_lost", None); a RetryAfter is ("failed", its message) with ``ctx.retry_delay`` set. Shared by the worker and the in-memory backend so both map a
     handler's ending the same way. An asyncio cancellation of the caller propagates.
     """
     job = ctx.job
@@ -186,6 +188,9 @@ async def run_handler(ctx: JobContext, executor: Executor | None = None) -> tupl
         return "lease_lost", None
     except (PermanentFailure, UnknownKind, msgspec.ValidationError) as exc:
         return settle_outcome(ctx, "dead", f"{type(exc).__name__}: {exc}")
+    except RetryAfter as exc:
+        ctx.retry_delay = exc.seconds  # the worker retries after this, not after the kind's backoff
+        return settle_outcome(ctx, "failed", f"RetryAfter: {exc}")
     except Exception:
         return settle_outcome(ctx, "failed", traceback.format_exc(limit=20)[-8000:])
     return settle_outcome(ctx, "succeeded", result)

@@ -67,6 +67,17 @@ class PermanentFailure(PgQueueError):
     """Raise from a handler to fail the job now, without further retries (it goes dead)."""
 
 
+class RetryAfter(PgQueueError):
+    """Raise from a handler to fail this attempt and retry in ``seconds`` (not the kind's backoff):
+    e.g. an HTTP 429 with ``Retry-After``. The attempt counts; past max_attempts the job is dead."""
+
+    def __init__(self, seconds: float, message: str = "") -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds <= 365 * 86400:
+            raise ValueError(f"RetryAfter needs a number of seconds from 0 to one year, got {seconds!r}")
+        self.seconds = float(seconds)
+        super().__init__(message or f"retry in {self.seconds:g}s")
+
+
 class SchemaNotMigrated(PgQueueError):
     """The database lacks the engine's tables, or some migrations shipped in schema/ are not applied."""
 

@@ -417,9 +417,9 @@ class MemoryQueue:
         finally:
             self._running.pop(job.id, None)
         await self.add_events(self._event_buffer.take())  # the job's progress and logs come before its end
-        return await self._record(job, outcome, value)
+        return await self._record(job, outcome, value, ctx.retry_delay)
 
-    async def _record(self, job: Job, outcome: str, value: Any) -> str:
+    async def _record(self, job: Job, outcome: str, value: Any, retry_delay: float | None = None) -> str:
         token = job.lease_token
         assert token is not None
         try:
@@ -430,7 +430,8 @@ class MemoryQueue:
                 await self.finish_cancelled(job.id, token)
                 return "cancelled"
             if outcome in ("failed", "dead"):
-                failed = await self.fail(job.id, token, str(value), permanent=outcome == "dead")
+                failed = await self.fail(job.id, token, str(value), retry_delay=retry_delay,
+                                         permanent=outcome == "dead")
                 return failed.status
         except LeaseLost:
             pass
