@@ -249,7 +249,7 @@ def test_cpu_bound_sync_handler_keeps_its_lease(proc_db, spawn_worker):  # noqa:
 
 # -- the CLI -----------------------------------------------------------------------------------
 
-SUBCOMMANDS = ["migrate", "worker", "enqueue", "stats", "dev", "bench"]
+SUBCOMMANDS = ["migrate", "worker", "enqueue", "stats", "dev", "bench", "chaos"]
 
 
 def test_subcommand_list_is_complete():
