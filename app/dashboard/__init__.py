@@ -1,4 +1,4 @@
-"""The browser dashboard: one self-contained HTML page (app/dashboard.html: vanilla JS, no CDN,
+"""The browser dashboard: one self-contained HTML page (app/dashboard/dashboard.html: vanilla JS, no CDN,
 no build step) served at `/` and `/dashboard`. It talks to the same REST API and event streams
 as any client, with the API token the user pastes (kept in sessionStorage)."""
 
