@@ -36,7 +36,7 @@ import msgspec
 from pgqueue.config import Settings
 from pgqueue.context import EventBuffer, JobContext, run_handler, settle_outcome
 from pgqueue.errors import InvalidTransition, JobNotFound, LeaseLost
-from pgqueue.models import LIVE_STATUSES, Event, Job, JobError, NewJob
+from pgqueue.models import LIVE_STATUSES, RETRYABLE_STATUSES, Event, Job, JobError, NewJob
 from pgqueue.queue import DEFAULT_RETRY_BASE, EnqueueItem, build_jobs
 from pgqueue.registry import JobRegistry, check_payload_sizes
 
@@ -301,9 +301,9 @@ class MemoryQueue:
         return self._snapshot(job)
 
     async def retry(self, job_id: int) -> Job:
-        """Re-drive a dead (or failed, waiting) job now, with a fresh attempt budget."""
+        """Re-drive a dead, cancelled (or failed, waiting) job now, with a fresh attempt budget."""
         job = self._existing(job_id)
-        if job.status not in ("dead", "failed"):
+        if job.status not in RETRYABLE_STATUSES:
             raise InvalidTransition(job_id, job.status, "retry")
         now = self.now()
         job.status = "queued"

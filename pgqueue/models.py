@@ -12,6 +12,8 @@ JobStatus = Literal["queued", "running", "succeeded", "failed", "dead", "cancell
 STATUSES: tuple[str, ...] = get_args(JobStatus)
 LIVE_STATUSES = frozenset({"queued", "running", "failed"})
 FINISHED_STATUSES = frozenset({"succeeded", "dead", "cancelled"})
+# What retry() re-drives (River and Oban let a cancelled job be retried as well).
+RETRYABLE_STATUSES = frozenset({"dead", "failed", "cancelled"})
 # Event types after which a job emits nothing more (SSE streams end there).
 TERMINAL_EVENTS = frozenset({"succeeded", "dead", "cancelled", "deleted"})
 

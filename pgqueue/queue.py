@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from pgqueue.config import Settings
 from pgqueue.db import AsyncConnection, Connection, ConnectionPool, connect_sync, open_pool, transaction
 from pgqueue.errors import ConfigError, InvalidTransition, JobNotFound, LeaseLost
-from pgqueue.models import Event, Job, JobError, NewJob
+from pgqueue.models import RETRYABLE_STATUSES, Event, Job, JobError, NewJob
 from pgqueue.registry import JobRegistry, check_payload_sizes
 from pgqueue.store import Store, insert_jobs_sync
 
@@ -180,12 +180,13 @@ class Queue:
             return changed
 
     async def retry(self, job_id: int) -> Job:
-        """Re-drive a dead (or failed, waiting) job now, with a fresh attempt budget."""
+        """Re-drive a dead, cancelled (or failed, waiting) job now, with a fresh attempt budget."""
         async with transaction(self.pool) as conn:
             job = await self.store.lock_job(job_id, conn)
             if job is None:
                 raise JobNotFound(job_id)
-            redriven = await self.store.redrive_job(job_id, conn) if job.status in ("dead", "failed") else None
+            redriven = (await self.store.redrive_job(job_id, conn)
+                        if job.status in RETRYABLE_STATUSES else None)
             if redriven is None:
                 raise InvalidTransition(job_id, job.status, "retry")
             return redriven

@@ -440,6 +440,20 @@ async def test_retry_re_drives_a_dead_job_with_fresh_attempts(backend: QueueBack
         await backend.retry(10**9)
 
 
+async def test_retry_re_drives_a_cancelled_job_as_river_and_oban_do(backend: QueueBackend) -> None:
+    job = await backend.enqueue("noop", {})
+    assert (await backend.cancel(job.id)).status == "cancelled"
+    redriven = await backend.retry(job.id)
+    assert redriven.status == "queued" and redriven.finished_at is None and not redriven.cancel_requested
+    again = await claim_one(backend)
+    assert again.id == job.id and again.attempts == 1
+    assert await event_types(backend, job.id) == ["cancelled", "retried", "started"]
+    await backend.complete(job.id, again.lease_token)
+    with pytest.raises(InvalidTransition) as refused:
+        await backend.retry(job.id)  # a succeeded job stays succeeded
+    assert refused.value.status == "succeeded"
+
+
 async def test_delete(backend: QueueBackend) -> None:
     job = await backend.enqueue("noop", {})
     running = await claim_one(backend)

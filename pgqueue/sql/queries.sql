@@ -342,12 +342,14 @@ WITH flagged AS (
 SELECT flagged.* FROM flagged, (SELECT count(*) FROM wake) AS w;
 
 -- name: redrive_job :one
--- Re-run a dead or failed job now with a fresh attempt budget; its error history stays.
+-- Re-run a dead, failed (waiting) or cancelled job now with a fresh attempt budget; its error
+-- history stays. Cancelled jobs may be retried as in River and Oban: cancel is a decision an
+-- operator may take back.
 WITH redriven AS (
     UPDATE pgqueue.jobs
     SET status = 'queued', attempts = 0, run_at = now(), finished_at = NULL, cancel_requested = false,
         crash_suspect = false, updated_at = now()
-    WHERE id = %(id)s AND status IN ('dead', 'failed')
+    WHERE id = %(id)s AND status IN ('dead', 'failed', 'cancelled')
     RETURNING *
 ), events AS (
     INSERT INTO pgqueue.events (job_id, type, data) SELECT id, 'retried', '{}' FROM redriven
