@@ -20,6 +20,7 @@ import logging
 import os
 import secrets
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from pgqueue.__main__ import run_command
@@ -27,24 +28,30 @@ from pgqueue.__main__ import run_command
 log = logging.getLogger("app")
 
 
-def _database(args: argparse.Namespace) -> str:
-    """The database URL (starting the embedded server when none is set), migrated."""
-    from pgqueue.__main__ import start_dev_database
+@contextlib.contextmanager
+def _database(args: argparse.Namespace) -> Iterator[str]:
+    """The database URL (starting the embedded server when none is set, and stopping it at the
+    end when this command started it), migrated."""
+    from pgqueue.__main__ import dev_database
     from pgqueue.migrate import migrate
 
     # stdout is for what a script reads (a token); the start-up chatter goes to stderr
     with contextlib.redirect_stdout(sys.stderr):
-        url = start_dev_database(args.data_dir)
-        os.environ["PGQUEUE_DATABASE_URL"] = url
-        applied = migrate(url)
-        if applied:
-            print(f"migrations applied: {', '.join(applied)}")
-    return url
+        database = dev_database(args.data_dir)
+        url = database.__enter__()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            os.environ["PGQUEUE_DATABASE_URL"] = url
+            applied = migrate(url)
+            if applied:
+                print(f"migrations applied: {', '.join(applied)}")
+        yield url
+    finally:
+        with contextlib.redirect_stdout(sys.stderr):
+            database.__exit__(*sys.exc_info())
 
 
 def _serve(args: argparse.Namespace, *, run_worker: bool) -> int:
-    import uvicorn
-
     from pgqueue.config import check_concurrency
     from pgqueue.errors import ConfigError
 
@@ -54,7 +61,13 @@ def _serve(args: argparse.Namespace, *, run_worker: bool) -> int:
         raise ConfigError(f"--workers must be an integer from 1 to 64, got {args.workers}")
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be from 0 to 65535, got {args.port}")
-    _database(args)
+    with _database(args):
+        return _run_uvicorn(args, run_worker=run_worker)
+
+
+def _run_uvicorn(args: argparse.Namespace, *, run_worker: bool) -> int:
+    import uvicorn
+
     os.environ["APP_RUN_WORKER"] = "true" if run_worker else "false"
     if run_worker:
         os.environ["APP_WORKER_CONCURRENCY"] = str(args.concurrency)
@@ -101,9 +114,8 @@ def cmd_create_user(args: argparse.Namespace) -> int:
     from app.store import create_user_sync
     from pgqueue.db import connect_sync
 
-    url = _database(args)
-    token = new_api_token()
-    with connect_sync(url) as conn:
+    with _database(args) as url, connect_sync(url) as conn:
+        token = new_api_token()
         try:
             user = create_user_sync(conn, args.name, args.admin, hash_token(token), label="cli")
         except psycopg.errors.UniqueViolation:
@@ -125,9 +137,8 @@ def cmd_add_token(args: argparse.Namespace) -> int:
     from app.store import add_token_sync
     from pgqueue.db import connect_sync
 
-    url = _database(args)
-    token = new_api_token()
-    with connect_sync(url) as conn:
+    with _database(args) as url, connect_sync(url) as conn:
+        token = new_api_token()
         user = add_token_sync(conn, args.name, hash_token(token), label="cli")
         conn.commit()
     if user is None:

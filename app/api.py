@@ -11,6 +11,7 @@ import asyncio
 import functools
 import operator
 import re
+import typing
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
@@ -33,7 +34,9 @@ from app.kinds.webhooks import (
     resolve_webhook_url,
 )
 from app.openapi import operation
+from app.redact import event_for, exception_message
 from app.store import AppStore, JobFilter, User
+from app.validation import every_field_error, friendly
 from pgqueue.errors import InvalidTransition, JobNotFound, LeaseLost
 from pgqueue.models import PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, STATUSES, Event, Job, JobError
 from pgqueue.queue import Queue
@@ -105,7 +108,8 @@ async def read_json(request: Request, body_type: type[T]) -> T:
     try:
         return msgspec.json.decode(body, type=body_type)
     except msgspec.ValidationError as exc:
-        raise validation_error(field_errors(exc)) from None
+        # msgspec stops at the first bad field; the 422 names every one
+        raise validation_error(every_field_error(raw, body_type) or field_errors(exc)) from None
 
 
 def json_depth(value: Any) -> int:
@@ -171,6 +175,9 @@ def read_query(request: Request, query_type: type[T]) -> T:
                 detail["message"] = f"unknown query parameter; allowed: {allowed}"
             elif detail["message"].startswith("Object missing required field"):
                 detail["message"] = "required query parameter is missing"
+            else:  # sort=bogus lists the allowed values
+                hint = typing.get_type_hints(query_type, include_extras=True).get(detail["field"])
+                detail["message"] = friendly(detail["message"], hint)
         raise validation_error(details, "the query parameters are not valid") from None
 
 
@@ -244,8 +251,10 @@ class JobOut(msgspec.Struct, kw_only=True):
     max_attempts: int
     cancel_requested: bool
     result: Any
-    last_error: str | None
-    owner_id: str | None
+    last_error: Annotated[str | None, msgspec.Meta(
+        description="the last failure: the whole traceback for admins, its last line (`Type: message`) for others")]
+    owner_id: Annotated[str | None, msgspec.Meta(
+        description="who enqueued it: the engine keeps owners as text; `/auth/me`'s `owner_id` is yours")]
     worker_id: str | None
     created_at: datetime
     updated_at: datetime
@@ -253,11 +262,13 @@ class JobOut(msgspec.Struct, kw_only=True):
     finished_at: datetime | None
 
     @classmethod
-    def of(cls, job: Job) -> JobOut:
+    def of(cls, job: Job, *, admin: bool) -> JobOut:
+        """``admin`` decides whether ``last_error`` is the whole traceback or its message (app/redact.py)."""
         return cls(id=job.id, kind=job.kind, queue=job.queue, status=job.status, priority=job.priority,  # type: ignore[arg-type]
                    payload=job.payload, scheduled_for=job.run_at, attempts=job.attempts,
                    max_attempts=job.max_attempts, cancel_requested=job.cancel_requested, result=job.result,
-                   last_error=job.last_error, owner_id=job.owner_id, worker_id=job.lease_owner,
+                   last_error=job.last_error if admin else exception_message(job.last_error),
+                   owner_id=job.owner_id, worker_id=job.lease_owner,
                    created_at=job.created_at, updated_at=job.updated_at, started_at=job.started_at,
                    finished_at=job.finished_at)
 
@@ -388,11 +399,12 @@ class TaskOut(msgspec.Struct, kw_only=True):
     finished_at: datetime | None
 
     @classmethod
-    def of(cls, job: Job) -> TaskOut:
+    def of(cls, job: Job, *, admin: bool) -> TaskOut:
         payload = job.payload if isinstance(job.payload, dict) else {}
         return cls(id=job.id, title=str(payload.get("title", "")), description=str(payload.get("description", "")),
                    status=job.status, attempts=job.attempts, max_attempts=job.max_attempts,
-                   last_error=job.last_error, result=job.result, created_at=job.created_at,
+                   last_error=job.last_error if admin else exception_message(job.last_error),
+                   result=job.result, created_at=job.created_at,
                    updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at)
 
 
@@ -414,6 +426,8 @@ class Me(msgspec.Struct, kw_only=True):
     id: int
     name: str
     is_admin: bool
+    owner_id: Annotated[str, msgspec.Meta(description="your `id` as your jobs' `owner_id` shows it (the engine "
+                                                      "keeps owners as text, so another app may use any string)")]
 
 
 # -- jobs ---------------------------------------------------------------------------------------
@@ -457,7 +471,7 @@ async def create_job(request: Request) -> Response:
     if kind == WEBHOOK_KIND:
         await _check_webhook(request, user, new.payload)
     job = await queue.enqueue(kind, msgspec.to_builtins(new.payload), **options)
-    return json_response(JobOut.of(job), 201, {"Location": f"/jobs/{job.id}"})
+    return json_response(JobOut.of(job, admin=user.is_admin), 201, {"Location": f"/jobs/{job.id}"})
 
 
 def _statuses(raw: str | UnsetType) -> list[str] | None:
@@ -497,7 +511,7 @@ async def list_jobs(request: Request) -> Response:
     total, jobs = await store.list_jobs(where, sort=query.sort.lstrip("-"), descending=query.sort.startswith("-"),
                                         limit=query.limit, offset=query.offset)
     return json_response(JobPage(total=total, limit=query.limit, offset=query.offset,
-                                 jobs=[JobOut.of(job) for job in jobs]))
+                                 jobs=[JobOut.of(job, admin=user.is_admin) for job in jobs]))
 
 
 @operation(summary="One job with its attempts and events", response=JobDetail,
@@ -508,7 +522,10 @@ async def get_job(request: Request) -> Response:
     queue, _ = state(request)
     attempts = await queue.errors(job.id)
     events = await queue.events(job.id)
-    return json_response(JobDetail(job=JobOut.of(job), attempts=attempts, events=events))
+    if not user.is_admin:  # the message of each failure, not its traceback
+        attempts = [msgspec.structs.replace(a, error=exception_message(a.error) or "") for a in attempts]
+        events = [event_for(event, admin=False) for event in events]
+    return json_response(JobDetail(job=JobOut.of(job, admin=user.is_admin), attempts=attempts, events=events))
 
 
 @operation(summary="Cancel a job", response=JobOut, path_params={"job_id": "the job's id"}, errors=(404, 409),
@@ -520,7 +537,7 @@ async def cancel_job(request: Request) -> Response:
     job = await owned_job(request, user)
     queue, _ = state(request)
     cancelled = await queue.cancel(job.id)
-    return json_response(JobOut.of(cancelled), 202 if cancelled.status == "running" else 200)
+    return json_response(JobOut.of(cancelled, admin=user.is_admin), 202 if cancelled.status == "running" else 200)
 
 
 @operation(summary="Re-run a dead, cancelled or failed (waiting) job now", response=JobOut, path_params={"job_id": "the job's id"},
@@ -529,7 +546,7 @@ async def retry_job(request: Request) -> Response:
     user = await authenticate(request)
     job = await owned_job(request, user)
     queue, _ = state(request)
-    return json_response(JobOut.of(await queue.retry(job.id)))
+    return json_response(JobOut.of(await queue.retry(job.id), admin=user.is_admin))
 
 
 _BULK_ACTIONS = {"cancel": Queue.cancel, "retry": Queue.retry}
@@ -603,7 +620,7 @@ async def create_task(request: Request) -> Response:
     payload = {field: getattr(task, field) for field in TaskPayload.__struct_fields__}
     job = await queue.enqueue("task", payload, owner_id=user.owner_id, max_attempts=task.max_attempts,
                               priority=task.priority)
-    return json_response(TaskOut.of(job), 201, {"Location": f"/jobs/{job.id}"})
+    return json_response(TaskOut.of(job, admin=user.is_admin), 201, {"Location": f"/jobs/{job.id}"})
 
 
 @operation(summary="Your tasks", query=TaskListQuery, response=TaskPage, tag="tasks",
@@ -616,7 +633,7 @@ async def list_tasks(request: Request) -> Response:
     total, jobs = await store.list_jobs(where, sort=query.sort.lstrip("-"), descending=query.sort.startswith("-"),
                                         limit=query.limit, offset=query.offset)
     return json_response(TaskPage(total=total, limit=query.limit, offset=query.offset,
-                                  tasks=[TaskOut.of(job) for job in jobs]))
+                                  tasks=[TaskOut.of(job, admin=user.is_admin) for job in jobs]))
 
 
 # -- auth ---------------------------------------------------------------------------------------
@@ -624,7 +641,7 @@ async def list_tasks(request: Request) -> Response:
 @operation(summary="Who am I", response=Me, tag="auth")
 async def me(request: Request) -> Response:
     user = await authenticate(request)
-    return json_response(Me(id=user.id, name=user.name, is_admin=user.is_admin))
+    return json_response(Me(id=user.id, name=user.name, is_admin=user.is_admin, owner_id=user.owner_id))
 
 
 @operation(summary="A short-lived token for event streams", response=StreamToken, tag="auth",

@@ -483,8 +483,9 @@ ingest_jobs = JobRegistry()
 
 
 class _ProgressReporter:
-    """Progress by bytes: every 10% step exactly (so 10, 50 and 100 are always reported, each
-    in its own coalescing band) and, between steps, the exact figure at most once a second."""
+    """Progress by bytes: each 10% step a batch reaches (the furthest one when a batch passes
+    several: one event per batch, not nine identical ones), between steps the exact figure at
+    most once a second; 100 % is reported once, with the final counts, by the handler."""
 
     def __init__(self, ctx: JobContext, size: int, start: IngestProgress) -> None:
         self.ctx = ctx
@@ -503,8 +504,8 @@ class _ProgressReporter:
         step = self._step(progress.offset)
         now = time.monotonic()
         if step > self.step:
-            for passed in range(self.step + 10, step + 1, 10):
-                self.ctx.progress(passed, message)
+            if step < 100:
+                self.ctx.progress(step, message)
             self.step = step
             self.last_report = now
         elif now - self.last_report >= PROGRESS_EVERY_SECONDS:

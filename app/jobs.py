@@ -17,12 +17,14 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from app.ingest import ingest_jobs
+from app.validation import describe_pattern
 from pgqueue import JobContext, JobRegistry
 
 jobs = JobRegistry()
 
-Email = Annotated[str, msgspec.Meta(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254,
-                                    description="an e-mail address")]
+Email = Annotated[str, msgspec.Meta(pattern=describe_pattern(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", "not an email address"),
+                                    max_length=254, description="an e-mail address",
+                                    extra_json_schema={"format": "email"})]
 
 
 class EmailPayload(msgspec.Struct, forbid_unknown_fields=True):

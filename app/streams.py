@@ -38,6 +38,7 @@ from app.auth import authenticate_stream, may_see
 from app.errors import ApiError, not_found, validation_error
 from app.hub import LAGGED, EventHub, Subscription
 from app.openapi import operation
+from app.redact import event_for
 from app.store import User
 from pgqueue.db import CONNECTION_ERRORS
 from pgqueue.errors import JobNotFound
@@ -240,12 +241,15 @@ class EventStreamResponse(Response):
                 await aclose()  # runs the stream's `finally` blocks: unsubscribe from the hub
 
 
-async def sse_body(batches: AsyncGenerator[list[Event] | None, None], retry_ms: int) -> AsyncIterator[bytes]:
-    """The event-stream bytes of `follow()`'s batches; closes the generator however the stream ends."""
+async def sse_body(batches: AsyncGenerator[list[Event] | None, None], retry_ms: int, *,
+                   admin: bool) -> AsyncIterator[bytes]:
+    """The event-stream bytes of `follow()`'s batches; closes the generator however the stream ends.
+    Non-admins get each error as its message, not its traceback (app/redact.py)."""
     try:
         yield b"retry: %d\n\n" % retry_ms
         async for batch in batches:
-            yield KEEPALIVE if batch is None else b"".join(sse_message(event) for event in batch)
+            yield KEEPALIVE if batch is None else b"".join(sse_message(event_for(event, admin=admin))
+                                                           for event in batch)
     finally:
         await batches.aclose()
 
@@ -278,7 +282,7 @@ async def job_events(request: Request) -> Response:
         with hub.subscribe(job_id=job_id) as sub:
             events = follow(sub, fetch_after, after_id, keepalive_seconds=settings.sse_keepalive_seconds,
                             ends_stream=is_terminal, finished=finished)
-            async for chunk in sse_body(events, settings.sse_retry_ms):
+            async for chunk in sse_body(events, settings.sse_retry_ms, admin=user.is_admin):
                 yield chunk
 
     return EventStreamResponse(body())
@@ -309,7 +313,7 @@ async def all_events(request: Request) -> Response:
             # Without a position the stream is live only: it starts at the newest event.
             after_id = requested if requested is not None else await store.latest_event_id()
             events = follow(sub, fetch_after, after_id, keepalive_seconds=settings.sse_keepalive_seconds)
-            async for chunk in sse_body(events, settings.sse_retry_ms):
+            async for chunk in sse_body(events, settings.sse_retry_ms, admin=user.is_admin):
                 yield chunk
 
     return EventStreamResponse(body())
@@ -344,7 +348,7 @@ async def job_events_ws(websocket: WebSocket) -> None:
             try:
                 async for batch in events:
                     for event in batch or ():  # no keep-alives: the WebSocket protocol has its own pings
-                        await websocket.send_text(encode_event(event).decode())
+                        await websocket.send_text(encode_event(event_for(event, admin=user.is_admin)).decode())
             finally:
                 await events.aclose()
         await websocket.close(code=1000)

@@ -20,7 +20,8 @@ held whole in memory nor spooled to a temporary file first. What the route decid
 
 Whatever fails, nothing is left behind: a refused or broken stream stores no object (the
 storage layer's guarantee), and if recording the upload fails the object is deleted again.
-The storage key is generated (``uploads/YYYY/MM/DD/<uuid>.jsonl``); the client's file name
+The storage key is generated (``YYYY/MM/DD/<uuid>.jsonl`` under the storage URL, which says
+where: ``.data/uploads`` by default, so nothing is stored under ``uploads/uploads/``); the client's file name
 is only recorded, reduced to its last path segment without control characters, so
 ``../../x.jsonl`` is stored under a fresh key and listed as ``x.jsonl``.
 """
@@ -34,7 +35,7 @@ import unicodedata
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 from psycopg.rows import class_row
@@ -49,6 +50,7 @@ from app.auth import authenticate, may_see
 from app.errors import ApiError, not_found, validation_error
 from app.ingest import QUERIES, enqueue_ingest
 from app.openapi import operation
+from app.redact import exception_message
 from pgqueue.db import transaction
 from pgqueue.storage import ObjectTooLarge, Storage, StorageError, open_storage
 
@@ -198,7 +200,7 @@ def clean_file_name(raw: str) -> str:
 
 
 def new_storage_key() -> str:
-    return f"uploads/{datetime.now(UTC):%Y/%m/%d}/{uuid.uuid4().hex}{ALLOWED_EXTENSION}"
+    return f"{datetime.now(UTC):%Y/%m/%d}/{uuid.uuid4().hex}{ALLOWED_EXTENSION}"
 
 
 def _boundary(request: Request) -> bytes:
@@ -321,8 +323,12 @@ class JobProgress(msgspec.Struct, kw_only=True):
 
     job_id: int
     kind: str
-    status: Literal["queued", "processing", "completed", "failed"]
-    job_status: str  # the engine's own status (queued, running, failed = waiting to retry, ...)
+    status: Annotated[Literal["queued", "processing", "completed", "failed"], msgspec.Meta(
+        description="the upload API's word: processing = running or waiting to retry after a failed attempt; "
+                    "failed = dead or cancelled. It differs from `job_status` on purpose")]
+    job_status: Annotated[str, msgspec.Meta(
+        description="the engine's own status, as GET /jobs/{id} shows it: queued, running, failed (= a failed "
+                    "attempt, waiting to retry), succeeded, dead, cancelled")]
     percent: float | None
     lines: LineCounts | None  # ingest jobs only
     file: FileInfo | None  # ingest jobs only
@@ -362,7 +368,7 @@ _API_STATUS = {"queued": "queued", "running": "processing", "failed": "processin
                "dead": "failed", "cancelled": "failed"}
 
 
-def _progress_of(row: _JobStatusRow) -> JobProgress:
+def _progress_of(row: _JobStatusRow, *, admin: bool) -> JobProgress:
     lines, file, percent = None, None, row.reported_percent
     if row.file_id is not None:
         assert row.file_name is not None and row.file_size is not None and row.bytes_read is not None
@@ -377,7 +383,8 @@ def _progress_of(row: _JobStatusRow) -> JobProgress:
         status = "processing"  # released by a stopping worker or rescued: it has started before
     return JobProgress(job_id=row.job_id, kind=row.kind, status=status, job_status=row.status,  # type: ignore[arg-type]
                        percent=percent, lines=lines, file=file, attempts=row.attempts,
-                       max_attempts=row.max_attempts, error=row.last_error if status == "failed" else None,
+                       max_attempts=row.max_attempts,
+                       error=(row.last_error if admin else exception_message(row.last_error)) if status == "failed" else None,
                        created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at)
 
 
@@ -394,7 +401,7 @@ async def job_progress(request: Request) -> Response:
         row = await cursor.fetchone()
     if row is None or not may_see(user, row.owner_id):
         raise not_found(f"job {job_id} not found")
-    return Response(msgspec.json.encode(_progress_of(row)), media_type="application/json")
+    return Response(msgspec.json.encode(_progress_of(row, admin=user.is_admin)), media_type="application/json")
 
 
 ROUTES: list[BaseRoute] = [

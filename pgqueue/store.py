@@ -77,6 +77,13 @@ def order_like_input(jobs: Sequence[NewJob], inserted: list[Job], existing: list
     return ordered
 
 
+def live_jobs_by_unique_key_sync(conn: Connection, unique_keys: Sequence[str]) -> list[Job]:
+    """The live holders of unique keys (the CLI says when its job was deduplicated)."""
+    with translate_errors(), conn.cursor(row_factory=kwargs_row(Job)) as cur:
+        cur.execute(QUERIES["live_jobs_by_unique_key"].sql, {"unique_keys": list(unique_keys)})
+        return cur.fetchall()
+
+
 def insert_jobs_sync(conn: Connection, jobs: Sequence[NewJob]) -> list[Job]:
     """insert_jobs on a plain psycopg connection (the sync enqueue for scripts and sync web apps)."""
     with translate_errors():

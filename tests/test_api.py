@@ -74,9 +74,9 @@ async def test_create_job_defaults_and_schedule(live_server: LiveServer, alice: 
         ({"kind": "email", "payload": {"subject": "x"}},
          [{"field": "payload.to", "message": "Object missing required field `to`"}]),
         ({"kind": "email", "payload": {**EMAIL, "cc": ["not-an-address"]}},
-         [{"field": "payload.cc.0", "message": "Expected `str` matching regex '^[^@\\\\s]+@[^@\\\\s]+\\\\.[^@\\\\s]+$'"}]),
+         [{"field": "payload.cc.0", "message": "not an email address"}]),
         ({"kind": "report", "payload": {"name": "r", "format": "docx"}},
-         [{"field": "payload.format", "message": "Invalid enum value 'docx'"}]),
+         [{"field": "payload.format", "message": "'docx' is not allowed; expected one of csv, pdf, json"}]),
         ({"kind": "email", "payload": {**EMAIL, "attachments": []}},
          [{"field": "payload.attachments", "message": "Object contains unknown field `attachments`"}]),
     ],
@@ -258,7 +258,8 @@ async def test_unknown_route_and_method_are_json(live_server: LiveServer, alice:
 
 async def test_me_and_stream_tokens(live_server: LiveServer, alice: ApiUser):
     async with live_server.client(alice) as http:
-        assert (await http.get("/auth/me")).json() == {"id": alice.id, "name": "alice", "is_admin": False}
+        assert (await http.get("/auth/me")).json() == {"id": alice.id, "name": "alice", "is_admin": False,
+                                                       "owner_id": str(alice.id)}
         issued = (await http.post("/auth/stream-token")).json()
     assert verify_stream_token("test-secret", issued["token"]) == alice.id
     assert issued["expires_at"] - time.time() == pytest.approx(300, abs=30)
@@ -348,7 +349,8 @@ async def test_list_searches_the_last_error(live_server: LiveServer, alice: ApiU
         ({"status": "done"}, [{"field": "status", "message":
                                "unknown status 'done'; expected one of queued, running, succeeded, failed, dead, "
                                "cancelled"}]),
-        ({"sort": "name"}, [{"field": "sort", "message": "Invalid enum value 'name'"}]),
+        ({"sort": "name"}, [{"field": "sort", "message": "'name' is not allowed; expected one of created, -created, "
+                                                     "priority, -priority, status, -status"}]),
         ({"limit": "101"}, [{"field": "limit", "message": "Expected `int` <= 100"}]),
         ({"limit": "ten"}, [{"field": "limit", "message": "must be an integer in decimal digits (such as 20)"}]),
         ({"offset": "-1"}, [{"field": "offset", "message": "Expected `int` >= 0"}]),
@@ -470,7 +472,7 @@ async def test_bulk_actions_report_each_id(live_server: LiveServer, alice: ApiUs
          [{"field": "ids.1", "message": "Expected `int` <= 9223372036854775807"}]),
         ({"action": "cancel", "ids": []}, [{"field": "ids", "message": "Expected `array` of length >= 1"}]),
         ({"action": "explode", "ids": [1]},
-         [{"field": "action", "message": "Invalid enum value 'explode'"}]),
+         [{"field": "action", "message": "'explode' is not allowed; expected one of cancel, retry, delete"}]),
     ],
 )
 async def test_an_invalid_bulk_request_changes_nothing(live_server: LiveServer, alice: ApiUser, body: dict,
@@ -529,7 +531,8 @@ async def test_tasks_are_per_user(live_server: LiveServer, alice: ApiUser, bob: 
         invalid = await as_alice.post("/tasks", json={"title": "", "fail_probability": 2})
         assert invalid.status_code == 422
         assert invalid.json() == error("validation_error", "the request is not valid",
-                                       [{"field": "title", "message": "Expected `str` of length >= 1"}])
+                                       [{"field": "title", "message": "Expected `str` of length >= 1"},
+                                        {"field": "fail_probability", "message": "Expected `float` <= 1.0"}])
 
 
 async def _notifications(conn: psycopg.AsyncConnection, until: Any, timeout: float = 30) -> list[tuple[str, dict]]:

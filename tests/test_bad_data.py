@@ -111,7 +111,7 @@ def test_sync_queue_refuses_bad_input_before_connecting() -> None:
 ])
 def test_enqueue_command_prints_one_line_for_bad_input(db_url: str, args: list[str],
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["enqueue", "--database-url", db_url, "noop", *args]) == 2
+    assert main(["enqueue", "--database-url", db_url, "--untyped", "noop", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: invalid job: ") and err.count("\n") == 1, err
     assert "\x00" not in err

@@ -302,7 +302,7 @@ BAD_DATABASES = {
 }
 
 
-@pytest.mark.parametrize("command", [["enqueue", "noop", "{}"], ["migrate"], ["stats"], ["worker", "--app", "tests.jobs"]],
+@pytest.mark.parametrize("command", [["enqueue", "--untyped", "noop", "{}"], ["migrate"], ["stats"], ["worker", "--app", "tests.jobs"]],
                          ids=["enqueue", "migrate", "stats", "worker"])
 @pytest.mark.parametrize("case", list(BAD_DATABASES))
 def test_bad_or_unreachable_database_gives_a_clear_error(case, command):
@@ -314,7 +314,7 @@ def test_bad_or_unreachable_database_gives_a_clear_error(case, command):
 
 
 def test_missing_database_url_is_named():
-    done = run_cli("enqueue", "noop")
+    done = run_cli("enqueue", "--untyped", "noop")
     assert done.returncode != 0
     assert "no database URL" in done.stderr
 
