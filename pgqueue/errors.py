@@ -86,3 +86,30 @@ class SchemaNotMigrated(PgQueueError):
         state = "behind" if applied_any else "missing"
         super().__init__(f"the database schema is {state} ({len(missing)} migration(s) not applied: "
                          f"{', '.join(missing)}); run `python -m pgqueue migrate` first")
+
+
+# -- periodic jobs -------------------------------------------------------------------------------
+
+
+class InvalidSchedule(PgQueueError):
+    """A schedule's definition failed validation (``errors`` as in InvalidPayload: field, message)."""
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{e['field']}: {e['message']}" for e in errors))
+
+
+class ScheduleNotFound(PgQueueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no schedule named {name!r}")
+        self.name = name
+
+
+class ScheduleExists(PgQueueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"a schedule named {name!r} exists already")
+        self.name = name
+
+
+class SchedulerFailed(PgQueueError):
+    """The worker's scheduler kept failing: the worker stops rather than run without it."""

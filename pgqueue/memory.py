@@ -23,6 +23,7 @@ errors, events with increasing ids, checkpoints and stats. What differs, on purp
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import copy
 import itertools
@@ -35,10 +36,23 @@ import msgspec
 
 from pgqueue.config import Settings
 from pgqueue.context import EventBuffer, JobContext, run_handler, settle_outcome
-from pgqueue.errors import InvalidTransition, JobNotFound, LeaseLost
-from pgqueue.models import LIVE_STATUSES, RETRYABLE_STATUSES, Event, Job, JobError, NewJob
+from pgqueue.cron import load_zone, parse_cron
+from pgqueue.errors import InvalidTransition, JobNotFound, LeaseLost, ScheduleExists, ScheduleNotFound
+from pgqueue.models import (
+    DEFAULT_CATCH_UP_WINDOW,
+    LIVE_STATUSES,
+    RETRYABLE_STATUSES,
+    Event,
+    Job,
+    JobError,
+    NewJob,
+    Schedule,
+    ScheduleFire,
+    ScheduleSpec,
+)
 from pgqueue.queue import DEFAULT_RETRY_BASE, EnqueueItem, build_jobs
-from pgqueue.registry import JobRegistry, check_payload_sizes
+from pgqueue.registry import JobRegistry, check_payload_sizes, check_schedule
+from pgqueue.scheduler import first_fire, plan_fires
 
 # The lease owner `run_until_empty` claims under.
 MEMORY_WORKER_ID = "memory"
@@ -80,6 +94,7 @@ class MemoryQueue:
         self._event_ids = itertools.count(1)
         self._running: dict[int, _RunningHandler] = {}
         self._event_buffer = EventBuffer()
+        self.schedules = MemorySchedules(self)  # periodic jobs, same contract as pgqueue/scheduler.py
 
     async def close(self) -> None:
         """Nothing to release; here so code written against `Queue` runs unchanged."""
@@ -480,3 +495,126 @@ class MemoryQueue:
         """A copy, as Postgres would return: later changes do not show through, and edits by the
         caller do not leak in."""
         return copy.deepcopy(job)
+
+
+# -- periodic jobs -----------------------------------------------------------------------------
+
+
+class MemorySchedules:
+    """``MemoryQueue.schedules``: schedules on the backend's clock. ``fire_due()`` is one scheduler
+    pass (the worker runs those for Postgres): after ``mq.advance(...)``, it enqueues what is due,
+    by the same plan (pgqueue/scheduler.py plan_fires) and with the same one-job-per-fire-time rule."""
+
+    def __init__(self, queue: MemoryQueue) -> None:
+        self._queue = queue
+        self._by_name: dict[str, Schedule] = {}
+        self._fires: dict[tuple[int, datetime], int] = {}  # (schedule id, fire time) -> job id
+        self._ids = itertools.count(1)
+
+    async def add(self, name: str, expression: str, kind: str, payload: Any = None, *, timezone: str = "UTC",
+                  queue: str | None = None, priority: int | None = None, max_attempts: int | None = None,
+                  catch_up: str = "skip", catch_up_window: float = DEFAULT_CATCH_UP_WINDOW,
+                  paused: bool = False) -> Schedule:
+        spec = check_schedule(self._queue.registry, name, expression, kind, payload, timezone=timezone, queue=queue,
+                              priority=priority, max_attempts=max_attempts, catch_up=catch_up,
+                              catch_up_window=catch_up_window, paused=paused)
+        if name in self._by_name:
+            raise ScheduleExists(name)
+        return copy.deepcopy(self._store(spec, declared=False))
+
+    def _store(self, spec: ScheduleSpec, *, declared: bool) -> Schedule:
+        now = self._queue.now()
+        schedule = Schedule(id=next(self._ids), name=spec.name, expression=spec.expression, timezone=spec.timezone,
+                            kind=spec.kind, queue=spec.queue, payload=_through_json(spec.payload),
+                            priority=spec.priority, max_attempts=spec.max_attempts, catch_up=spec.catch_up,
+                            catch_up_window=spec.catch_up_window, paused=spec.paused, declared_in_code=declared,
+                            next_fire_at=first_fire(spec, now), last_fire_at=None, revision=0, created_at=now,
+                            updated_at=now)
+        self._by_name[spec.name] = schedule
+        return schedule
+
+    async def get(self, name: str) -> Schedule:
+        return copy.deepcopy(self._existing(name))
+
+    async def list(self) -> builtins.list[Schedule]:
+        return [copy.deepcopy(self._by_name[name]) for name in sorted(self._by_name)]
+
+    async def pause(self, name: str) -> Schedule:
+        schedule = self._existing(name)
+        schedule.paused = True
+        self._touch(schedule)
+        return copy.deepcopy(schedule)
+
+    async def resume(self, name: str) -> Schedule:
+        """Fire times that passed while paused are dropped: it goes on from the next one after now."""
+        schedule = self._existing(name)
+        if schedule.paused:
+            schedule.paused = False
+            try:
+                schedule.next_fire_at = parse_cron(schedule.expression).next_after(
+                    self._queue.now(), load_zone(schedule.timezone))
+            except ValueError:
+                schedule.next_fire_at = None
+            self._touch(schedule)
+        return copy.deepcopy(schedule)
+
+    async def remove(self, name: str) -> None:
+        schedule = self._existing(name)
+        del self._by_name[name]
+        self._fires = {key: job for key, job in self._fires.items() if key[0] != schedule.id}
+
+    async def sync_declared(self) -> builtins.list[Schedule]:
+        """Upsert the registry's declared schedules; an unchanged one keeps its next fire time."""
+        written = []
+        for spec in sorted(self._queue.registry.schedules.values(), key=lambda spec: spec.name):
+            old = self._by_name.get(spec.name)
+            if old is None:
+                written.append(self._store(msgspec.structs.replace(spec, paused=False), declared=True))
+                continue
+            new = (spec.expression, spec.timezone, spec.kind, spec.queue, _through_json(spec.payload), spec.priority,
+                   spec.max_attempts, spec.catch_up, spec.catch_up_window, True)
+            if new == (old.expression, old.timezone, old.kind, old.queue, old.payload, old.priority,
+                       old.max_attempts, old.catch_up, old.catch_up_window, old.declared_in_code):
+                continue
+            if (old.expression, old.timezone) != (spec.expression, spec.timezone):
+                old.next_fire_at = first_fire(spec, self._queue.now())
+            (old.expression, old.timezone, old.kind, old.queue, old.payload, old.priority, old.max_attempts,
+             old.catch_up, old.catch_up_window, old.declared_in_code) = new
+            self._touch(old)
+            written.append(old)
+        return [copy.deepcopy(schedule) for schedule in written]
+
+    async def fire_due(self) -> builtins.list[ScheduleFire]:
+        """One scheduler pass on the backend's clock."""
+        now = self._queue.now()
+        fired: builtins.list[ScheduleFire] = []
+        due = sorted((s for s in self._by_name.values()
+                      if not s.paused and s.next_fire_at is not None and s.next_fire_at <= now),
+                     key=lambda s: (s.next_fire_at, s.id))
+        for schedule in due:
+            try:
+                fires, next_fire_at = plan_fires(schedule, now)
+            except ValueError:
+                fires, next_fire_at = [], None
+            new_fires = [fire for fire in fires if (schedule.id, fire) not in self._fires]
+            jobs = self._queue._insert([NewJob(queue=schedule.queue, kind=schedule.kind, payload=schedule.payload,
+                                               priority=schedule.priority, run_at=fire,
+                                               max_attempts=schedule.max_attempts) for fire in new_fires])
+            for fire, job in zip(new_fires, jobs, strict=True):
+                self._fires[(schedule.id, fire)] = job.id
+                fired.append(ScheduleFire(schedule=schedule.name, fire_at=fire, job_id=job.id))
+            if fires:
+                schedule.last_fire_at = max([*fires, *([schedule.last_fire_at] if schedule.last_fire_at else [])])
+            schedule.next_fire_at = next_fire_at
+            self._touch(schedule)
+        return sorted(fired, key=lambda fire: (fire.fire_at, fire.schedule))
+
+    def _existing(self, name: str) -> Schedule:
+        schedule = self._by_name.get(name)
+        if schedule is None:
+            raise ScheduleNotFound(name)
+        return schedule
+
+    def _touch(self, schedule: Schedule) -> None:
+        schedule.revision += 1
+        schedule.updated_at = self._queue.now()

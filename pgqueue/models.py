@@ -79,3 +79,63 @@ class NewJob(msgspec.Struct, kw_only=True):
     # the payload as the JSON text to store, set by the registry when it validated it (the store
     # encodes ``payload`` itself when this is None)
     payload_json: str | None = None
+
+
+# -- periodic jobs (pgqueue/scheduler.py) ----------------------------------------------------------
+
+CatchUp = Literal["skip", "latest", "all"]
+CATCH_UP_POLICIES: tuple[str, ...] = get_args(CatchUp)
+DEFAULT_CATCH_UP_WINDOW = 60.0  # seconds
+MAX_CATCH_UP_WINDOW = 366 * 86400.0
+
+
+class ScheduleSpec(msgspec.Struct, kw_only=True):
+    """What a schedule enqueues and when (checked by registry.check_schedule before it is stored).
+
+    catch_up, when fire times were missed (no worker ran): ``skip`` runs the latest one only if it
+    is at most ``catch_up_window`` seconds late; ``latest`` runs the latest one however late;
+    ``all`` runs every one of the last ``catch_up_window`` seconds."""
+
+    name: str
+    expression: str
+    kind: str
+    payload: Any = {}
+    timezone: str = "UTC"
+    queue: str = "default"
+    priority: int = PRIORITY_DEFAULT
+    max_attempts: int = 3
+    catch_up: str = "skip"
+    catch_up_window: float = DEFAULT_CATCH_UP_WINDOW
+    paused: bool = False  # on creation only: code declarations never change an operator's pause
+    payload_json: str | None = None  # set by check_schedule
+
+
+class Schedule(msgspec.Struct, kw_only=True):
+    """One row of pgqueue.schedules."""
+
+    id: int
+    name: str
+    expression: str
+    timezone: str
+    kind: str
+    queue: str
+    payload: Any
+    priority: int
+    max_attempts: int
+    catch_up: str
+    catch_up_window: float
+    paused: bool
+    declared_in_code: bool
+    next_fire_at: datetime | None
+    last_fire_at: datetime | None
+    revision: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class ScheduleFire(msgspec.Struct, kw_only=True, frozen=True):
+    """A fire time that became a job (pgqueue.schedule_fires)."""
+
+    schedule: str
+    fire_at: datetime
+    job_id: int

@@ -17,6 +17,7 @@ from pgqueue.db import AsyncConnection, Connection, ConnectionPool, connect_sync
 from pgqueue.errors import ConfigError, InvalidTransition, JobNotFound, LeaseLost
 from pgqueue.models import RETRYABLE_STATUSES, Event, Job, JobError, NewJob
 from pgqueue.registry import JobRegistry, check_payload_sizes
+from pgqueue.scheduler import ScheduleBackend, Schedules
 from pgqueue.store import Store, insert_jobs_sync
 
 EnqueueItem = NewJob | tuple[str, Any] | tuple[str, Any, dict[str, Any]]
@@ -68,6 +69,7 @@ class Queue:
         self.store = Store(pool)
         self.registry = registry or JobRegistry()
         self.settings = settings or Settings()
+        self.schedules = Schedules(self.store, self.registry)  # periodic jobs (pgqueue/scheduler.py)
 
     @classmethod
     async def connect(cls, url: str | None = None, registry: JobRegistry | None = None, *,
@@ -247,6 +249,9 @@ class QueueBackend(Protocol):
 
     registry: JobRegistry
     settings: Settings
+
+    @property
+    def schedules(self) -> ScheduleBackend: ...  # periodic jobs: add, list, pause, resume, remove, fire_due
 
     async def close(self) -> None: ...
 

@@ -23,8 +23,18 @@ from typing import Any
 
 import msgspec
 
-from pgqueue.errors import InvalidPayload, UnknownKind
-from pgqueue.models import PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, NewJob
+from pgqueue.cron import CronError, load_zone, parse_cron
+from pgqueue.errors import InvalidPayload, InvalidSchedule, UnknownKind
+from pgqueue.models import (
+    CATCH_UP_POLICIES,
+    DEFAULT_CATCH_UP_WINDOW,
+    MAX_CATCH_UP_WINDOW,
+    PRIORITY_DEFAULT,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    NewJob,
+    ScheduleSpec,
+)
 
 Handler = Callable[..., Any]
 
@@ -221,6 +231,7 @@ def validate_options(priority: int, max_attempts: int, queue: str) -> list[dict[
 class JobRegistry:
     def __init__(self) -> None:
         self.kinds: dict[str, KindSpec] = {}
+        self.schedules: dict[str, ScheduleSpec] = {}  # declared with periodic(); workers upsert them at start
 
     def kind(self, name: str, *, payload: Any = None, queue: str = "default", max_attempts: int = 3,
              priority: int = PRIORITY_DEFAULT, backoff_base: float = 2.0,
@@ -257,6 +268,7 @@ class JobRegistry:
 
     def include(self, other: JobRegistry) -> None:
         self.kinds.update(other.kinds)
+        self.schedules.update(other.schedules)
 
     def build_plain(self, kind: str, payloads: list[Any]) -> list[NewJob]:
         """``build(kind, p)`` for many payloads with the kind's defaults, converted in one msgspec
@@ -322,3 +334,92 @@ class JobRegistry:
         if errors:
             raise InvalidPayload(errors)
         return msgspec.structs.replace(new, payload_json=payload_json)
+
+    # -- periodic jobs (README "Periodic jobs") ----------------------------------------------------
+
+    def periodic(self, expression: str, *, kind: str | None = None, payload: Any = None, name: str | None = None,
+                 timezone: str = "UTC", queue: str | None = None, priority: int | None = None,
+                 max_attempts: int | None = None, catch_up: str = "skip",
+                 catch_up_window: float = DEFAULT_CATCH_UP_WINDOW) -> Callable[[Handler], Handler]:
+        """Decorator declaring a schedule for a handler: ``@jobs.periodic("*/5 * * * *")`` above
+        ``@jobs.kind("report")``, or alone (``kind=`` names the kind to register the handler as,
+        default its function name). Workers upsert declared schedules when they start; the
+        expression, zone and payload are checked here, at import time (ValueError)."""
+
+        def register(handler: Handler) -> Handler:
+            kind_name = kind or next((k for k, spec in self.kinds.items() if spec.handler is handler),
+                                     getattr(handler, "__name__", ""))
+            registered_here = kind_name not in self.kinds
+            if registered_here:
+                self.kind(kind_name)(handler)
+            try:
+                self.declare_schedule(name or kind_name, expression, kind=kind_name, payload=payload,
+                                      timezone=timezone, queue=queue, priority=priority, max_attempts=max_attempts,
+                                      catch_up=catch_up, catch_up_window=catch_up_window)
+            except ValueError:
+                if registered_here:  # a bad declaration leaves nothing behind
+                    del self.kinds[kind_name]
+                raise
+            return handler
+
+        return register
+
+    def declare_schedule(self, name: str, expression: str, *, kind: str, payload: Any = None, timezone: str = "UTC",
+                         queue: str | None = None, priority: int | None = None, max_attempts: int | None = None,
+                         catch_up: str = "skip", catch_up_window: float = DEFAULT_CATCH_UP_WINDOW) -> ScheduleSpec:
+        """Declare a schedule of a registered kind in code (what ``periodic`` does, without a decorator)."""
+        if name in self.schedules:
+            raise ValueError(f"schedule {name!r} is declared twice")
+        try:
+            spec = check_schedule(self, name, expression, kind, payload, timezone=timezone, queue=queue,
+                                  priority=priority, max_attempts=max_attempts, catch_up=catch_up,
+                                  catch_up_window=catch_up_window)
+        except InvalidSchedule as exc:
+            raise ValueError(f"schedule {name!r}: {exc}") from None
+        self.schedules[name] = spec
+        return spec
+
+
+def check_schedule(registry: JobRegistry, name: str, expression: str, kind: str, payload: Any = None, *,
+                   timezone: str = "UTC", queue: str | None = None, priority: int | None = None,
+                   max_attempts: int | None = None, catch_up: str = "skip",
+                   catch_up_window: float = DEFAULT_CATCH_UP_WINDOW, paused: bool = False) -> ScheduleSpec:
+    """A schedule's definition, checked as a whole (InvalidSchedule lists every bad field): the
+    expression parses and fires within cron.SEARCH_YEARS, the zone exists, and the job it makes
+    passes ``build`` (kind, payload type, queue, priority, attempts), the kind's defaults filling
+    what is not given."""
+    errors: list[dict[str, str]] = []
+    if not isinstance(name, str) or not _NAME.match(name):
+        errors.append({"field": "name", "message": "must be 1-100 characters of letters, digits, _ . : -"})
+    cron = zone = None
+    try:
+        cron = parse_cron(expression)
+    except CronError as exc:
+        errors.append({"field": "expression", "message": str(exc)})
+    try:
+        zone = load_zone(timezone)
+    except ValueError as exc:
+        errors.append({"field": "timezone", "message": str(exc)})
+    if cron is not None and zone is not None and cron.next_after(datetime.now(UTC), zone) is None:
+        errors.append({"field": "expression", "message": "never fires (no such date within the next 30 years)"})
+    if catch_up not in CATCH_UP_POLICIES:
+        errors.append({"field": "catch_up", "message": f"must be one of {', '.join(CATCH_UP_POLICIES)}"})
+    if (isinstance(catch_up_window, bool) or not isinstance(catch_up_window, int | float)
+            or not math.isfinite(catch_up_window) or not 1 <= catch_up_window <= MAX_CATCH_UP_WINDOW):
+        errors.append({"field": "catch_up_window",
+                       "message": f"must be a number of seconds from 1 to {MAX_CATCH_UP_WINDOW:.0f} (366 days)"})
+    if not isinstance(paused, bool):
+        errors.append({"field": "paused", "message": "must be true or false"})
+    new = None
+    try:
+        new = registry.build(kind, {} if payload is None else payload, queue=queue, priority=priority,
+                             max_attempts=max_attempts)
+    except UnknownKind as exc:
+        errors.append({"field": "kind", "message": str(exc)})
+    except InvalidPayload as exc:
+        errors += exc.errors
+    if errors or new is None:
+        raise InvalidSchedule(errors)
+    return ScheduleSpec(name=name, expression=expression, kind=kind, payload=new.payload, timezone=timezone,
+                        queue=new.queue, priority=new.priority, max_attempts=new.max_attempts, catch_up=catch_up,
+                        catch_up_window=float(catch_up_window), paused=paused, payload_json=new.payload_json)

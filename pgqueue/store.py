@@ -15,11 +15,11 @@ from typing import Any
 
 import msgspec
 from psycopg import sql as pg_sql
-from psycopg.rows import kwargs_row
+from psycopg.rows import dict_row, kwargs_row
 from psycopg_pool import AsyncConnectionPool
 
 from pgqueue.db import AsyncConnection, Connection, fetch, transaction, translate_errors
-from pgqueue.models import Event, Job, JobError, NewJob
+from pgqueue.models import Event, Job, JobError, NewJob, Schedule, ScheduleFire, ScheduleSpec
 from pgqueue.sql import QUERIES
 
 _encode_json = msgspec.json.Encoder().encode
@@ -383,3 +383,69 @@ class Store:
 
     async def now(self, conn: AsyncConnection | None = None) -> datetime:
         return (await self._one("now", {}, conn))[0]
+
+    # -- periodic jobs (pgqueue/scheduler.py) --------------------------------------------------
+
+    async def insert_schedule(self, spec: ScheduleSpec, next_fire_at: datetime | None,
+                              conn: AsyncConnection | None = None) -> Schedule | None:
+        """The new schedule, or None when its name is taken."""
+        params = {"name": spec.name, "expression": spec.expression, "timezone": spec.timezone, "kind": spec.kind,
+                  "queue": spec.queue, "payload": spec.payload_json or _json_text(spec.payload),
+                  "priority": spec.priority, "max_attempts": spec.max_attempts, "catch_up": spec.catch_up,
+                  "catch_up_window": spec.catch_up_window, "paused": spec.paused, "next_fire_at": next_fire_at}
+        return await self._one("insert_schedule", params, conn, kwargs_row(Schedule))
+
+    async def upsert_declared_schedules(self, specs: Sequence[ScheduleSpec], next_fire_ats: Sequence[datetime | None],
+                                        conn: AsyncConnection | None = None) -> list[Schedule]:
+        """Insert or update the schedules declared in code; returns the rows written (unchanged ones are not)."""
+        params = {
+            "names": [s.name for s in specs], "expressions": [s.expression for s in specs],
+            "timezones": [s.timezone for s in specs], "kinds": [s.kind for s in specs],
+            "queues": [s.queue for s in specs], "payloads": [s.payload_json or _json_text(s.payload) for s in specs],
+            "priorities": [s.priority for s in specs], "max_attempts": [s.max_attempts for s in specs],
+            "catch_ups": [s.catch_up for s in specs], "catch_up_windows": [s.catch_up_window for s in specs],
+            "next_fire_ats": list(next_fire_ats),
+        }
+        return await self._many("upsert_declared_schedules", params, conn, kwargs_row(Schedule))
+
+    async def get_schedule(self, name: str, conn: AsyncConnection | None = None) -> Schedule | None:
+        return await self._one("get_schedule", {"name": name}, conn, kwargs_row(Schedule))
+
+    async def list_schedules(self, conn: AsyncConnection | None = None) -> list[Schedule]:
+        return await self._many("list_schedules", {}, conn, kwargs_row(Schedule))
+
+    async def pause_schedule(self, name: str, conn: AsyncConnection | None = None) -> Schedule | None:
+        return await self._one("pause_schedule", {"name": name}, conn, kwargs_row(Schedule))
+
+    async def resume_schedule(self, name: str, next_fire_at: datetime | None,
+                              conn: AsyncConnection | None = None) -> Schedule | None:
+        params = {"name": name, "next_fire_at": next_fire_at}
+        return await self._one("resume_schedule", params, conn, kwargs_row(Schedule))
+
+    async def delete_schedule(self, name: str, conn: AsyncConnection | None = None) -> bool:
+        return await self._one("delete_schedule", {"name": name}, conn) is not None
+
+    async def due_schedules(self, limit: int, conn: AsyncConnection | None = None) -> tuple[list[Schedule], datetime]:
+        """The due schedules and the database's now() (that of this very statement)."""
+        rows = await self._many("due_schedules", {"limit": limit}, conn, dict_row)
+        if not rows:
+            return [], await self.now(conn)
+        now = rows[0]["db_now"]
+        return [msgspec.convert({k: v for k, v in row.items() if k != "db_now"}, Schedule) for row in rows], now
+
+    async def fire_schedules(self, plans: Sequence[tuple[int, int, datetime | None, Sequence[datetime]]],
+                             conn: AsyncConnection | None = None) -> list[ScheduleFire]:
+        """Fire planned schedules in one statement: (id, revision, next_fire_at, fire times) each."""
+        params = {
+            "ids": [p[0] for p in plans], "revisions": [p[1] for p in plans], "next_fire_ats": [p[2] for p in plans],
+            "fire_schedule_ids": [p[0] for p in plans for _ in p[3]],
+            "fire_ats": [fire for p in plans for fire in p[3]],
+        }
+        return await self._many("fire_schedules", params, conn, kwargs_row(ScheduleFire))
+
+    async def next_schedule_due(self, conn: AsyncConnection | None = None) -> tuple[datetime | None, datetime]:
+        row = await self._one("next_schedule_due", {}, conn)
+        return row[0], row[1]
+
+    async def prune_schedule_fires(self, limit: int, conn: AsyncConnection | None = None) -> int:
+        return len(await self._many("prune_schedule_fires", {"limit": limit}, conn))

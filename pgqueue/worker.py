@@ -35,11 +35,12 @@ from typing import Any
 from pgqueue.config import check_concurrency
 from pgqueue.context import EventBuffer, JobContext, run_handler, settle_outcome
 from pgqueue.db import CONNECTION_ERRORS, AsyncConnection, connect
-from pgqueue.errors import LeaseLost
+from pgqueue.errors import LeaseLost, SchedulerFailed
 from pgqueue.maintenance import LeaseRescuer, Pruner
 from pgqueue.migrate import check_schema
 from pgqueue.models import Job
 from pgqueue.queue import Queue
+from pgqueue.scheduler import run_scheduler
 
 log = logging.getLogger("pgqueue.worker")
 
@@ -123,10 +124,13 @@ class Worker:
             *([asyncio.create_task(self._maintenance_loop(), name="pgqueue-maintenance")] if self.maintenance else []),
             asyncio.create_task(self._flush_completions_loop(), name="pgqueue-complete"),
             asyncio.create_task(self._flush_events_loop(), name="pgqueue-events"),
+            asyncio.create_task(self._schedule_loop(), name="pgqueue-scheduler"),
         ]
         try:
             await self._fetch_loop()
             await self._drain()
+            if self.scheduler_error is not None:
+                raise SchedulerFailed(f"worker stopped: its scheduler died ({self.scheduler_error})")
         finally:
             await _cancel_and_wait(helpers)
             await self._flush_completions()
@@ -451,6 +455,24 @@ class Worker:
             running.task.cancel()  # async handlers stop at their next await; sync ones see ctx.cancelled
 
     # -- heartbeat and maintenance -----------------------------------------------------------
+
+    # set when the scheduler task died: the worker then stops and run() raises SchedulerFailed
+    scheduler_error: BaseException | None = None
+
+    async def _schedule_loop(self) -> None:
+        """Fire due schedules (pgqueue/scheduler.py) on a connection of its own, never the heartbeat's.
+        Every worker runs it (the database dedupes fires). It retries what fails; should it die for
+        good, the worker stops and exits non-zero rather than heartbeat on without it (procrastinate
+        PR #1463)."""
+        try:
+            await run_scheduler(self.queue.store, self.queue.registry, self.url, self.stopping,
+                                poll_seconds=self.settings.poll_seconds)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            log.critical("scheduler died (%s); stopping worker %s", exc, self.worker_id, exc_info=exc)
+            self.scheduler_error = exc
+            self.stop()
 
     async def _heartbeat_loop(self) -> None:
         await self._on_own_connection("heartbeat", self.settings.heartbeat_seconds, self._heartbeat)

@@ -483,3 +483,133 @@ WITH input AS (
     FROM buried ORDER BY id
 )
 SELECT id FROM buried;
+
+-- ---------------------------------------------------------------------------------------------
+-- Periodic jobs (pgqueue/scheduler.py, README "Periodic jobs")
+-- ---------------------------------------------------------------------------------------------
+
+-- name: insert_schedule :one
+-- A new schedule; no row when the name is taken (the caller says so).
+INSERT INTO pgqueue.schedules (name, expression, timezone, kind, queue, payload, priority, max_attempts,
+                               catch_up, catch_up_window, paused, next_fire_at)
+VALUES (%(name)s, %(expression)s, %(timezone)s, %(kind)s, %(queue)s, %(payload)s::jsonb, %(priority)s,
+        %(max_attempts)s, %(catch_up)s, %(catch_up_window)s, %(paused)s, %(next_fire_at)s)
+ON CONFLICT (name) DO NOTHING
+RETURNING *;
+
+-- name: upsert_declared_schedules :many
+-- The schedules declared in code, written by each worker at start. A schedule whose definition is
+-- unchanged is not touched at all: its next_fire_at stays, so workers restarting more often than
+-- it fires never push it back (river#791). A changed expression or zone starts over from the
+-- given next fire time; paused is the operator's and never changes here.
+INSERT INTO pgqueue.schedules AS s (name, expression, timezone, kind, queue, payload, priority, max_attempts,
+                                    catch_up, catch_up_window, declared_in_code, next_fire_at)
+SELECT t.name, t.expression, t.timezone, t.kind, t.queue, t.payload, t.priority, t.max_attempts, t.catch_up,
+       t.catch_up_window, true, t.next_fire_at
+FROM unnest(%(names)s::text[], %(expressions)s::text[], %(timezones)s::text[], %(kinds)s::text[],
+            %(queues)s::text[], %(payloads)s::jsonb[], %(priorities)s::smallint[], %(max_attempts)s::int[],
+            %(catch_ups)s::text[], %(catch_up_windows)s::float8[], %(next_fire_ats)s::timestamptz[])
+     AS t(name, expression, timezone, kind, queue, payload, priority, max_attempts, catch_up, catch_up_window,
+          next_fire_at)
+ORDER BY t.name
+ON CONFLICT (name) DO UPDATE
+SET expression = excluded.expression, timezone = excluded.timezone, kind = excluded.kind, queue = excluded.queue,
+    payload = excluded.payload, priority = excluded.priority, max_attempts = excluded.max_attempts,
+    catch_up = excluded.catch_up, catch_up_window = excluded.catch_up_window, declared_in_code = true,
+    next_fire_at = CASE WHEN (s.expression, s.timezone) IS DISTINCT FROM (excluded.expression, excluded.timezone)
+                        THEN excluded.next_fire_at ELSE s.next_fire_at END,
+    revision = s.revision + 1, updated_at = now()
+WHERE (s.expression, s.timezone, s.kind, s.queue, s.payload, s.priority, s.max_attempts, s.catch_up,
+       s.catch_up_window, s.declared_in_code)
+      IS DISTINCT FROM (excluded.expression, excluded.timezone, excluded.kind, excluded.queue, excluded.payload,
+                        excluded.priority, excluded.max_attempts, excluded.catch_up, excluded.catch_up_window, true)
+RETURNING s.*;
+
+-- name: get_schedule :one
+SELECT * FROM pgqueue.schedules WHERE name = %(name)s;
+
+-- name: list_schedules :many
+SELECT * FROM pgqueue.schedules ORDER BY name;
+
+-- name: pause_schedule :one
+UPDATE pgqueue.schedules SET paused = true, revision = revision + 1, updated_at = now()
+WHERE name = %(name)s
+RETURNING *;
+
+-- name: resume_schedule :one
+-- Fire times that passed while paused are not missed, they were not wanted: the schedule starts
+-- again from the given next fire time (computed from now). A schedule not paused is unchanged.
+UPDATE pgqueue.schedules
+SET paused = false, next_fire_at = CASE WHEN paused THEN %(next_fire_at)s ELSE next_fire_at END,
+    revision = revision + CASE WHEN paused THEN 1 ELSE 0 END,
+    updated_at = CASE WHEN paused THEN now() ELSE updated_at END
+WHERE name = %(name)s
+RETURNING *;
+
+-- name: delete_schedule :one
+-- Its fire records go with it; the jobs it made stay.
+DELETE FROM pgqueue.schedules WHERE name = %(name)s RETURNING id;
+
+-- name: due_schedules :many
+-- The schedules due now (soonest first, a bounded batch), and the database's clock: a scheduler
+-- plans every fire from these two alone, never from a timer of its own.
+SELECT s.*, now() AS db_now FROM pgqueue.schedules AS s
+WHERE NOT s.paused AND s.next_fire_at <= now()
+ORDER BY s.next_fire_at, s.id
+LIMIT %(limit)s;
+
+-- name: fire_schedules :many
+-- One scheduler pass, as one statement, so no crash between two steps can leave a fire half done
+-- (procrastinate#1495): for each planned schedule still at the revision the plan was made from
+-- (locked in id order, SKIP LOCKED: another worker busy firing it is left to it), record each fire
+-- time under the unique (schedule_id, fire_at), insert one job per fire recorded here (ids drawn
+-- first, so the fire row and its job are written together), and move next_fire_at on. A fire
+-- time already recorded (by another worker, by an earlier pass) inserts nothing.
+-- Returns the fires that became jobs.
+WITH plan AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(revisions)s::bigint[], %(next_fire_ats)s::timestamptz[])
+        AS t(id, revision, next_fire_at)
+), locked AS MATERIALIZED (
+    SELECT s.id FROM pgqueue.schedules AS s JOIN plan AS p ON p.id = s.id
+    WHERE s.id = ANY(%(ids)s::bigint[]) AND s.revision = p.revision AND NOT s.paused
+    ORDER BY s.id
+    FOR UPDATE OF s SKIP LOCKED
+), wanted AS MATERIALIZED (
+    SELECT f.schedule_id, f.fire_at, nextval('pgqueue.jobs_id_seq') AS job_id
+    FROM unnest(%(fire_schedule_ids)s::bigint[], %(fire_ats)s::timestamptz[]) AS f(schedule_id, fire_at)
+    WHERE f.schedule_id IN (SELECT id FROM locked)
+), recorded AS (
+    INSERT INTO pgqueue.schedule_fires (schedule_id, fire_at, job_id)
+    SELECT schedule_id, fire_at, job_id FROM wanted ORDER BY schedule_id, fire_at
+    ON CONFLICT (schedule_id, fire_at) DO NOTHING
+    RETURNING schedule_id, fire_at, job_id
+), enqueued AS (
+    INSERT INTO pgqueue.jobs (id, queue, kind, payload, priority, run_at, max_attempts)
+    SELECT r.job_id, s.queue, s.kind, s.payload, s.priority, r.fire_at, s.max_attempts
+    FROM recorded AS r JOIN pgqueue.schedules AS s ON s.id = r.schedule_id
+    ORDER BY r.fire_at, r.job_id
+    RETURNING id
+), advanced AS (
+    UPDATE pgqueue.schedules AS s
+    SET next_fire_at = p.next_fire_at, revision = s.revision + 1, updated_at = now(),
+        last_fire_at = greatest(s.last_fire_at, (SELECT max(w.fire_at) FROM wanted AS w WHERE w.schedule_id = s.id))
+    FROM plan AS p
+    WHERE s.id = ANY(ARRAY(SELECT id FROM locked)) AND s.id = p.id
+    RETURNING s.id
+)
+SELECT s.name AS schedule, r.fire_at, r.job_id
+FROM recorded AS r JOIN pgqueue.schedules AS s ON s.id = r.schedule_id
+CROSS JOIN (SELECT count(*) FROM enqueued) AS e CROSS JOIN (SELECT count(*) FROM advanced) AS a
+ORDER BY r.fire_at, s.name;
+
+-- name: next_schedule_due :one
+-- When the soonest schedule is due (NULL: none), and the database's clock: the scheduler sleeps until then.
+SELECT (SELECT min(next_fire_at) FROM pgqueue.schedules WHERE NOT paused) AS next_fire_at, now() AS db_now;
+
+-- name: prune_schedule_fires :many
+-- Fire records older than a week (no pass plans fire times that far back: next_fire_at only
+-- moves forward, or restarts from now), in a bounded batch.
+DELETE FROM pgqueue.schedule_fires
+WHERE ctid = ANY(ARRAY(SELECT ctid FROM pgqueue.schedule_fires
+                       WHERE created_at < now() - interval '7 days' LIMIT %(limit)s))
+RETURNING schedule_id;
