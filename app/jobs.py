@@ -6,6 +6,7 @@
   then succeeds or fails at random with ``fail_probability``; failed tasks retry with backoff
   and end dead after their attempts. Both knobs are in the payload so tests can pin them.
 - ``external``: no Python handler; workers in other languages claim it over HTTP (/worker/...).
+- ``webhook``: a signed POST of a JSON body to a URL (app/kinds/webhooks.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from app.ingest import ingest_jobs
+from app.kinds.webhooks import webhook_jobs
 from app.validation import describe_pattern
 from pgqueue import JobContext, JobRegistry
 
@@ -120,3 +122,6 @@ jobs.declare("external", payload=ExternalPayload, handler=None, queue="external"
 
 # Log-file ingestion (app/ingest.py): `ingest_file` on the `ingest` queue.
 jobs.include(ingest_jobs)
+
+# Webhook delivery (app/kinds/webhooks.py): `webhook` on the `webhooks` queue.
+jobs.include(webhook_jobs)

@@ -6,8 +6,10 @@ layer needs is ``APP_*`` (``APP_MAX_BODY_BYTES``, ``APP_SECRET``, ``APP_RUN_WORK
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import msgspec
 
 from pgqueue.config import MIN_INTERVAL_SECONDS, Settings, check_concurrency, check_seconds, load_settings
 from pgqueue.errors import ConfigError
+from pgqueue.webhooks import decode_secret
 
 MIB = 1024 * 1024
 
@@ -23,6 +26,28 @@ def _check_range(name: str, value: int, minimum: int, maximum: int | None = None
     if value < minimum or (maximum is not None and value > maximum):
         rule = f"at least {minimum}" if maximum is None else f"from {minimum} to {maximum}"
         raise ConfigError(f"{name} must be an integer {rule}, got {value!r}")
+
+
+def _check_webhook_settings(settings: AppSettings) -> None:
+    for secret in settings.webhook_secrets():
+        try:
+            decode_secret(secret)
+        except ValueError:
+            raise ConfigError("APP_WEBHOOK_SECRET holds a secret that is not 'whsec_' followed by base64 "
+                              "(python -c 'from pgqueue.webhooks import new_webhook_secret as n; print(n())')") from None
+    for entry in settings.webhook_allowed_hosts():
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            if "/" in entry or not _HOST_NAME.match(entry):
+                raise ConfigError(f"APP_WEBHOOK_ALLOW_HOSTS: {entry!r} is not a host name, an IP address "
+                                  "or a network") from None
+    if not (math.isfinite(settings.webhook_timeout_seconds) and 0.1 <= settings.webhook_timeout_seconds <= 300):
+        raise ConfigError("APP_WEBHOOK_TIMEOUT_SECONDS must be from 0.1 to 300, "
+                          f"got {settings.webhook_timeout_seconds!r}")
+
+
+_HOST_NAME = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,62}))*\.?$")
 
 
 class AppSettings(msgspec.Struct, kw_only=True):
@@ -61,6 +86,13 @@ class AppSettings(msgspec.Struct, kw_only=True):
     # (both as `Authorization: Bearer`), unless APP_METRICS_PUBLIC opens it (a private network)
     metrics_token: str = ""
     metrics_public: bool = False
+    # webhook delivery (app/kinds/webhooks.py). APP_WEBHOOK_SECRET: the signing secret(s),
+    # `whsec_<base64>`, separated by spaces or commas; every one signs each delivery (several
+    # while a rotation lasts). APP_WEBHOOK_ALLOW_HOSTS: comma-separated host names, IP addresses
+    # or networks (10.0.0.0/8) that webhooks may reach although loopback, private or link-local.
+    webhook_secret: str = ""
+    webhook_allow_hosts: str = ""
+    webhook_timeout_seconds: float = 15.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> AppSettings:
@@ -88,6 +120,7 @@ class AppSettings(msgspec.Struct, kw_only=True):
         _check_range("APP_INGEST_BATCH_LINES", self.ingest_batch_lines, 1, 100_000)
         if self.metrics_token and len(self.metrics_token) < 16:
             raise ConfigError("APP_METRICS_TOKEN must be at least 16 characters (e.g. `openssl rand -hex 16`)")
+        _check_webhook_settings(self)
         delay = self.ingest_line_delay_max_seconds
         if not (math.isfinite(delay) and 0 <= delay <= 1):
             raise ConfigError(f"APP_INGEST_LINE_DELAY_MAX_SECONDS must be from 0 to 1, got {delay!r}")
@@ -98,6 +131,14 @@ class AppSettings(msgspec.Struct, kw_only=True):
     def engine_settings(self) -> Settings:
         """The engine's settings (lease, poll, retention from PGQUEUE_*), with our database URL."""
         return Settings.from_env(database_url=self.database_url)
+
+    def webhook_secrets(self) -> list[str]:
+        return [part for part in re.split(r"[\s,]+", self.webhook_secret) if part]
+
+    def webhook_allowed_hosts(self) -> frozenset[str]:
+        """APP_WEBHOOK_ALLOW_HOSTS as lower-case entries (a trailing dot dropped)."""
+        return frozenset(part.strip().lower().rstrip(".") for part in self.webhook_allow_hosts.split(",")
+                         if part.strip())
 
     def queues_to_work(self, default: list[str]) -> list[str]:
         named = [name.strip() for name in self.worker_queues.split(",") if name.strip()]

@@ -150,7 +150,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             raise InvalidPayload([{"field": "run_at", "message": "not an ISO 8601 datetime"}]) from None
     options: dict[str, Any] = {
         "priority": args.priority, "queue": args.queue, "delay": args.delay, "run_at": run_at,
-        "unique_key": args.unique_key, "max_attempts": args.max_attempts,
+        "unique_key": args.unique_key, "max_attempts": args.max_attempts, "concurrency_key": args.concurrency_key, "concurrency_key": args.concurrency_key,
     }
     jobs = [(args.kind, payload, {k: v for k, v in options.items() if v is not None})] * args.count
     url = _url(args)
@@ -235,6 +235,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def cmd_queues(args: argparse.Namespace) -> int:
+    from pgqueue.queues_cli import main as queues_main
+
+    return queues_main(args, _url(args))
+
+
+def cmd_queues(args: argparse.Namespace) -> int:
+    from pgqueue.queues_cli import main as queues_main
+
+    return queues_main(args, _url(args))
+
+
 def cmd_chaos(args: argparse.Namespace) -> int:
     from pgqueue.chaos.cli import main as chaos_main
 
@@ -277,9 +289,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delay", type=float, help="seconds from now")
     p.add_argument("--run-at", help="ISO 8601 datetime with a time zone")
     p.add_argument("--unique-key")
+    p.add_argument("--concurrency-key", help="the queue's per-key limits apply to this key (a tenant, an account)")
+    p.add_argument("--concurrency-key", help="the queue's per-key limits apply to this key (a tenant, an account)")
     p.add_argument("--max-attempts", type=int)
     p.add_argument("--count", type=int, default=1, help="enqueue this many copies in one round trip")
     p.set_defaults(func=cmd_enqueue)
+
+    from pgqueue.queues_cli import add_arguments as queues_arguments
+
+    p = sub.add_parser("queues", help="pause, resume and limit queues (concurrency, rate; per concurrency key too)")
+    queues_arguments(p, database)
+    p.set_defaults(func=cmd_queues)
+
+    from pgqueue.queues_cli import add_arguments as queues_arguments
+
+    p = sub.add_parser("queues", help="pause, resume and limit queues (concurrency, rate; per concurrency key too)")
+    queues_arguments(p, database)
+    p.set_defaults(func=cmd_queues)
+
+    add_schedules_parser(sub, database)
 
     p = sub.add_parser("stats", help="queue depth by queue and status")
     database(p)

@@ -113,3 +113,14 @@ class ScheduleExists(PgQueueError):
 
 class SchedulerFailed(PgQueueError):
     """The worker's scheduler kept failing: the worker stops rather than run without it."""
+
+
+# -- queues: pause and limits --------------------------------------------------------------------
+
+
+class InvalidQueueSettings(ConfigError):
+    """A queue name or limit is not valid (``errors`` as in InvalidPayload: field, message)."""
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{e['field']}: {e['message']}" for e in errors))

@@ -38,6 +38,7 @@ from pgqueue.config import Settings
 from pgqueue.context import EventBuffer, JobContext, run_handler, settle_outcome
 from pgqueue.cron import load_zone, parse_cron
 from pgqueue.errors import InvalidTransition, JobNotFound, LeaseLost, ScheduleExists, ScheduleNotFound
+from pgqueue.limits import UNCHANGED, QueueInfo, Rate, check_queue_name, limit_params, unlimited
 from pgqueue.models import (
     DEFAULT_CATCH_UP_WINDOW,
     LIVE_STATUSES,
@@ -94,6 +95,8 @@ class MemoryQueue:
         self._event_ids = itertools.count(1)
         self._running: dict[int, _RunningHandler] = {}
         self._event_buffer = EventBuffer()
+        self._queues: dict[str, QueueInfo] = {}  # paused or limited queues (the pgqueue.queues rows)
+        self._buckets: dict[tuple[str, str], tuple[float, datetime]] = {}  # (queue, key or ''): tokens, as of
         self.schedules = MemorySchedules(self)  # periodic jobs, same contract as pgqueue/scheduler.py
 
     async def close(self) -> None:
@@ -147,7 +150,7 @@ class MemoryQueue:
                       priority=new.priority, status="queued",
                       run_at=new.run_at or now + timedelta(seconds=new.delay_seconds),
                       attempts=0, max_attempts=new.max_attempts, unique_key=new.unique_key,
-                      owner_id=new.owner_id, created_at=now, updated_at=now)
+                      owner_id=new.owner_id, concurrency_key=new.concurrency_key, created_at=now, updated_at=now)
             self._jobs[job.id] = job
             if job.unique_key is not None:
                 live_by_key[job.unique_key] = job
@@ -163,12 +166,19 @@ class MemoryQueue:
         now = self.now()
         lease = timedelta(seconds=lease_seconds or self.settings.lease_seconds)
         wanted = set(queues)
-        runnable = sorted(
+        candidates = sorted(
             (job for job in self._jobs.values()
              if job.queue in wanted and job.status in RUNNABLE_STATUSES and job.run_at <= now),
             key=lambda job: (-job.priority, job.run_at, job.id),
-        )[: max(limit, 0)]
-        for job in runnable:
+        )
+        runnable: list[Job] = []
+        for job in candidates:
+            if len(runnable) >= limit:
+                break
+            # a paused or limited queue's job without a slot or a token is skipped, as in Postgres
+            if not self._admit(job, now):
+                continue
+            runnable.append(job)
             job.status = "running"
             job.attempts += 1
             job.lease_owner = worker_id
@@ -378,6 +388,96 @@ class MemoryQueue:
             by_status[job.status] = by_status.get(job.status, 0) + 1
         return out
 
+    # -- queues: pause and limits (the contract of pgqueue.queues and claim_jobs) ----------------
+
+    async def list_queues(self) -> list[QueueInfo]:
+        names = set(self._queues) | {job.queue for job in self._jobs.values()}
+        return [self._queue_info(name) for name in sorted(names)]
+
+    async def get_queue(self, name: str) -> QueueInfo:
+        return self._queue_info(check_queue_name(name))
+
+    async def pause_queue(self, name: str) -> QueueInfo:
+        return self._change_queue(check_queue_name(name), paused=True)
+
+    async def resume_queue(self, name: str) -> QueueInfo:
+        return self._change_queue(check_queue_name(name), paused=False)
+
+    async def set_queue_limits(self, name: str, *, concurrency: Any = UNCHANGED, rate: Any = UNCHANGED,
+                               key_concurrency: Any = UNCHANGED, key_rate: Any = UNCHANGED) -> QueueInfo:
+        params = limit_params(concurrency, rate, key_concurrency, key_rate)
+        check_queue_name(name)
+        changes: dict[str, Any] = {}
+        for field in ("concurrency_limit", "key_concurrency_limit"):
+            if params[f"set_{field}"]:
+                changes[field] = params[field]
+        for rate_name in ("rate", "key_rate"):
+            if params[f"set_{rate_name}"]:
+                changes[f"{rate_name}_limit"] = params[f"{rate_name}_limit"]
+                changes[f"{rate_name}_period"] = params[f"{rate_name}_period"]
+        return self._change_queue(name, **changes)
+
+    def _change_queue(self, name: str, **changes: Any) -> QueueInfo:
+        now = self.now()
+        current = self._queues.get(name) or QueueInfo(name=name, state="active", created_at=now)
+        updated = msgspec.structs.replace(current, **changes, updated_at=now)
+        self._queues[name] = msgspec.structs.replace(updated, state="paused" if updated.paused else "active")
+        return self._queue_info(name)
+
+    def _queue_info(self, name: str) -> QueueInfo:
+        now = self.now()
+        row = self._queues.get(name) or unlimited(name)
+        jobs = [job for job in self._jobs.values() if job.queue == name]
+        waiting = [job for job in jobs if job.status in RUNNABLE_STATUSES]
+        running = [job for job in jobs if job.status == "running"]
+        return msgspec.structs.replace(
+            row, queued=sum(job.run_at <= now for job in waiting), scheduled=sum(job.run_at > now for job in waiting),
+            running=len(running), running_keys=len({job.concurrency_key for job in running if job.concurrency_key}))
+
+    def _admit(self, job: Job, now: datetime) -> bool:
+        """Whether a runnable job may start now under its queue's pause and limits; if so it gets
+        its capacity slots and the tokens are taken (the caller starts it)."""
+        row = self._queues.get(job.queue)
+        if row is None:
+            job.queue_slot = job.key_slot = None
+            return True
+        if row.paused:
+            return False
+        keyed = job.concurrency_key is not None
+        queue_slot = self._free_slot(job.queue, None, row.concurrency_limit)
+        key_slot = self._free_slot(job.queue, job.concurrency_key, row.key_concurrency_limit) if keyed else None
+        if (row.concurrency_limit is not None and queue_slot is None) or (
+                keyed and row.key_concurrency_limit is not None and key_slot is None):
+            return False
+        buckets = [((job.queue, ""), row.rate)]
+        if keyed:
+            buckets.append(((job.queue, job.concurrency_key or ""), row.key_rate))
+        refilled = {where: self._refill(where, rate, now) for where, rate in buckets if rate is not None}
+        if any(tokens < 1 for tokens in refilled.values()):
+            return False
+        for where, tokens in refilled.items():
+            self._buckets[where] = (tokens - 1, now)
+        job.queue_slot, job.key_slot = queue_slot, key_slot
+        return True
+
+    def _free_slot(self, queue: str, key: str | None, limit: int | None) -> int | None:
+        """The lowest slot in 0..limit-1 no running job of this queue (and key) holds."""
+        if limit is None:
+            return None
+        if key is None:
+            held = {job.queue_slot for job in self._jobs.values() if job.status == "running" and job.queue == queue}
+        else:
+            held = {job.key_slot for job in self._jobs.values()
+                    if job.status == "running" and job.queue == queue and job.concurrency_key == key}
+        return next((slot for slot in range(limit) if slot not in held), None)
+
+    def _refill(self, where: tuple[str, str], rate: Rate, now: datetime) -> float:
+        """A bucket's tokens now: ``rate.limit`` at most, ``rate.limit`` more per period (as
+        pgqueue.refilled_tokens)."""
+        tokens, at = self._buckets.get(where, (float(rate.limit), now))
+        elapsed = max((now - at).total_seconds(), 0.0)
+        return min(float(rate.limit), tokens + elapsed * rate.limit / rate.period)
+
     # -- conveniences for unit tests -----------------------------------------------------------
 
     def list_jobs(self, *, kind: str | None = None, status: str | None = None, queue: str | None = None) -> list[Job]:
@@ -463,9 +563,33 @@ class MemoryQueue:
             running.task.cancel()  # sync handlers see ctx.cancelled at their next raise_if_cancelled()
 
     def _next_run_at(self, queues: Sequence[str]) -> datetime | None:
+        """When the next job of these queues may start: its run_at, or later when its queue's
+        (or key's) bucket has no token yet. Paused queues and jobs waiting for a slot that a
+        running job holds are left out (time passing would not start them)."""
         wanted = set(queues)
-        return min((job.run_at for job in self._jobs.values()
-                    if job.queue in wanted and job.status in RUNNABLE_STATUSES), default=None)
+        now = self.now()
+        times = []
+        for job in self._jobs.values():
+            if job.queue not in wanted or job.status not in RUNNABLE_STATUSES:
+                continue
+            row = self._queues.get(job.queue)
+            if row is None:
+                times.append(job.run_at)
+                continue
+            keyed = job.concurrency_key is not None
+            if row.paused or (row.concurrency_limit is not None
+                              and self._free_slot(job.queue, None, row.concurrency_limit) is None) or (
+                    keyed and row.key_concurrency_limit is not None
+                    and self._free_slot(job.queue, job.concurrency_key, row.key_concurrency_limit) is None):
+                continue
+            at = max(job.run_at, now)
+            for where, rate in (((job.queue, ""), row.rate), ((job.queue, job.concurrency_key or ""), row.key_rate)):
+                if rate is not None and (where[1] == "" or keyed):
+                    missing = 1 - self._refill(where, rate, at)
+                    if missing > 0:
+                        at += timedelta(seconds=missing * rate.period / rate.limit + 1e-6)
+            times.append(at if at > now else job.run_at)
+        return min(times, default=None)
 
     # -- internals -----------------------------------------------------------------------------
 

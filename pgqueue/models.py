@@ -47,6 +47,10 @@ class Job(msgspec.Struct, kw_only=True):
     # see schema/0005.crash-isolation.sql
     crash_suspect: bool = False
     lease_charged: bool = True
+    # see schema/0008.queues.sql: the job's concurrency key, and the capacity slots it holds while running
+    concurrency_key: str | None = None
+    queue_slot: int | None = None
+    key_slot: int | None = None
 
 
 class Event(msgspec.Struct, kw_only=True):
@@ -76,6 +80,7 @@ class NewJob(msgspec.Struct, kw_only=True):
     max_attempts: int = 3
     unique_key: str | None = None
     owner_id: str | None = None
+    concurrency_key: str | None = None  # limits of the queue per key apply (schema/0008.queues.sql)
     # the payload as the JSON text to store, set by the registry when it validated it (the store
     # encodes ``payload`` itself when this is None)
     payload_json: str | None = None

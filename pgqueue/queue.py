@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from pgqueue.config import Settings
 from pgqueue.db import AsyncConnection, Connection, ConnectionPool, connect_sync, open_pool, transaction
 from pgqueue.errors import ConfigError, InvalidTransition, JobNotFound, LeaseLost
+from pgqueue.limits import UNCHANGED, QueueInfo, check_queue_name, limit_params, unlimited
 from pgqueue.models import RETRYABLE_STATUSES, Event, Job, JobError, NewJob
 from pgqueue.registry import JobRegistry, check_payload_sizes
 from pgqueue.scheduler import ScheduleBackend, Schedules
@@ -241,6 +242,35 @@ class Queue:
             out.setdefault(queue, {})[status] = count
         return out
 
+    # -- queues: pause and limits (README "Queues") ------------------------------------------
+
+    async def list_queues(self) -> list[QueueInfo]:
+        """Every queue that has jobs, or was ever paused or limited: state, limits, counts."""
+        return await self.store.queue_statuses()
+
+    async def get_queue(self, name: str) -> QueueInfo:
+        """One queue's state (any valid name: a queue nobody limited runs unlimited)."""
+        return await self.store.queue_status(check_queue_name(name)) or unlimited(name)
+
+    async def pause_queue(self, name: str) -> QueueInfo:
+        """Stop claiming from a queue, in every worker (running jobs finish; enqueue still works)."""
+        await self.store.set_queue_paused(check_queue_name(name), True)
+        return await self.get_queue(name)
+
+    async def resume_queue(self, name: str) -> QueueInfo:
+        await self.store.set_queue_paused(check_queue_name(name), False)
+        return await self.get_queue(name)
+
+    async def set_queue_limits(self, name: str, *, concurrency: Any = UNCHANGED, rate: Any = UNCHANGED,
+                               key_concurrency: Any = UNCHANGED, key_rate: Any = UNCHANGED) -> QueueInfo:
+        """Set (a value), remove (None) or keep (leave out) each limit: ``concurrency`` running
+        jobs at most, ``rate`` starts (``"10/s"``, ``Rate(10, 1.0)``, ``(10, 1.0)``), and the same
+        per concurrency key. Everything is checked before anything is written."""
+        params = limit_params(concurrency, rate, key_concurrency, key_rate)
+        await self.store.set_queue_limits(check_queue_name(name), params)
+        return await self.get_queue(name)
+
+
 
 class QueueBackend(Protocol):
     """The contract `Queue` (PostgreSQL) and `MemoryQueue` (pgqueue/memory.py) both honour;
@@ -299,6 +329,18 @@ class QueueBackend(Protocol):
     async def save_checkpoint(self, job_id: int, token: uuid.UUID, state: Any, conn: Any = None) -> None: ...
 
     async def stats(self) -> dict[str, dict[str, int]]: ...
+
+    async def list_queues(self) -> list[QueueInfo]: ...
+
+    async def get_queue(self, name: str) -> QueueInfo: ...
+
+    async def pause_queue(self, name: str) -> QueueInfo: ...
+
+    async def resume_queue(self, name: str) -> QueueInfo: ...
+
+    async def set_queue_limits(self, name: str, *, concurrency: Any = UNCHANGED, rate: Any = UNCHANGED,
+                               key_concurrency: Any = UNCHANGED, key_rate: Any = UNCHANGED) -> QueueInfo: ...
+
 
 
 class SyncQueue:

@@ -195,9 +195,10 @@ def validate_schedule(run_at: datetime | None, delay: float | None) -> list[dict
     return errors
 
 
-def validate_keys(unique_key: str | None, owner_id: str | None) -> list[dict[str, str]]:
+def validate_keys(unique_key: str | None, owner_id: str | None,
+                  concurrency_key: str | None = None) -> list[dict[str, str]]:
     errors = []
-    for field, value in (("unique_key", unique_key), ("owner_id", owner_id)):
+    for field, value in (("unique_key", unique_key), ("owner_id", owner_id), ("concurrency_key", concurrency_key)):
         if value is None:
             continue
         if not isinstance(value, str) or not 1 <= len(value) <= 500:
@@ -295,7 +296,8 @@ class JobRegistry:
 
     def build(self, kind: str, payload: Any, *, priority: int | None = None, queue: str | None = None,
               run_at: datetime | None = None, delay: float | None = None, max_attempts: int | None = None,
-              unique_key: str | None = None, owner_id: str | None = None) -> NewJob:
+              unique_key: str | None = None, owner_id: str | None = None,
+              concurrency_key: str | None = None) -> NewJob:
         """Validate everything about one job to enqueue; InvalidPayload lists every bad field."""
         spec = self.get(kind)
         priority = spec.priority if priority is None else priority
@@ -314,12 +316,12 @@ class JobRegistry:
             payload_json, payload_errors = encode_payload(payload)
             errors += payload_errors
         errors += validate_schedule(run_at, delay)
-        errors += validate_keys(unique_key, owner_id)
+        errors += validate_keys(unique_key, owner_id, concurrency_key)
         if errors:
             raise InvalidPayload(errors)
         return NewJob(queue=queue, kind=kind, payload=payload, priority=priority, run_at=run_at,
                       delay_seconds=float(delay or 0.0), max_attempts=max_attempts, unique_key=unique_key,
-                      owner_id=owner_id, payload_json=payload_json)
+                      owner_id=owner_id, concurrency_key=concurrency_key, payload_json=payload_json)
 
     def check_new_job(self, new: NewJob) -> NewJob:
         """A NewJob made by the caller, checked like ``build`` checks its arguments except for the
@@ -330,7 +332,7 @@ class JobRegistry:
         payload_json, payload_errors = encode_payload(new.payload)
         errors += payload_errors
         errors += validate_schedule(new.run_at, new.delay_seconds)
-        errors += validate_keys(new.unique_key, new.owner_id)
+        errors += validate_keys(new.unique_key, new.owner_id, new.concurrency_key)
         if errors:
             raise InvalidPayload(errors)
         return msgspec.structs.replace(new, payload_json=payload_json)

@@ -19,6 +19,7 @@ from psycopg.rows import dict_row, kwargs_row
 from psycopg_pool import AsyncConnectionPool
 
 from pgqueue.db import AsyncConnection, Connection, fetch, transaction, translate_errors
+from pgqueue.limits import QueueInfo
 from pgqueue.models import Event, Job, JobError, NewJob, Schedule, ScheduleFire, ScheduleSpec
 from pgqueue.sql import QUERIES
 
@@ -53,6 +54,7 @@ def insert_params(jobs: Sequence[NewJob]) -> dict[str, list[Any]]:
         "max_attempts": [j.max_attempts for j in jobs],
         "unique_keys": [j.unique_key for j in jobs],
         "owner_ids": [j.owner_id for j in jobs],
+        "concurrency_keys": [j.concurrency_key for j in jobs],
     }
 
 
@@ -201,7 +203,7 @@ class Store:
                 for job_id, job in zip(ids, jobs, strict=True):
                     await copy.write_row(
                         (job_id, job.queue, job.kind, _payload_text(job), job.priority,
-                         job.max_attempts, job.owner_id)
+                         job.max_attempts, job.owner_id, job.concurrency_key)
                     )
         return ids
 
@@ -219,7 +221,7 @@ class Store:
 
     async def claim_suspect_job(self, queues: Sequence[str], worker_id: str, lease_seconds: float,
                                 conn: AsyncConnection | None = None) -> list[Job]:
-        params = {"queues": list(queues), "worker_id": worker_id, "lease_seconds": lease_seconds}
+        params = {"queues": list(queues), "worker_id": worker_id, "lease_seconds": lease_seconds, "limit": 1}
         return await self._readable_claims((await self._one("claim_suspect_job", params, conn))[0], conn)
 
     async def _readable_claims(self, claimed: str | None, conn: AsyncConnection | None) -> list[Job]:
@@ -380,6 +382,21 @@ class Store:
 
     async def queue_stats(self, conn: AsyncConnection | None = None) -> list[tuple[str, str, int]]:
         return await self._many("queue_stats", {}, conn)
+
+    # -- queues: pause and limits (README "Queues") ------------------------------------------
+
+    async def queue_statuses(self, conn: AsyncConnection | None = None) -> list[QueueInfo]:
+        return await self._many("queue_statuses", {}, conn, kwargs_row(QueueInfo))
+
+    async def queue_status(self, name: str, conn: AsyncConnection | None = None) -> QueueInfo | None:
+        return await self._one("queue_status", {"name": name}, conn, kwargs_row(QueueInfo))
+
+    async def set_queue_paused(self, name: str, paused: bool, conn: AsyncConnection | None = None) -> None:
+        await self._one("set_queue_paused", {"name": name, "paused": paused}, conn)
+
+    async def set_queue_limits(self, name: str, params: dict[str, Any], conn: AsyncConnection | None = None) -> None:
+        """``params`` from pgqueue.limits.limit_params (checked there)."""
+        await self._one("set_queue_limits", {"name": name, **params}, conn)
 
     async def now(self, conn: AsyncConnection | None = None) -> datetime:
         return (await self._one("now", {}, conn))[0]

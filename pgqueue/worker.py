@@ -442,6 +442,11 @@ class Worker:
             if action == "cancel" and raw_id.isdigit():
                 for running in [r for r in self.running.values() if r.job.id == int(raw_id)]:
                     self._cancel_running(running)
+            elif action in ("pause", "resume", "limits") and raw_id in self.queues:
+                # the claim itself reads the queue's row (a paused queue is never claimed from);
+                # this only makes an idle worker claim at once after a resume or a raised limit
+                log.info("queue %s: %s", raw_id, {"pause": "paused", "resume": "resumed"}.get(action, "limits changed"))
+                self._wake.set()
 
     def _cancel_running(self, running: _Running, lease_lost: bool = False) -> None:
         if running.ctx.cancelled.is_set():

@@ -137,7 +137,7 @@ async def test_unknown_or_internal_kind_is_422(live_server: LiveServer, alice: A
     assert response.status_code == 422
     assert response.json() == error("validation_error", "the request is not valid", [{
         "field": "kind",
-        "message": "unknown job kind 'fax'; expected one of email, external, notification, report, task",
+        "message": "unknown job kind 'fax'; expected one of email, external, notification, report, task, webhook",
     }])
     assert no_payload.json() == error("validation_error", "the request is not valid",
                                       [{"field": "payload", "message": "Object missing required field `payload`"}])
@@ -355,7 +355,7 @@ async def test_list_searches_the_last_error(live_server: LiveServer, alice: ApiU
         ({"limit": "ten"}, [{"field": "limit", "message": "must be an integer in decimal digits (such as 20)"}]),
         ({"offset": "-1"}, [{"field": "offset", "message": "Expected `int` >= 0"}]),
         ({"kind": "fax"}, [{"field": "kind", "message":
-                            "unknown kind 'fax'; expected one of email, external, ingest_file, notification, report, task"}]),
+                            "unknown kind 'fax'; expected one of email, external, ingest_file, notification, report, task, webhook"}]),
         ({"colour": "red"}, [{"field": "colour", "message": "unknown query parameter; allowed: status, kind, queue, "
                               "created_after, created_before, q, sort, limit, offset"}]),
         ({"status": ","}, [{"field": "status", "message": "must name at least one value"}]),
@@ -841,7 +841,7 @@ async def test_openapi_document_is_valid_and_generated_from_the_types(live_serve
     body = create["requestBody"]["content"]["application/json"]["schema"]
     # one variant per kind, told apart by `kind`, each with that kind's payload type
     assert body["discriminator"]["propertyName"] == "kind"
-    assert set(body["discriminator"]["mapping"]) == {"email", "external", "notification", "report", "task"}
+    assert set(body["discriminator"]["mapping"]) == {"email", "external", "notification", "report", "task", "webhook"}
     email_job = schemas["EmailJob"]
     assert email_job["required"] == ["kind", "payload"]
     assert email_job["properties"]["kind"] == {"enum": ["email"]}
@@ -850,7 +850,7 @@ async def test_openapi_document_is_valid_and_generated_from_the_types(live_serve
                                                    "description": "5 is the most urgent", "default": 3}
     assert schemas["EmailPayload"]["required"] == ["to", "subject"]
     assert schemas["ReportPayload"]["properties"]["format"]["enum"] == ["csv", "json", "pdf"]
-    assert set(create["responses"]) == {"201", "400", "401", "413", "415", "422"}
+    assert set(create["responses"]) == {"201", "400", "401", "403", "413", "415", "422"}
     listed = {p["name"] for p in document["paths"]["/jobs"]["get"]["parameters"]}
     assert listed == {"status", "kind", "queue", "created_after", "created_before", "q", "sort", "limit", "offset"}
     assert document["paths"]["/worker/claim"]["post"]["security"] == [{"bearer": []}]

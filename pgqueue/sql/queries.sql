@@ -8,13 +8,14 @@
 -- name: insert_jobs :many
 -- Insert a batch in one statement; rows whose unique key is already held by a live job are
 -- skipped (also a duplicate inside the batch), the caller then looks the holders up.
-INSERT INTO pgqueue.jobs (queue, kind, payload, priority, run_at, max_attempts, unique_key, owner_id)
+INSERT INTO pgqueue.jobs (queue, kind, payload, priority, run_at, max_attempts, unique_key, owner_id, concurrency_key)
 SELECT t.queue, t.kind, t.payload, t.priority,
-       coalesce(t.run_at, now() + make_interval(secs => t.delay)), t.max_attempts, t.unique_key, t.owner_id
+       coalesce(t.run_at, now() + make_interval(secs => t.delay)), t.max_attempts, t.unique_key, t.owner_id,
+       t.concurrency_key
 FROM unnest(%(queues)s::text[], %(kinds)s::text[], %(payloads)s::jsonb[], %(priorities)s::smallint[],
             %(run_ats)s::timestamptz[], %(delays)s::float8[], %(max_attempts)s::int[],
-            %(unique_keys)s::text[], %(owner_ids)s::text[])
-     AS t(queue, kind, payload, priority, run_at, delay, max_attempts, unique_key, owner_id)
+            %(unique_keys)s::text[], %(owner_ids)s::text[], %(concurrency_keys)s::text[])
+     AS t(queue, kind, payload, priority, run_at, delay, max_attempts, unique_key, owner_id, concurrency_key)
 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('queued', 'running', 'failed')
 DO NOTHING
 RETURNING *;
@@ -26,7 +27,7 @@ SELECT array_agg(nextval('pgqueue.jobs_id_seq')) FROM generate_series(1, %(count
 
 -- name: copy_jobs :copy
 -- Bulk enqueue of jobs runnable now, without unique keys: COPY is the fastest way in.
-COPY pgqueue.jobs (id, queue, kind, payload, priority, max_attempts, owner_id) FROM STDIN;
+COPY pgqueue.jobs (id, queue, kind, payload, priority, max_attempts, owner_id, concurrency_key) FROM STDIN;
 
 -- name: live_jobs_by_unique_key :many
 -- The live holders of unique keys (after insert_jobs skipped duplicates).
@@ -48,24 +49,165 @@ WHERE unique_key = ANY(%(unique_keys)s) AND status IN ('queued', 'running', 'fai
 -- LIMIT are only skipped by other workers until this statement's transaction ends.
 -- pgqueue's worker skips crash suspects (it runs them alone, claim_suspect_job) and claims
 -- uncharged (%(charged)s false: an expired lease of a batch is not counted, README "One bad job").
-WITH candidates AS MATERIALIZED (
-    SELECT c.id FROM unnest(%(queues)s::text[]) AS q(name)
+-- Queues (README, "Queues: pause, concurrency and rate limits"): a paused queue is not scanned;
+-- a limited one gets jobs only with a free capacity slot (a partial unique index on running
+-- jobs) and a token of its bucket, taken below in this statement. A job that gets neither is
+-- skipped (it stays queued, locked only until this statement commits). The part from `ranked`
+-- on is the same text in claim_suspect_job (tests/test_queues.py checks it).
+WITH limits AS MATERIALIZED (
+    -- The asked queues that are not paused, with their limits (a queue without a pgqueue.queues
+    -- row has none), how many jobs they may start at most (free slots and tokens as this snapshot
+    -- sees them) and which of their keys are full or out of tokens: these only narrow the scan
+    -- (a full key's jobs are passed over, so they cannot hold back other keys); the slots and
+    -- buckets below enforce the limits.
+    SELECT q.name, s.concurrency_limit, s.rate_limit, s.rate_period,
+           s.key_concurrency_limit, s.key_rate_limit, s.key_rate_period,
+           greatest(0, least(%(limit)s,
+               CASE WHEN s.concurrency_limit IS NOT NULL THEN s.concurrency_limit - (
+                   SELECT count(*) FROM pgqueue.jobs AS r
+                   WHERE r.queue = q.name AND r.status = 'running' AND r.queue_slot IS NOT NULL) END,
+               CASE WHEN s.rate_limit IS NOT NULL THEN (
+                   SELECT floor(pgqueue.refilled_tokens(b.tokens, b.refilled_at, now(), s.rate_limit, s.rate_period))
+                   FROM pgqueue.rate_buckets AS b WHERE b.queue = q.name AND b.key = '') END
+           )) AS room,
+           CASE WHEN s.key_concurrency_limit IS NOT NULL OR s.key_rate_limit IS NOT NULL THEN ARRAY(
+               SELECT r.concurrency_key FROM pgqueue.jobs AS r
+               WHERE r.queue = q.name AND r.status = 'running' AND r.key_slot IS NOT NULL
+               GROUP BY r.concurrency_key HAVING count(*) >= s.key_concurrency_limit
+               UNION ALL
+               SELECT b.key FROM pgqueue.rate_buckets AS b
+               WHERE b.queue = q.name AND b.key <> '' AND s.key_rate_limit IS NOT NULL
+                 AND pgqueue.refilled_tokens(b.tokens, b.refilled_at, now(), s.key_rate_limit, s.key_rate_period) < 1
+           ) END AS full_keys
+    FROM (SELECT DISTINCT name FROM unnest(%(queues)s::text[]) AS u(name)) AS q
+    LEFT JOIN pgqueue.queues AS s ON s.name = q.name
+    WHERE s.paused IS NOT TRUE
+), candidates AS MATERIALIZED (
+    SELECT c.id, c.queue, c.concurrency_key AS key, c.priority, c.run_at, l.concurrency_limit, l.rate_limit,
+           l.rate_period, l.key_concurrency_limit, l.key_rate_limit, l.key_rate_period
+    FROM limits AS l
     CROSS JOIN LATERAL (
-        SELECT id, priority, run_at FROM pgqueue.jobs
-        WHERE queue = q.name AND status IN ('queued', 'failed') AND run_at <= now()
+        SELECT id, queue, concurrency_key, priority, run_at FROM pgqueue.jobs
+        WHERE queue = l.name AND status IN ('queued', 'failed') AND run_at <= now()
           AND (%(include_suspects)s OR NOT crash_suspect)
+          AND (l.full_keys IS NULL OR concurrency_key IS NULL OR concurrency_key <> ALL (l.full_keys))
         ORDER BY priority DESC, run_at, id
-        LIMIT %(limit)s
+        LIMIT l.room
         FOR UPDATE SKIP LOCKED
     ) AS c
     ORDER BY c.priority DESC, c.run_at, c.id
     LIMIT %(limit)s
+), ranked AS MATERIALIZED (
+    SELECT c.*, row_number() OVER (PARTITION BY c.queue, c.key ORDER BY c.priority DESC, c.run_at, c.id) AS key_rank
+    FROM candidates AS c
+), key_picks AS (
+    -- per limited key, as many slots as it has candidates (up to its limit), among those no
+    -- running job holds in this snapshot, from a random offset (two claimers rarely pick alike).
+    -- generate_series in the select list streams (stopping at the LIMIT); in FROM it would
+    -- materialise all N numbers first, which halved the drain with a limit of 100,000.
+    SELECT w.queue, w.key, f.slot
+    FROM (SELECT queue, key, key_concurrency_limit AS n, count(*) AS wanted,
+                 floor(random() * key_concurrency_limit)::int AS offset_ FROM ranked
+          WHERE key_concurrency_limit IS NOT NULL AND key IS NOT NULL AND key_rank <= key_concurrency_limit
+          GROUP BY queue, key, key_concurrency_limit) AS w
+    CROSS JOIN LATERAL (
+        SELECT s.slot FROM (SELECT mod(generate_series(0, w.n - 1) + w.offset_, w.n) AS slot) AS s
+        WHERE NOT EXISTS (SELECT 1 FROM pgqueue.jobs AS r WHERE r.queue = w.queue AND r.concurrency_key = w.key
+                          AND r.status = 'running' AND r.key_slot = s.slot)
+        LIMIT w.wanted
+    ) AS f
+), key_slots AS (
+    -- Take the slots (README, "Queues"): a slot row last stamped by a transaction this snapshot
+    -- cannot see counts as taken (its job may be running already: the index would refuse a second);
+    -- one stamped by an in-progress claim makes this wait for it, then counts as taken. In
+    -- (queue, key, slot) order, as every claim takes them, so two claims never deadlock.
+    INSERT INTO pgqueue.slots AS s (queue, key, slot, claimed_xid)
+    SELECT queue, key, slot, pg_current_xact_id() FROM key_picks ORDER BY queue, key, slot
+    ON CONFLICT (queue, key, slot) DO UPDATE SET claimed_xid = EXCLUDED.claimed_xid
+    WHERE pg_visible_in_snapshot(s.claimed_xid, pg_current_snapshot())
+      AND NOT EXISTS (SELECT 1 FROM pgqueue.jobs AS r WHERE r.queue = s.queue AND r.concurrency_key = s.key
+                      AND r.status = 'running' AND r.key_slot = s.slot)
+    RETURNING s.queue, s.key, s.slot
+), keyed AS MATERIALIZED (
+    -- the n-th candidate of a key gets the n-th slot won for it; those without one are skipped
+    SELECT r.*, k.slot AS key_slot,
+           row_number() OVER (PARTITION BY r.queue ORDER BY r.priority DESC, r.run_at, r.id) AS queue_rank
+    FROM ranked AS r
+    LEFT JOIN (SELECT *, row_number() OVER (PARTITION BY queue, key ORDER BY slot) AS n FROM key_slots) AS k
+           ON k.queue = r.queue AND k.key = r.key AND k.n = r.key_rank
+    WHERE r.key_concurrency_limit IS NULL OR r.key IS NULL OR k.slot IS NOT NULL
+), queue_picks AS (
+    SELECT w.queue, f.slot
+    FROM (SELECT queue, concurrency_limit AS n, count(*) AS wanted,
+                 floor(random() * concurrency_limit)::int AS offset_ FROM keyed
+          WHERE concurrency_limit IS NOT NULL GROUP BY queue, concurrency_limit) AS w
+    CROSS JOIN LATERAL (
+        SELECT s.slot FROM (SELECT mod(generate_series(0, w.n - 1) + w.offset_, w.n) AS slot) AS s
+        WHERE NOT EXISTS (SELECT 1 FROM pgqueue.jobs AS r WHERE r.queue = w.queue AND r.status = 'running'
+                          AND r.queue_slot = s.slot)
+        LIMIT w.wanted
+    ) AS f
+), queue_slots AS (
+    -- the queue's own slots, taken like key_slots (key '' in pgqueue.slots), after them
+    INSERT INTO pgqueue.slots AS s (queue, key, slot, claimed_xid)
+    SELECT queue, '', slot, pg_current_xact_id() FROM queue_picks ORDER BY queue, slot
+    ON CONFLICT (queue, key, slot) DO UPDATE SET claimed_xid = EXCLUDED.claimed_xid
+    WHERE pg_visible_in_snapshot(s.claimed_xid, pg_current_snapshot())
+      AND NOT EXISTS (SELECT 1 FROM pgqueue.jobs AS r WHERE r.queue = s.queue AND r.status = 'running'
+                      AND r.queue_slot = s.slot)
+    RETURNING s.queue, s.slot
+), slotted AS MATERIALIZED (
+    SELECT k.*, q.slot AS queue_slot,
+           row_number() OVER (PARTITION BY k.queue, k.key ORDER BY k.priority DESC, k.run_at, k.id) AS key_rate_rank
+    FROM keyed AS k
+    LEFT JOIN (SELECT *, row_number() OVER (PARTITION BY queue ORDER BY slot) AS n FROM queue_slots) AS q
+           ON q.queue = k.queue AND q.n = k.queue_rank
+    WHERE k.concurrency_limit IS NULL OR q.slot IS NOT NULL
+), key_tokens AS (
+    -- Rate limits: tokens are taken after the slots (a slot left unused costs nothing, a token
+    -- taken for a job that does not start is a start lost), per key first, then per queue, each
+    -- bucket under its row lock, in (queue, key) order. `granted` is what this claim took.
+    INSERT INTO pgqueue.rate_buckets AS b (queue, key, tokens, refilled_at, granted, capacity, period)
+    SELECT queue, key, key_rate_limit - least(count(*), key_rate_limit), now(), least(count(*), key_rate_limit),
+           key_rate_limit, key_rate_period
+    FROM slotted WHERE key_rate_limit IS NOT NULL AND key IS NOT NULL
+    GROUP BY queue, key, key_rate_limit, key_rate_period ORDER BY queue, key
+    ON CONFLICT (queue, key) DO UPDATE SET
+        granted = least(EXCLUDED.granted,
+                        floor(pgqueue.refilled_tokens(b.tokens, b.refilled_at, EXCLUDED.refilled_at, EXCLUDED.capacity, EXCLUDED.period))),
+        tokens = pgqueue.refilled_tokens(b.tokens, b.refilled_at, EXCLUDED.refilled_at, EXCLUDED.capacity, EXCLUDED.period)
+                 - least(EXCLUDED.granted,
+                         floor(pgqueue.refilled_tokens(b.tokens, b.refilled_at, EXCLUDED.refilled_at, EXCLUDED.capacity, EXCLUDED.period))),
+        refilled_at = greatest(b.refilled_at, EXCLUDED.refilled_at), capacity = EXCLUDED.capacity, period = EXCLUDED.period
+    RETURNING b.queue, b.key, b.granted
+), key_rated AS MATERIALIZED (
+    SELECT s.*, row_number() OVER (PARTITION BY s.queue ORDER BY s.priority DESC, s.run_at, s.id) AS queue_rate_rank
+    FROM slotted AS s LEFT JOIN key_tokens AS t ON t.queue = s.queue AND t.key = s.key
+    WHERE s.key_rate_limit IS NULL OR s.key IS NULL OR s.key_rate_rank <= t.granted
+), queue_tokens AS (
+    INSERT INTO pgqueue.rate_buckets AS b (queue, key, tokens, refilled_at, granted, capacity, period)
+    SELECT queue, '', rate_limit - least(count(*), rate_limit), now(), least(count(*), rate_limit), rate_limit, rate_period
+    FROM key_rated WHERE rate_limit IS NOT NULL
+    GROUP BY queue, rate_limit, rate_period ORDER BY queue
+    ON CONFLICT (queue, key) DO UPDATE SET
+        granted = least(EXCLUDED.granted,
+                        floor(pgqueue.refilled_tokens(b.tokens, b.refilled_at, EXCLUDED.refilled_at, EXCLUDED.capacity, EXCLUDED.period))),
+        tokens = pgqueue.refilled_tokens(b.tokens, b.refilled_at, EXCLUDED.refilled_at, EXCLUDED.capacity, EXCLUDED.period)
+                 - least(EXCLUDED.granted,
+                         floor(pgqueue.refilled_tokens(b.tokens, b.refilled_at, EXCLUDED.refilled_at, EXCLUDED.capacity, EXCLUDED.period))),
+        refilled_at = greatest(b.refilled_at, EXCLUDED.refilled_at), capacity = EXCLUDED.capacity, period = EXCLUDED.period
+    RETURNING b.queue, b.granted
+), admitted AS MATERIALIZED (
+    SELECT k.id, k.queue_slot, k.key_slot FROM key_rated AS k LEFT JOIN queue_tokens AS t ON t.queue = k.queue
+    WHERE k.rate_limit IS NULL OR k.queue_rate_rank <= t.granted
 ), claimed AS (
     UPDATE pgqueue.jobs AS j
     SET status = 'running', attempts = j.attempts + 1, lease_owner = %(worker_id)s,
         lease_token = gen_random_uuid(), lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-        lease_charged = %(charged)s, started_at = now(), updated_at = now()
-    WHERE j.id = ANY(ARRAY(SELECT id FROM candidates))
+        lease_charged = %(charged)s, started_at = now(), updated_at = now(),
+        queue_slot = a.queue_slot, key_slot = a.key_slot
+    FROM admitted AS a
+    WHERE j.id = ANY(ARRAY(SELECT id FROM admitted)) AND j.id = a.id
     RETURNING j.*
 ), started AS (
     -- false for pgqueue's own worker, which writes 'started' with its batched event flush
@@ -84,23 +226,160 @@ SELECT json_agg(claimed ORDER BY priority DESC, run_at, id)::text FROM claimed L
 -- Claim one crash suspect (see rescue_expired_leases) for a worker that has nothing else
 -- running and will run nothing else beside it: if it crashes its worker again, it alone is
 -- charged (lease_charged). Same JSON array form as claim_jobs.
-WITH candidate AS MATERIALIZED (
-    SELECT c.id FROM unnest(%(queues)s::text[]) AS q(name)
+-- Paused queues and limits apply as in claim_jobs (the part from `ranked` on is its text).
+WITH limits AS MATERIALIZED (
+    -- The asked queues that are not paused, with their limits (a queue without a pgqueue.queues
+    -- row has none), how many jobs they may start at most (free slots and tokens as this snapshot
+    -- sees them) and which of their keys are full or out of tokens: these only narrow the scan
+    -- (a full key's jobs are passed over, so they cannot hold back other keys); the slots and
+    -- buckets below enforce the limits.
+    SELECT q.name, s.concurrency_limit, s.rate_limit, s.rate_period,
+           s.key_concurrency_limit, s.key_rate_limit, s.key_rate_period,
+           greatest(0, least(%(limit)s,
+               CASE WHEN s.concurrency_limit IS NOT NULL THEN s.concurrency_limit - (
+                   SELECT count(*) FROM pgqueue.jobs AS r
+                   WHERE r.queue = q.name AND r.status = 'running' AND r.queue_slot IS NOT NULL) END,
+               CASE WHEN s.rate_limit IS NOT NULL THEN (
+                   SELECT floor(pgqueue.refilled_tokens(b.tokens, b.refilled_at, now(), s.rate_limit, s.rate_period))
+                   FROM pgqueue.rate_buckets AS b WHERE b.queue = q.name AND b.key = '') END
+           )) AS room,
+           CASE WHEN s.key_concurrency_limit IS NOT NULL OR s.key_rate_limit IS NOT NULL THEN ARRAY(
+               SELECT r.concurrency_key FROM pgqueue.jobs AS r
+               WHERE r.queue = q.name AND r.status = 'running' AND r.key_slot IS NOT NULL
+               GROUP BY r.concurrency_key HAVING count(*) >= s.key_concurrency_limit
+               UNION ALL
+               SELECT b.key FROM pgqueue.rate_buckets AS b
+               WHERE b.queue = q.name AND b.key <> '' AND s.key_rate_limit IS NOT NULL
+                 AND pgqueue.refilled_tokens(b.tokens, b.refilled_at, now(), s.key_rate_limit, s.key_rate_period) < 1
+           ) END AS full_keys
+    FROM (SELECT DISTINCT name FROM unnest(%(queues)s::text[]) AS u(name)) AS q
+    LEFT JOIN pgqueue.queues AS s ON s.name = q.name
+    WHERE s.paused IS NOT TRUE
+), candidates AS MATERIALIZED (
+    SELECT c.id, c.queue, c.concurrency_key AS key, c.priority, c.run_at, l.concurrency_limit, l.rate_limit,
+           l.rate_period, l.key_concurrency_limit, l.key_rate_limit, l.key_rate_period
+    FROM limits AS l
     CROSS JOIN LATERAL (
-        SELECT id, priority, run_at FROM pgqueue.jobs
-        WHERE queue = q.name AND crash_suspect AND status IN ('queued', 'failed') AND run_at <= now()
+        SELECT id, queue, concurrency_key, priority, run_at FROM pgqueue.jobs
+        WHERE queue = l.name AND crash_suspect AND status IN ('queued', 'failed') AND run_at <= now()
+          AND (l.full_keys IS NULL OR concurrency_key IS NULL OR concurrency_key <> ALL (l.full_keys))
         ORDER BY priority DESC, run_at, id
-        LIMIT 1
+        LIMIT least(l.room, 1)
         FOR UPDATE SKIP LOCKED
     ) AS c
     ORDER BY c.priority DESC, c.run_at, c.id
     LIMIT 1
+), ranked AS MATERIALIZED (
+    SELECT c.*, row_number() OVER (PARTITION BY c.queue, c.key ORDER BY c.priority DESC, c.run_at, c.id) AS key_rank
+    FROM candidates AS c
+), key_picks AS (
+    -- per limited key, as many slots as it has candidates (up to its limit), among those no
+    -- running job holds in this snapshot, from a random offset (two claimers rarely pick alike).
+    -- generate_series in the select list streams (stopping at the LIMIT); in FROM it would
+    -- materialise all N numbers first, which halved the drain with a limit of 100,000.
+    SELECT w.queue, w.key, f.slot
+    FROM (SELECT queue, key, key_concurrency_limit AS n, count(*) AS wanted,
+                 floor(random() * key_concurrency_limit)::int AS offset_ FROM ranked
+          WHERE key_concurrency_limit IS NOT NULL AND key IS NOT NULL AND key_rank <= key_concurrency_limit
+          GROUP BY queue, key, key_concurrency_limit) AS w
+    CROSS JOIN LATERAL (
+        SELECT s.slot FROM (SELECT mod(generate_series(0, w.n - 1) + w.offset_, w.n) AS slot) AS s
+        WHERE NOT EXISTS (SELECT 1 FROM pgqueue.jobs AS r WHERE r.queue = w.queue AND r.concurrency_key = w.key
+                          AND r.status = 'running' AND r.key_slot = s.slot)
+        LIMIT w.wanted
+    ) AS f
+), key_slots AS (
+    -- Take the slots (README, "Queues"): a slot row last stamped by a transaction this snapshot
+    -- cannot see counts as taken (its job may be running already: the index would refuse a second);
+    -- one stamped by an in-progress claim makes this wait for it, then counts as taken. In
+    -- (queue, key, slot) order, as every claim takes them, so two claims never deadlock.
+    INSERT INTO pgqueue.slots AS s (queue, key, slot, claimed_xid)
+    SELECT queue, key, slot, pg_current_xact_id() FROM key_picks ORDER BY queue, key, slot
+    ON CONFLICT (queue, key, slot) DO UPDATE SET claimed_xid = EXCLUDED.claimed_xid
+    WHERE pg_visible_in_snapshot(s.claimed_xid, pg_current_snapshot())
+      AND NOT EXISTS (SELECT 1 FROM pgqueue.jobs AS r WHERE r.queue = s.queue AND r.concurrency_key = s.key
+                      AND r.status = 'running' AND r.key_slot = s.slot)
+    RETURNING s.queue, s.key, s.slot
+), keyed AS MATERIALIZED (
+    -- the n-th candidate of a key gets the n-th slot won for it; those without one are skipped
+    SELECT r.*, k.slot AS key_slot,
+           row_number() OVER (PARTITION BY r.queue ORDER BY r.priority DESC, r.run_at, r.id) AS queue_rank
+    FROM ranked AS r
+    LEFT JOIN (SELECT *, row_number() OVER (PARTITION BY queue, key ORDER BY slot) AS n FROM key_slots) AS k
+           ON k.queue = r.queue AND k.key = r.key AND k.n = r.key_rank
+    WHERE r.key_concurrency_limit IS NULL OR r.key IS NULL OR k.slot IS NOT NULL
+), queue_picks AS (
+    SELECT w.queue, f.slot
+    FROM (SELECT queue, concurrency_limit AS n, count(*) AS wanted,
+                 floor(random() * concurrency_limit)::int AS offset_ FROM keyed
+          WHERE concurrency_limit IS NOT NULL GROUP BY queue, concurrency_limit) AS w
+    CROSS JOIN LATERAL (
+        SELECT s.slot FROM (SELECT mod(generate_series(0, w.n - 1) + w.offset_, w.n) AS slot) AS s
+        WHERE NOT EXISTS (SELECT 1 FROM pgqueue.jobs AS r WHERE r.queue = w.queue AND r.status = 'running'
+                          AND r.queue_slot = s.slot)
+        LIMIT w.wanted
+    ) AS f
+), queue_slots AS (
+    -- the queue's own slots, taken like key_slots (key '' in pgqueue.slots), after them
+    INSERT INTO pgqueue.slots AS s (queue, key, slot, claimed_xid)
+    SELECT queue, '', slot, pg_current_xact_id() FROM queue_picks ORDER BY queue, slot
+    ON CONFLICT (queue, key, slot) DO UPDATE SET claimed_xid = EXCLUDED.claimed_xid
+    WHERE pg_visible_in_snapshot(s.claimed_xid, pg_current_snapshot())
+      AND NOT EXISTS (SELECT 1 FROM pgqueue.jobs AS r WHERE r.queue = s.queue AND r.status = 'running'
+                      AND r.queue_slot = s.slot)
+    RETURNING s.queue, s.slot
+), slotted AS MATERIALIZED (
+    SELECT k.*, q.slot AS queue_slot,
+           row_number() OVER (PARTITION BY k.queue, k.key ORDER BY k.priority DESC, k.run_at, k.id) AS key_rate_rank
+    FROM keyed AS k
+    LEFT JOIN (SELECT *, row_number() OVER (PARTITION BY queue ORDER BY slot) AS n FROM queue_slots) AS q
+           ON q.queue = k.queue AND q.n = k.queue_rank
+    WHERE k.concurrency_limit IS NULL OR q.slot IS NOT NULL
+), key_tokens AS (
+    -- Rate limits: tokens are taken after the slots (a slot left unused costs nothing, a token
+    -- taken for a job that does not start is a start lost), per key first, then per queue, each
+    -- bucket under its row lock, in (queue, key) order. `granted` is what this claim took.
+    INSERT INTO pgqueue.rate_buckets AS b (queue, key, tokens, refilled_at, granted, capacity, period)
+    SELECT queue, key, key_rate_limit - least(count(*), key_rate_limit), now(), least(count(*), key_rate_limit),
+           key_rate_limit, key_rate_period
+    FROM slotted WHERE key_rate_limit IS NOT NULL AND key IS NOT NULL
+    GROUP BY queue, key, key_rate_limit, key_rate_period ORDER BY queue, key
+    ON CONFLICT (queue, key) DO UPDATE SET
+        granted = least(EXCLUDED.granted,
+                        floor(pgqueue.refilled_tokens(b.tokens, b.refilled_at, EXCLUDED.refilled_at, EXCLUDED.capacity, EXCLUDED.period))),
+        tokens = pgqueue.refilled_tokens(b.tokens, b.refilled_at, EXCLUDED.refilled_at, EXCLUDED.capacity, EXCLUDED.period)
+                 - least(EXCLUDED.granted,
+                         floor(pgqueue.refilled_tokens(b.tokens, b.refilled_at, EXCLUDED.refilled_at, EXCLUDED.capacity, EXCLUDED.period))),
+        refilled_at = greatest(b.refilled_at, EXCLUDED.refilled_at), capacity = EXCLUDED.capacity, period = EXCLUDED.period
+    RETURNING b.queue, b.key, b.granted
+), key_rated AS MATERIALIZED (
+    SELECT s.*, row_number() OVER (PARTITION BY s.queue ORDER BY s.priority DESC, s.run_at, s.id) AS queue_rate_rank
+    FROM slotted AS s LEFT JOIN key_tokens AS t ON t.queue = s.queue AND t.key = s.key
+    WHERE s.key_rate_limit IS NULL OR s.key IS NULL OR s.key_rate_rank <= t.granted
+), queue_tokens AS (
+    INSERT INTO pgqueue.rate_buckets AS b (queue, key, tokens, refilled_at, granted, capacity, period)
+    SELECT queue, '', rate_limit - least(count(*), rate_limit), now(), least(count(*), rate_limit), rate_limit, rate_period
+    FROM key_rated WHERE rate_limit IS NOT NULL
+    GROUP BY queue, rate_limit, rate_period ORDER BY queue
+    ON CONFLICT (queue, key) DO UPDATE SET
+        granted = least(EXCLUDED.granted,
+                        floor(pgqueue.refilled_tokens(b.tokens, b.refilled_at, EXCLUDED.refilled_at, EXCLUDED.capacity, EXCLUDED.period))),
+        tokens = pgqueue.refilled_tokens(b.tokens, b.refilled_at, EXCLUDED.refilled_at, EXCLUDED.capacity, EXCLUDED.period)
+                 - least(EXCLUDED.granted,
+                         floor(pgqueue.refilled_tokens(b.tokens, b.refilled_at, EXCLUDED.refilled_at, EXCLUDED.capacity, EXCLUDED.period))),
+        refilled_at = greatest(b.refilled_at, EXCLUDED.refilled_at), capacity = EXCLUDED.capacity, period = EXCLUDED.period
+    RETURNING b.queue, b.granted
+), admitted AS MATERIALIZED (
+    SELECT k.id, k.queue_slot, k.key_slot FROM key_rated AS k LEFT JOIN queue_tokens AS t ON t.queue = k.queue
+    WHERE k.rate_limit IS NULL OR k.queue_rate_rank <= t.granted
 ), claimed AS (
     UPDATE pgqueue.jobs AS j
     SET status = 'running', attempts = j.attempts + 1, lease_owner = %(worker_id)s,
         lease_token = gen_random_uuid(), lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-        lease_charged = true, started_at = now(), updated_at = now()
-    WHERE j.id = (SELECT id FROM candidate)
+        lease_charged = true, started_at = now(), updated_at = now(),
+        queue_slot = a.queue_slot, key_slot = a.key_slot
+    FROM admitted AS a
+    WHERE j.id = (SELECT id FROM admitted) AND j.id = a.id
     RETURNING j.*
 )
 SELECT json_agg(claimed)::text FROM claimed;
@@ -115,6 +394,7 @@ SELECT EXISTS (
         WHERE queue = q.name AND crash_suspect AND status IN ('queued', 'failed') AND run_at <= now()
         LIMIT 1
     ) AS s
+    WHERE NOT EXISTS (SELECT 1 FROM pgqueue.queues AS p WHERE p.name = q.name AND p.paused)  -- not claimable
 ) AS waiting;
 
 -- name: complete_jobs :many
@@ -427,6 +707,7 @@ DELETE FROM pgqueue.workers WHERE id = %(id)s;
 -- When the next scheduled job of these queues becomes runnable (lets an idle worker sleep until then).
 -- One LIMIT 1 probe of jobs_claim_idx per queue and priority (1-5, the CHECK's range): a plain
 -- min(run_at) reads every waiting job, and idle workers ask this on every poll.
+-- Paused queues are left out: their jobs are not runnable (a worker would poll them in a loop).
 SELECT (SELECT min(m.run_at)
         FROM unnest(%(queues)s::text[]) AS q(name)
         CROSS JOIN generate_series(1, 5) AS p(priority)
@@ -435,7 +716,8 @@ SELECT (SELECT min(m.run_at)
             WHERE queue = q.name AND priority = p.priority AND status IN ('queued', 'failed')
             ORDER BY run_at
             LIMIT 1
-        ) AS m) AS run_at,
+        ) AS m
+        WHERE NOT EXISTS (SELECT 1 FROM pgqueue.queues AS s WHERE s.name = q.name AND s.paused)) AS run_at,
        now() AS now;
 
 -- name: queue_stats :many
@@ -613,3 +895,11 @@ DELETE FROM pgqueue.schedule_fires
 WHERE ctid = ANY(ARRAY(SELECT ctid FROM pgqueue.schedule_fires
                        WHERE created_at < now() - interval '7 days' LIMIT %(limit)s))
 RETURNING schedule_id;
+
+
+-- ---------------------------------------------------------------------------------------------
+-- Queues: pause and resume, concurrency and rate limits (schema/0008.queues.sql, README "Queues")
+-- The limits are enforced in claim_jobs / claim_suspect_job; these statements only change them.
+-- Each change is announced on pgqueue_control ("pause NAME", "resume NAME", "limits NAME") so
+-- idle workers claim again at once; the claim reads the row itself, so a worker that missed the
+-- notification never claims from a queue paused before its claim began.
