@@ -253,6 +253,91 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     return chaos_main(args)
 
 
+# -- schedules (periodic jobs, pgqueue/scheduler.py) ---------------------------------------------
+
+
+def cmd_schedules(args: argparse.Namespace) -> int:
+    """`schedules add|list|pause|resume|remove`: bad input is one `error:` line and exit 2."""
+    from pgqueue.errors import InvalidSchedule
+    from pgqueue.queue import Queue
+    from pgqueue.scheduler import upcoming_fires
+
+    registry = load_registry(getattr(args, "app", None))
+    if args.action == "add" and args.kind not in registry.kinds:
+        registry.declare(args.kind, queue=args.queue or "default")  # without --app any kind, untyped payload
+    try:
+        payload = msgspec.json.decode(args.payload) if getattr(args, "payload", None) else {}
+    except msgspec.DecodeError as exc:
+        print(f"error: invalid schedule: payload: not valid JSON: {exc}", file=sys.stderr)
+        return 2
+
+    async def act() -> int:
+        async with await Queue.connect(_url(args), registry, max_size=1) as queue:
+            if args.action == "add":
+                try:
+                    schedule = await queue.schedules.add(
+                        args.name, args.expression, args.kind, payload, timezone=args.timezone, queue=args.queue,
+                        priority=args.priority, max_attempts=args.max_attempts, catch_up=args.catch_up,
+                        catch_up_window=args.catch_up_window, paused=args.paused)
+                except InvalidSchedule as exc:
+                    print(f"error: invalid schedule: {exc}", file=sys.stderr)
+                    return 2
+                print(f"schedule {schedule.name}: {schedule.expression} ({schedule.timezone}) -> {schedule.kind} on "
+                      f"{schedule.queue}, next {_when(schedule.next_fire_at)}")
+            elif args.action == "list":
+                now = await queue.store.now()
+                schedules = await queue.schedules.list()
+                print(f"{'name':<24}{'expression':<22}{'timezone':<18}{'kind':<16}{'catch-up':<14}{'state':<9}next fire times")
+                for s in schedules:
+                    fires = ", ".join(_when(f) for f in upcoming_fires(s, now, 3))
+                    print(f"{s.name:<24}{s.expression:<22}{s.timezone:<18}{s.kind:<16}"
+                          f"{s.catch_up + ('/' + format(s.catch_up_window, 'g') + 's' if s.catch_up != 'latest' else ''):<14}"
+                          f"{'paused' if s.paused else 'active':<9}{fires}")
+                if not schedules:
+                    print("(no schedules)")
+            elif args.action in ("pause", "resume"):
+                schedule = await getattr(queue.schedules, args.action)(args.name)
+                print(f"schedule {schedule.name}: {'paused' if schedule.paused else 'active'}, next "
+                      f"{_when(schedule.next_fire_at) if not schedule.paused else '-'}")
+            else:
+                await queue.schedules.remove(args.name)
+                print(f"schedule {args.name}: removed")
+            return 0
+
+    return asyncio.run(act())
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S%z") if moment is not None else "never"
+
+
+def add_schedules_parser(sub: Any, database: Any) -> None:
+    p = sub.add_parser("schedules", help="periodic jobs: add, list, pause, resume, remove")
+    actions = p.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="add a schedule (cron: [second] minute hour day month weekday, or @daily ...)")
+    database(add)
+    add.add_argument("name")
+    add.add_argument("expression", help='e.g. "*/5 * * * *", "0 9 * * MON-FRI", "@hourly"')
+    add.add_argument("kind")
+    add.add_argument("payload", nargs="?", help="JSON payload (default {})")
+    add.add_argument("--app", help="module holding your JobRegistry (validates kind and payload)")
+    add.add_argument("--timezone", default="UTC", help="IANA zone the expression is read in (default UTC)")
+    add.add_argument("--queue")
+    add.add_argument("--priority", type=int)
+    add.add_argument("--max-attempts", type=int)
+    add.add_argument("--catch-up", default="skip", help="after missed fire times: skip (default), latest, all")
+    add.add_argument("--catch-up-window", type=float, default=60.0,
+                     help="seconds: how late a fire may still run (skip), how far back all goes (default 60)")
+    add.add_argument("--paused", action="store_true", help="create it paused")
+    lst = actions.add_parser("list", help="every schedule with its next 3 fire times")
+    database(lst)
+    for action in ("pause", "resume", "remove"):
+        one = actions.add_parser(action, help=f"{action} a schedule")
+        database(one)
+        one.add_argument("name")
+    p.set_defaults(func=cmd_schedules)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pgqueue", description="Postgres-native job queue")
     parser.add_argument("--log-level", default=os.environ.get("PGQUEUE_LOG_LEVEL", "INFO"))
@@ -290,7 +375,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-at", help="ISO 8601 datetime with a time zone")
     p.add_argument("--unique-key")
     p.add_argument("--concurrency-key", help="the queue's per-key limits apply to this key (a tenant, an account)")
-    p.add_argument("--concurrency-key", help="the queue's per-key limits apply to this key (a tenant, an account)")
     p.add_argument("--max-attempts", type=int)
     p.add_argument("--count", type=int, default=1, help="enqueue this many copies in one round trip")
     p.set_defaults(func=cmd_enqueue)
@@ -306,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("queues", help="pause, resume and limit queues (concurrency, rate; per concurrency key too)")
     queues_arguments(p, database)
     p.set_defaults(func=cmd_queues)
+
+    add_schedules_parser(sub, database)
 
     add_schedules_parser(sub, database)
 

@@ -6,6 +6,7 @@ policy; a scheduler that dies takes its worker down)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -357,3 +358,135 @@ async def test_a_scheduler_that_keeps_failing_stops_its_worker(pg: Queue, monkey
 
 async def _stopped(worker: Any) -> bool:
     return worker.stopped.is_set()
+
+
+# -- the CLI ---------------------------------------------------------------------------------------
+
+
+def test_cli_add_list_pause_resume_remove_and_bad_input(db_url: str) -> None:
+    from tests.process_fixtures import query, run_cli
+
+    added = run_cli("schedules", "add", "hourly-mail", "0 * * * *", "email", '{"to": "a@example.com"}',
+                    "--app", "tests.jobs", "--timezone", "Europe/Paris", "--catch-up", "latest", database_url=db_url)
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.startswith("schedule hourly-mail: 0 * * * * (Europe/Paris) -> email on mail, next ")
+    listed = run_cli("schedules", "list", database_url=db_url)
+    assert listed.returncode == 0, listed.stderr
+    [row] = [line for line in listed.stdout.splitlines() if line.startswith("hourly-mail")]
+    assert row.count(":00:00+") == 3 and "active" in row  # the next three fire times
+    for args, fragment in [
+        (("pause", "hourly-mail"), "paused"), (("resume", "hourly-mail"), "active"),
+        (("remove", "hourly-mail"), "removed"),
+    ]:
+        done = run_cli("schedules", *args, database_url=db_url)
+        assert done.returncode == 0 and fragment in done.stdout, done.stderr
+    bad = [
+        (("add", "x", "* * 32 * *", "noop"), "at position 5 (day-of-month field)"),
+        (("add", "x", "@daily", "noop", "--timezone", "Mars/Olympus"), "unknown time zone"),
+        (("add", "x", "@daily", "noop", "--catch-up-window", "0"), "catch_up_window"),
+        (("add", "x", "@daily", "noop", "{not json"), "not valid JSON"),
+        (("add", "x", "@daily", "email", '{"subject": "s"}', "--app", "tests.jobs"), "payload.to"),
+    ]
+    for args, fragment in bad:
+        result = run_cli("schedules", *args, database_url=db_url)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert result.stderr.strip().count("\n") == 0 and fragment in result.stderr, result.stderr
+    missing = run_cli("schedules", "pause", "nope", database_url=db_url)
+    assert missing.returncode == 1 and "no schedule named 'nope'" in missing.stderr
+    assert query(db_url, "SELECT count(*) FROM pgqueue.schedules") == [(0,)]
+
+
+# -- real worker processes -------------------------------------------------------------------------
+
+
+def _add_schedules(url: str, *specs: tuple[str, str, dict[str, Any]]) -> None:
+    async def add() -> None:
+        async with await Queue.connect(url, jobs, max_size=1) as queue:
+            for name, expression, options in specs:
+                await queue.schedules.add(name, expression, "mark", {"key": name}, **options)
+
+    asyncio.run(add())
+
+
+def _fires(url: str, name: str) -> list[tuple[datetime, int, int]]:
+    """(fire_at, jobs with that run_at made by the schedule, job id) per recorded fire, in order."""
+    from tests.process_fixtures import query
+
+    return query(url, """
+        SELECT f.fire_at, (SELECT count(*) FROM pgqueue.jobs j WHERE j.payload->>'key' = s.name AND j.run_at = f.fire_at),
+               f.job_id
+        FROM pgqueue.schedule_fires f JOIN pgqueue.schedules s ON s.id = f.schedule_id
+        WHERE s.name = %s ORDER BY f.fire_at""", [name])
+
+
+def _wait_fires(url: str, name: str, count: int, after: datetime | None = None) -> None:
+    from tests.helpers import wait_for_sync
+
+    def enough() -> bool:
+        return len([f for f in _fires(url, name) if after is None or f[0] > after]) >= count
+
+    wait_for_sync(enough, timeout=60, interval=0.1, message=f"{count} fires of {name}")
+
+
+def _gaps(fire_times: list[datetime]) -> int:
+    return sum(1 for a, b in itertools.pairwise(fire_times) if b - a != timedelta(seconds=1))
+
+
+def test_three_workers_fire_each_second_exactly_once_through_a_kill(proc_db: str, spawn_worker: Any) -> None:
+    """3 worker processes, a per-second schedule: one job per fire time, none missing, also after
+    the worker that had just fired is killed with -9 and started again."""
+    _add_schedules(proc_db, ("tick", "* * * * * *", {"catch_up": "all", "catch_up_window": 3600}))
+    workers = [spawn_worker(proc_db) for _ in range(3)]
+    _wait_fires(proc_db, "tick", 3)
+    # the worker that fired last: its log has the latest "schedule tick fired" line
+    last_fire = _fires(proc_db, "tick")[-1][0]
+    stamp = last_fire.isoformat()
+    fired_it = [w for w in workers if f"schedule tick fired for {stamp}" in w.output()]
+    assert len(fired_it) == 1, [w.output()[-2000:] for w in workers]
+    fired_it[0].kill()
+    workers.append(spawn_worker(proc_db))
+    _wait_fires(proc_db, "tick", 4, after=last_fire)
+    for worker in workers:
+        if worker.is_alive():
+            worker.terminate()
+    for worker in workers:
+        if worker.is_alive():
+            assert worker.wait(30) == 0
+    fires = _fires(proc_db, "tick")
+    assert all(jobs_for_fire == 1 for _, jobs_for_fire, _ in fires), fires
+    assert _gaps([f[0] for f in fires]) == 0, [f[0] for f in fires]
+    from tests.process_fixtures import scalar
+
+    assert scalar(proc_db, "SELECT count(*) FROM pgqueue.jobs") == len(fires)
+    fired_by = {w.pid for w in workers if "schedule tick fired" in w.output()}
+    assert len(fired_by) >= 1
+
+
+def test_kill_and_restart_under_each_catch_up_policy(proc_db: str, spawn_worker: Any) -> None:
+    """The only worker is killed with -9 and started again a few seconds later: no fire time is
+    doubled under any policy; `all` loses none, `latest` and `skip` leave one gap and go on."""
+    from tests.process_fixtures import scalar
+
+    _add_schedules(proc_db, ("all", "* * * * * *", {"catch_up": "all", "catch_up_window": 3600}),
+                   ("latest", "* * * * * *", {"catch_up": "latest"}),
+                   ("skip", "* * * * * *", {"catch_up": "skip", "catch_up_window": 1}))
+    worker = spawn_worker(proc_db)
+    for name in ("all", "latest", "skip"):
+        _wait_fires(proc_db, name, 2)
+    worker.kill()
+    killed_at = scalar(proc_db, "SELECT now()")
+    from tests.helpers import wait_for_sync
+
+    wait_for_sync(lambda: scalar(proc_db, "SELECT now() > %s + interval '3 seconds'", [killed_at]), timeout=30,
+                  interval=0.1, message="3 seconds of downtime")
+    restarted = spawn_worker(proc_db)
+    for name in ("all", "latest", "skip"):
+        _wait_fires(proc_db, name, 3, after=killed_at + timedelta(seconds=3))
+    restarted.terminate()
+    assert restarted.wait(30) == 0
+    for name in ("all", "latest", "skip"):
+        fires = _fires(proc_db, name)
+        assert all(jobs_for_fire == 1 for _, jobs_for_fire, _ in fires), (name, fires)
+        times = [f[0] for f in fires]
+        assert len(set(times)) == len(times)
+        assert _gaps(times) == (0 if name == "all" else 1), (name, times)
