@@ -150,7 +150,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             raise InvalidPayload([{"field": "run_at", "message": "not an ISO 8601 datetime"}]) from None
     options: dict[str, Any] = {
         "priority": args.priority, "queue": args.queue, "delay": args.delay, "run_at": run_at,
-        "unique_key": args.unique_key, "max_attempts": args.max_attempts, "concurrency_key": args.concurrency_key, "concurrency_key": args.concurrency_key,
+        "unique_key": args.unique_key, "max_attempts": args.max_attempts, "concurrency_key": args.concurrency_key,
     }
     jobs = [(args.kind, payload, {k: v for k, v in options.items() if v is not None})] * args.count
     url = _url(args)
@@ -233,12 +233,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from pgqueue.bench import main as bench_main
 
     return bench_main(args)
-
-
-def cmd_queues(args: argparse.Namespace) -> int:
-    from pgqueue.queues_cli import main as queues_main
-
-    return queues_main(args, _url(args))
 
 
 def cmd_queues(args: argparse.Namespace) -> int:
@@ -378,12 +372,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-attempts", type=int)
     p.add_argument("--count", type=int, default=1, help="enqueue this many copies in one round trip")
     p.set_defaults(func=cmd_enqueue)
-
-    from pgqueue.queues_cli import add_arguments as queues_arguments
-
-    p = sub.add_parser("queues", help="pause, resume and limit queues (concurrency, rate; per concurrency key too)")
-    queues_arguments(p, database)
-    p.set_defaults(func=cmd_queues)
 
     from pgqueue.queues_cli import add_arguments as queues_arguments
 
