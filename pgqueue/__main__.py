@@ -381,8 +381,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_schedules_parser(sub, database)
 
-    add_schedules_parser(sub, database)
-
     p = sub.add_parser("stats", help="queue depth by queue and status")
     database(p)
     p.set_defaults(func=cmd_stats)
