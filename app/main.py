@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route
 
 from app import api, ops, streams, uploads
+from app.dashboard import api as dashboard_api
 from app.dashboard import dashboard_page
 from app.errors import exception_handlers
 from app.hub import EventHub
@@ -64,6 +65,7 @@ ROUTES: list[BaseRoute] = [
     *streams.ROUTES,
     Route("/", dashboard_page, methods=["GET"]),
     Route("/dashboard", dashboard_page, methods=["GET"]),
+    Route("/dashboard/api/overview", dashboard_api.overview, methods=["GET"]),
     # log files: upload, then ingestion status
     *uploads.ROUTES,
 ]

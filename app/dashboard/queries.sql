@@ -1,0 +1,153 @@
+-- The dashboard's read statements (app/dashboard/api.py), each under a `-- name: NAME :cardinality`
+-- header. Each runs in its own transaction under `statement_timeout` (set_statement_timeout),
+-- and each stays on an index or a bounded scan so it is fast with millions of jobs: see the
+-- README, "Dashboard", for the figures with 1,000,000 jobs.
+
+-- name: set_statement_timeout :one
+-- SET LOCAL, as a function so the value can be a parameter: ends with the transaction.
+SELECT set_config('statement_timeout', %(timeout)s::text, true);
+
+-- name: job_table_estimate :one
+-- The planner's idea of the jobs table: its row count (-1 before the first ANALYZE) and, per
+-- status, the share ANALYZE measured. Reading the catalog costs nothing, whatever the size.
+SELECT c.reltuples::bigint AS rows,
+       coalesce((SELECT jsonb_object_agg(v.status, v.freq)
+                 FROM pg_stats AS st,
+                      unnest(st.most_common_vals::text::text[], st.most_common_freqs) AS v(status, freq)
+                 WHERE st.schemaname = 'pgqueue' AND st.tablename = 'jobs' AND st.attname = 'status'),
+                '{}'::jsonb) AS shares
+FROM pg_class AS c
+WHERE c.oid = 'pgqueue.jobs'::regclass;
+
+-- name: exact_status_counts :many
+-- Exact jobs per status: one scan of the table, used while the table is small.
+SELECT status, count(*) AS jobs FROM pgqueue.jobs GROUP BY status;
+
+-- name: live_status_counts :many
+-- Exact counts of the live statuses, each capped at %(cap)s + 1 rows: queued and failed come
+-- from the claim index, running from the lease index, so a large finished history costs
+-- nothing; a status at the cap is shown as an estimate instead.
+-- (Each status is a literal: with a parameter the planner could not prove the partial index's
+-- predicate and would scan the table.)
+SELECT 'queued' AS status, (SELECT count(*) FROM (SELECT 1 FROM pgqueue.jobs WHERE status = 'queued'
+                                                  LIMIT %(cap)s + 1) AS capped) AS jobs
+UNION ALL
+SELECT 'failed', (SELECT count(*) FROM (SELECT 1 FROM pgqueue.jobs WHERE status = 'failed'
+                                        LIMIT %(cap)s + 1) AS capped)
+UNION ALL
+SELECT 'running', (SELECT count(*) FROM (SELECT 1 FROM pgqueue.jobs WHERE status = 'running'
+                                         LIMIT %(cap)s + 1) AS capped);
+
+-- name: finished_per_minute :many
+-- Jobs that ended in each of the last 60 minutes by outcome, and failed attempts (rows of
+-- job_errors) in the same minutes. Ends come from jobs_finished_idx; failures are the
+-- `failed` and `dead` events found through the events table's BRIN index on created_at
+-- (the newest blocks only), so neither scan grows with the table's history.
+WITH minutes AS (
+    SELECT m AS minute FROM generate_series(date_trunc('minute', now()) - interval '59 minutes',
+                                            date_trunc('minute', now()), interval '1 minute') AS m
+), ended AS (
+    SELECT date_trunc('minute', finished_at) AS minute,
+           count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE status = 'dead') AS dead,
+           count(*) FILTER (WHERE status = 'cancelled') AS cancelled
+    FROM pgqueue.jobs
+    WHERE finished_at >= date_trunc('minute', now()) - interval '59 minutes'
+      AND (%(owner_id)s::text IS NULL OR owner_id = %(owner_id)s::text)
+    GROUP BY 1
+), failures AS (
+    SELECT date_trunc('minute', e.created_at) AS minute, count(*) AS failed
+    FROM pgqueue.events AS e
+    WHERE e.created_at >= date_trunc('minute', now()) - interval '59 minutes' AND e.type IN ('failed', 'dead')
+      AND (%(owner_id)s::text IS NULL
+           OR EXISTS (SELECT 1 FROM pgqueue.jobs AS j WHERE j.id = e.job_id AND j.owner_id = %(owner_id)s::text))
+    GROUP BY 1
+)
+SELECT m.minute, coalesce(e.succeeded, 0) AS succeeded, coalesce(e.dead, 0) AS dead,
+       coalesce(e.cancelled, 0) AS cancelled, coalesce(f.failed, 0) AS failed
+FROM minutes AS m
+LEFT JOIN ended AS e USING (minute)
+LEFT JOIN failures AS f USING (minute)
+ORDER BY m.minute;
+
+-- name: finished_per_hour :many
+-- Jobs that ended per hour from %(since)s (an hour boundary) to %(until)s, by outcome, from
+-- jobs_finished_idx. The dashboard keeps finished hours cached (they do not change) and asks
+-- for a few missing hours at a time, so one call scans a bounded slice of history.
+SELECT date_trunc('hour', finished_at) AS hour,
+       count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+       count(*) FILTER (WHERE status = 'dead') AS dead,
+       count(*) FILTER (WHERE status = 'cancelled') AS cancelled
+FROM pgqueue.jobs
+WHERE finished_at >= %(since)s AND finished_at < %(until)s
+  AND (%(owner_id)s::text IS NULL OR owner_id = %(owner_id)s::text)
+GROUP BY 1
+ORDER BY 1;
+
+-- name: queue_table :many
+-- Per queue: runnable (queued or failed, due), scheduled (not yet due), failed-and-waiting,
+-- running, the oldest wait among runnable jobs, and jobs ended in the last 5 minutes. Live
+-- jobs come from the claim and lease indexes (capped at %(cap)s rows per queue and status
+-- group, then flagged as capped); ended jobs from jobs_finished_idx.
+WITH live AS (
+    SELECT queue,
+           count(*) FILTER (WHERE status = 'queued' AND run_at <= now()) AS queued,
+           count(*) FILTER (WHERE status = 'queued' AND run_at > now()) AS scheduled,
+           count(*) FILTER (WHERE status = 'failed') AS failed_waiting,
+           count(*) FILTER (WHERE status = 'running') AS running,
+           extract(epoch FROM now() - min(run_at) FILTER (WHERE status IN ('queued', 'failed')
+                                                           AND run_at <= now()))::float8 AS oldest_wait_seconds,
+           count(*) >= %(cap)s AS capped
+    FROM (SELECT queue, status, run_at FROM pgqueue.jobs WHERE status IN ('queued', 'failed')  -- jobs_claim_idx
+          UNION ALL
+          SELECT queue, status, run_at FROM pgqueue.jobs WHERE status = 'running'  -- jobs_lease_idx
+          LIMIT %(cap)s) AS j
+    GROUP BY queue
+), recent AS (
+    SELECT queue, count(*) AS ended FROM pgqueue.jobs
+    WHERE finished_at >= now() - interval '5 minutes' GROUP BY queue
+)
+SELECT coalesce(l.queue, r.queue) AS queue, coalesce(l.queued, 0) AS queued, coalesce(l.scheduled, 0) AS scheduled,
+       coalesce(l.failed_waiting, 0) AS failed_waiting, coalesce(l.running, 0) AS running,
+       l.oldest_wait_seconds, coalesce(r.ended, 0)::float8 / 5 AS jobs_per_minute, coalesce(l.capped, false) AS capped
+FROM live AS l FULL JOIN recent AS r USING (queue)
+ORDER BY 1;
+
+-- name: depth_over_time :many
+-- Jobs waiting (queued or failed, due, not started) per queue at each 5-minute point of the
+-- last hour, rebuilt from the jobs' own timestamps: the candidates are today's live jobs (the
+-- claim and lease indexes) and those that ended within the hour (jobs_finished_idx), at most
+-- %(cap)s of them (the answer says when the cap was hit). A job waiting to retry counts from
+-- its retry time; the waits before earlier attempts of a retried job are not in its row, so
+-- they are missing: an approximation, labelled so.
+WITH points AS (
+    SELECT p AS at FROM generate_series(date_trunc('minute', now()) - interval '60 minutes',
+                                        date_trunc('minute', now()), interval '5 minutes') AS p
+), candidates AS (
+    SELECT queue, status, created_at, run_at, started_at, finished_at FROM (
+        SELECT queue, status, created_at, run_at, started_at, finished_at FROM pgqueue.jobs
+        WHERE status IN ('queued', 'failed')  -- jobs_claim_idx
+        UNION ALL
+        SELECT queue, status, created_at, run_at, started_at, finished_at FROM pgqueue.jobs
+        WHERE status = 'running'  -- jobs_lease_idx
+        UNION ALL
+        SELECT queue, status, created_at, run_at, started_at, finished_at FROM pgqueue.jobs
+        WHERE finished_at >= now() - interval '61 minutes'
+    ) AS c
+    LIMIT %(cap)s
+)
+SELECT p.at, c.queue, count(*) AS waiting, (SELECT count(*) FROM candidates) >= %(cap)s AS capped
+FROM points AS p
+JOIN candidates AS c
+  ON c.created_at <= p.at AND c.run_at <= p.at
+ AND (c.status = 'failed'  -- waiting to retry since its run_at (the retry time)
+      OR ((c.started_at IS NULL OR c.started_at > p.at) AND (c.finished_at IS NULL OR c.finished_at > p.at)))
+GROUP BY p.at, c.queue
+ORDER BY p.at, c.queue;
+
+-- name: workers :many
+-- Every registered worker (pgqueue.worker_status) with the jobs it runs now (jobs_lease_idx).
+SELECT w.id, w.hostname, w.pid, w.queues, w.concurrency, w.started_at, w.heartbeat_at, w.alive,
+       (SELECT count(*) FROM pgqueue.jobs AS j WHERE j.status = 'running' AND j.lease_owner = w.id) AS running
+FROM pgqueue.worker_status AS w
+ORDER BY w.alive DESC, w.started_at, w.id;
