@@ -7,6 +7,7 @@ OpenAPI document is generated from them (app/openapi.py).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import operator
 import re
@@ -20,11 +21,18 @@ from msgspec import UNSET, UnsetType
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.auth import StreamToken, authenticate, authenticate_admin, issue_stream_token, may_see
+from app.auth import StreamToken, authenticate, authenticate_admin, forbidden, issue_stream_token, may_see
 from app.errors import ApiError, ErrorInfo, field_errors, not_found, validation_error
 from app.ingest import INGEST_KIND
 from app.jobs import TaskPayload
 from app.jobs import jobs as app_jobs
+from app.kinds.webhooks import (
+    WEBHOOK_KIND,
+    UnsafeWebhookUrl,
+    WebhookHostUnresolved,
+    WebhookPayload,
+    resolve_webhook_url,
+)
 from app.openapi import operation
 from app.redact import event_for, exception_message
 from app.store import AppStore, JobFilter, User
@@ -424,8 +432,22 @@ class Me(msgspec.Struct, kw_only=True):
 
 # -- jobs ---------------------------------------------------------------------------------------
 
-@operation(summary="Enqueue a job", body=JobCreate, response=JobOut, status=201,
-           description="The payload is validated against the kind's type; every bad field is listed in a 422.")
+async def _check_webhook(request: Request, user: User, hook: WebhookPayload) -> None:
+    """A webhook is signed with the service's key, so only admins may have one sent; its URL
+    must lead to a public address (or one APP_WEBHOOK_ALLOW_HOSTS names). Checked again at delivery."""
+    if not user.is_admin:
+        raise forbidden("only admins may enqueue webhook jobs: every delivery is signed with the service's "
+                        "webhook secret")
+    try:
+        await asyncio.to_thread(resolve_webhook_url, hook.url, request.state.settings.webhook_allowed_hosts())
+    except (UnsafeWebhookUrl, WebhookHostUnresolved) as exc:
+        raise validation_error([{"field": "payload.url", "message": str(exc)}]) from None
+
+
+@operation(summary="Enqueue a job", body=JobCreate, response=JobOut, status=201, errors=(403,),
+           description="The payload is validated against the kind's type; every bad field is listed in a 422. "
+                       "`webhook` jobs are for admins only (403), and their URL must resolve to public "
+                       "addresses only, unless APP_WEBHOOK_ALLOW_HOSTS names it (422).")
 async def create_job(request: Request) -> Response:
     user = await authenticate(request)
     try:
@@ -446,6 +468,8 @@ async def create_job(request: Request) -> Response:
     if new.max_attempts is not None:
         options["max_attempts"] = new.max_attempts
     kind = new.__struct_config__.tag
+    if kind == WEBHOOK_KIND:
+        await _check_webhook(request, user, new.payload)
     job = await queue.enqueue(kind, msgspec.to_builtins(new.payload), **options)
     return json_response(JobOut.of(job, admin=user.is_admin), 201, {"Location": f"/jobs/{job.id}"})
 
