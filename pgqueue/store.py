@@ -9,16 +9,18 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
 import msgspec
+from psycopg import errors as pg_errors
 from psycopg import sql as pg_sql
 from psycopg.rows import dict_row, kwargs_row
 from psycopg_pool import AsyncConnectionPool
 
 from pgqueue.db import AsyncConnection, Connection, fetch, transaction, translate_errors
+from pgqueue.dependencies import GraphPlan, check_parents
 from pgqueue.limits import QueueInfo
 from pgqueue.models import Event, Job, JobError, NewJob, Schedule, ScheduleFire, ScheduleSpec
 from pgqueue.sql import QUERIES
@@ -161,6 +163,95 @@ def _missing_unique_keys(jobs: Sequence[NewJob], inserted: list[Job]) -> list[st
     return sorted({j.unique_key for j in jobs if j.unique_key is not None and j.unique_key not in got})
 
 
+# -- job dependencies (pgqueue/dependencies.py, README "Job dependencies") ------------------------
+
+class _Parent(msgspec.Struct, frozen=True):
+    id: int
+    status: str
+    owner_id: str | None
+
+
+def graph_insert_params(jobs: Sequence[NewJob], plan: GraphPlan, ids: Sequence[int]) -> dict[str, list[Any]]:
+    params = insert_params(jobs)
+    params["ids"] = list(ids)
+    params["statuses"] = ["waiting" if waits else "queued" for waits in plan.waiting]
+    return params
+
+
+def graph_edge_params(plan: GraphPlan, ids: Sequence[int | None]) -> dict[str, list[Any]]:
+    """The edges whose child was inserted (a child skipped for its unique key keeps the holder's)."""
+    edges = [edge for edge in plan.edges if ids[edge.child] is not None]
+    return {"job_ids": [ids[edge.child] for edge in edges],
+            "parent_ids": [plan.parent_of(edge, ids) for edge in edges],
+            "run_if_failed": [edge.run_if_failed for edge in edges]}
+
+
+def _inserted_or_none(reserved: Sequence[int], inserted: set[int]) -> list[int | None]:
+    return [job_id if job_id in inserted else None for job_id in reserved]
+
+
+def _order_graph(jobs: Sequence[NewJob], ids: Sequence[int | None], rows: list[Job], holders: list[Job]) -> list[Job]:
+    by_id = {job.id: job for job in rows}
+    by_key = {job.unique_key: job for job in holders}
+    ordered = []
+    for new, job_id in zip(jobs, ids, strict=True):
+        job = by_id.get(job_id) if job_id is not None else by_key.get(new.unique_key)
+        if job is None:
+            raise RuntimeError("a unique-key holder finished while enqueueing; try again")
+        ordered.append(job)
+    return ordered
+
+
+def insert_graph_sync(conn: Connection, jobs: Sequence[NewJob], plan: GraphPlan,
+                      parents_owned_by: str | None = None) -> list[Job]:
+    """Store.insert_graph on a plain psycopg connection, in a transaction of its own (or the caller's)."""
+    with translate_errors(), conn.transaction():
+        with conn.cursor(row_factory=kwargs_row(_Parent)) as cur:
+            cur.execute(QUERIES["lock_dependency_parents"].sql, {"ids": plan.existing_parents})
+            check_parents(plan, [(p.id, p.status, p.owner_id) for p in cur.fetchall()], parents_owned_by)
+        with conn.cursor() as cur:
+            cur.execute(QUERIES["reserve_job_ids"].sql, {"count": len(jobs)})
+            row = cur.fetchone()
+            assert row is not None
+            reserved = row[0]
+            cur.execute(QUERIES["insert_dependent_jobs"].sql, graph_insert_params(jobs, plan, reserved))
+            ids = _inserted_or_none(reserved, {r[0] for r in cur.fetchall()})
+            edges = graph_edge_params(plan, ids)
+            if edges["job_ids"]:
+                cur.execute(QUERIES["insert_dependencies"].sql, edges)
+                cur.execute(QUERIES["resolve_waiting"].sql, {"ids": sorted(set(edges["job_ids"]))})
+        with conn.cursor(row_factory=kwargs_row(Job)) as cur:
+            cur.execute(QUERIES["jobs_by_ids"].sql, {"ids": [i for i in ids if i is not None]})
+            rows = cur.fetchall()
+            holders: list[Job] = []
+            missing = sorted({j.unique_key for j, i in zip(jobs, ids, strict=True) if i is None and j.unique_key})
+            if missing:
+                cur.execute(QUERIES["live_jobs_by_unique_key"].sql, {"unique_keys": missing})
+                holders = cur.fetchall()
+    return _order_graph(jobs, ids, rows, holders)
+
+
+def get_job_sync(conn: Connection, job_id: int) -> Job | None:
+    with translate_errors(), conn.cursor(row_factory=kwargs_row(Job)) as cur:
+        cur.execute(QUERIES["get_job"].sql, {"id": job_id})
+        return cur.fetchone()
+
+
+def listen_sync(conn: Connection, channel: str) -> None:
+    """LISTEN on a plain connection (autocommit). See Store.listen for why this is composed."""
+    if not _CHANNEL.fullmatch(channel):
+        raise ValueError(f"bad channel name {channel!r}")
+    with translate_errors():
+        conn.execute(pg_sql.SQL("LISTEN {}").format(pg_sql.SQL(channel)))
+
+
+def notifies_sync(conn: Connection, timeout: float) -> Iterator[str]:
+    """The payloads of the notifications arriving within ``timeout`` seconds (stop reading any time)."""
+    with translate_errors():
+        for note in conn.notifies(timeout=timeout):
+            yield note.payload
+
+
 class Store:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self.pool = pool
@@ -243,7 +334,17 @@ class Store:
 
     async def complete_jobs(self, items: Sequence[tuple[int, uuid.UUID, Any]],
                             conn: AsyncConnection | None = None) -> set[int]:
-        return {row[0] for row in await self._many("complete_jobs", complete_params(items), conn)}
+        for attempt in range(3):
+            try:
+                return {row[0] for row in await self._many("complete_jobs", complete_params(items), conn)}
+            except pg_errors.DeadlockDetected:
+                # releasing dependents locks them after the batch: an enqueue holding one of them
+                # FOR SHARE while waiting for a job of this batch is a (rare) deadlock, which
+                # Postgres breaks by failing one side; on our own connection the statement is its
+                # whole transaction, so it can simply run again
+                if conn is not None or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     async def fail_job(self, job_id: int, token: uuid.UUID, error: str, *, retry_delay: float,
                        permanent: bool = False, conn: AsyncConnection | None = None) -> Job | None:
@@ -367,6 +468,12 @@ class Store:
         await self._many("register_worker", params, conn)
 
 
+    async def mark_worker_idle(self, worker_id: str, queues: Sequence[str], conn: AsyncConnection | None = None) -> bool:
+        return bool((await self._one("mark_worker_idle", {"id": worker_id, "queues": list(queues)}, conn))[0])
+
+    async def mark_worker_busy(self, worker_id: str, conn: AsyncConnection | None = None) -> None:
+        await self._many("mark_worker_busy", {"id": worker_id}, conn)
+
     async def unregister_worker(self, worker_id: str, conn: AsyncConnection | None = None) -> None:
         await self._many("unregister_worker", {"id": worker_id}, conn)
 
@@ -400,6 +507,36 @@ class Store:
 
     async def now(self, conn: AsyncConnection | None = None) -> datetime:
         return (await self._one("now", {}, conn))[0]
+
+    # -- job dependencies (pgqueue/dependencies.py, README "Job dependencies") ------------------
+
+    async def insert_graph(self, jobs: Sequence[NewJob], plan: GraphPlan, parents_owned_by: str | None = None,
+                           conn: AsyncConnection | None = None) -> list[Job]:
+        """Insert jobs with dependencies in one transaction: lock the existing parents FOR SHARE (in
+        id order), refuse missing ones (or another owner's), insert with ids drawn in batch order,
+        write the edges, and settle the jobs whose parents already finished."""
+        async with transaction(self.pool, conn) as c:
+            found = await self._many("lock_dependency_parents", {"ids": plan.existing_parents}, c, kwargs_row(_Parent))
+            check_parents(plan, [(p.id, p.status, p.owner_id) for p in found], parents_owned_by)
+            reserved = (await self._one("reserve_job_ids", {"count": len(jobs)}, c))[0]
+            inserted = await self._many("insert_dependent_jobs", graph_insert_params(jobs, plan, reserved), c)
+            ids = _inserted_or_none(reserved, {row[0] for row in inserted})
+            edges = graph_edge_params(plan, ids)
+            if edges["job_ids"]:
+                await self._many("insert_dependencies", edges, c)
+                await self._many("resolve_waiting", {"ids": sorted(set(edges["job_ids"]))}, c)
+            rows = await self._many("jobs_by_ids", {"ids": [i for i in ids if i is not None]}, c, kwargs_row(Job))
+            missing = sorted({j.unique_key for j, i in zip(jobs, ids, strict=True) if i is None and j.unique_key})
+            holders = (await self._many("live_jobs_by_unique_key", {"unique_keys": missing}, c, kwargs_row(Job))
+                       if missing else [])
+        return _order_graph(jobs, ids, rows, holders)
+
+    async def job_parents(self, job_id: int, conn: AsyncConnection | None = None) -> list[tuple[int, str, bool]]:
+        """(parent id, its status, run_if_failed) for each job ``job_id`` depends on."""
+        return await self._many("job_parents", {"job_id": job_id}, conn)
+
+    async def has_waiting_dependents(self, job_id: int, conn: AsyncConnection | None = None) -> bool:
+        return bool((await self._one("has_waiting_dependents", {"id": job_id}, conn))[0])
 
     # -- periodic jobs (pgqueue/scheduler.py) --------------------------------------------------
 

@@ -70,6 +70,11 @@ class Worker:
         self.queues = list(queues)
         self.concurrency = check_concurrency(concurrency)  # 0 slots is a ConfigError, not silently 1
         self.url: str = url or queue.settings.database_url or str(queue.pool.conninfo)
+        # LISTEN, the leader lock and the heartbeat: never through a pooler (README, "Past one
+        # box"): the first two need a session, and a heartbeat must not queue behind handlers'
+        # transactions for one of the pooler's server connections
+        self.direct_url: str = url or queue.session_url
+
         self.settings = queue.settings
         self.shutdown_grace = shutdown_grace
         self.maintenance = maintenance
@@ -79,6 +84,8 @@ class Worker:
         self._isolated: uuid.UUID | None = None  # the lease of a crash suspect running alone
         self._suspects_waiting = False
         self._suspects_checked_at = 0.0
+        # whether workers.idle is set: inserts into our queues then send a NOTIFY (schema 0011)
+        self._marked_idle = False
         self.events = EventBuffer()
         self.stopping = asyncio.Event()
         self.stopped = asyncio.Event()
@@ -198,14 +205,21 @@ class Worker:
     async def _fetch_loop(self) -> None:
         error_delay = 0.2
         while not self.stopping.is_set():
-            free = self.concurrency - len(self.running) - max(0, len(self._unacked) - self.concurrency)
             try:
                 isolating = self._isolated is not None or await self._suspects_due()
             except CONNECTION_ERRORS:
                 isolating = False  # the claim below meets the same outage and backs off
+            # counted after the await above, and _slot_free cleared before the next one: a job
+            # that finishes in between must not be missed (its slot would stay idle until a poll)
+            free = self.concurrency - len(self.running) - max(0, len(self._unacked) - self.concurrency)
             if free <= 0 or (isolating and self.running):
                 # full, or a crash suspect waits to run alone here: let the running jobs finish
                 self._slot_free.clear()
+                if self._marked_idle:
+                    # no slot to fill: inserts need not pay for a NOTIFY to wake us
+                    self._marked_idle = False
+                    with contextlib.suppress(*CONNECTION_ERRORS):
+                        await self.queue.store.mark_worker_busy(self.worker_id)
                 await self._slot_free.wait()
                 # let every job that is finishing right now finish, then claim for all free slots at once
                 await asyncio.sleep(0)
@@ -246,6 +260,10 @@ class Worker:
         """Wait for a NOTIFY, a free slot, or the (jittered) poll timer, or the next scheduled job."""
         timeout = self.settings.poll_seconds * random.uniform(0.8, 1.2)
         with contextlib.suppress(*CONNECTION_ERRORS):
+            if not self._marked_idle:
+                # from the mark on, every insert into our queues notifies; one that committed
+                # before it is found by the look for runnable jobs just below
+                self._marked_idle = await self.queue.store.mark_worker_idle(self.worker_id, self.queues)
             next_at, now = await self.queue.store.next_run_at(self.queues)
             if next_at is not None and next_at > now:
                 timeout = min(timeout, (next_at - now).total_seconds())
@@ -254,6 +272,8 @@ class Worker:
                 # suspects the plain claim skips): fetch again soon, asking for suspects too
                 timeout = min(timeout, 0.05)
                 self._suspects_checked_at = 0.0
+        if not self._marked_idle:
+            timeout = min(timeout, 0.05)  # an insert was under way (or the mark failed): no NOTIFY is sure to come
         if self._wake.is_set():
             return
         with contextlib.suppress(TimeoutError):
@@ -414,7 +434,9 @@ class Worker:
         while True:
             conn: AsyncConnection | None = None
             try:
-                conn = await connect(self.url, application_name="pgqueue-worker-listen")
+                conn = await connect(self.direct_url, application_name="pgqueue-worker-listen",
+                                     session_for="the worker's LISTEN")
+
                 await self.queue.store.listen(conn, JOBS_CHANNEL, CONTROL_CHANNEL)
                 delay = 0.5
                 self._wake.set()  # anything enqueued while we were not listening
@@ -510,7 +532,9 @@ class Worker:
             while True:
                 try:
                     if conn is None or conn.closed:
-                        conn = await connect(self.url, application_name=f"pgqueue-worker-{name}")
+                        conn = await connect(self.direct_url, application_name=f"pgqueue-worker-{name}",
+                                             session_for="the maintenance leader lock" if name == "maintenance" else None)
+
                         if name == "maintenance":
                             self.is_leader = False  # a new session holds no advisory lock
                     await step(conn)

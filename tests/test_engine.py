@@ -11,7 +11,7 @@ import ast
 import asyncio
 import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -54,8 +54,17 @@ async def fast_queue(db_url: str) -> AsyncIterator[Queue]:
 # -- transactions ----------------------------------------------------------------------------
 
 
+async def an_idle_worker(queue: Queue, queues: Sequence[str] = ("default", "mail")) -> str:
+    """A worker row marked idle on ``queues``: inserts into them notify only while one exists."""
+    worker_id = f"idle-{len(queues)}"
+    await queue.store.register_worker(worker_id, "test-host", 1, queues, 1, 5.0)
+    assert await queue.store.mark_worker_idle(worker_id, queues)
+    return worker_id
+
+
 async def test_enqueue_joins_the_callers_transaction(fast_queue: Queue, db_url: str) -> None:
     queue = fast_queue
+    await an_idle_worker(queue)
     async with listening(db_url) as listener, await psycopg.AsyncConnection.connect(db_url) as conn:
         with pytest.raises(DeliberateRollbackError):
             async with conn.transaction():
@@ -142,6 +151,7 @@ async def test_enqueue_many_with_unique_keys_and_delays_inserts(fast_queue: Queu
 
 async def test_one_notify_per_statement_and_queue(fast_queue: Queue, db_url: str) -> None:
     queue = fast_queue
+    await an_idle_worker(queue)
     async with listening(db_url) as listener:
         await queue.enqueue_many([("noop", {"n": n}) for n in range(500)]
                                  + [("email", {"to": f"u{n}@example.com"}) for n in range(500)])
@@ -152,6 +162,17 @@ async def test_one_notify_per_statement_and_queue(fast_queue: Queue, db_url: str
 
         await queue.enqueue_many([("noop", {"n": n}, {"delay": 3600}) for n in range(10)])
         assert await notifications_so_far(listener, db_url) == []  # nothing to wake for yet
+    # a worker whose slots are all taken needs no NOTIFY: with nobody idle, inserts send none
+    await queue.store.mark_worker_busy("idle-2")
+    async with listening(db_url) as listener:
+        await queue.enqueue("noop", {})
+        await queue.enqueue_many([("email", {"to": f"v{n}@example.com"}) for n in range(5)])
+        assert await notifications_so_far(listener, db_url) == []
+        # nor for a worker that stopped heartbeating long ago while marked idle
+        await an_idle_worker(queue, ["default"])
+        await fetch(queue, "UPDATE pgqueue.workers SET heartbeat_at = now() - interval '1 hour'")
+        await queue.enqueue("noop", {})
+        assert await notifications_so_far(listener, db_url) == []
     # Postgres folds identical notifications of one transaction anyway; what keeps a bulk insert
     # from queueing one message per row is the statement-level trigger:
     [(row_level,)] = await fetch(queue, "SELECT (tgtype & 1) = 1 FROM pg_trigger WHERE tgname = 'jobs_inserted_notify'")

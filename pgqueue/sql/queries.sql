@@ -16,7 +16,7 @@ FROM unnest(%(queues)s::text[], %(kinds)s::text[], %(payloads)s::jsonb[], %(prio
             %(run_ats)s::timestamptz[], %(delays)s::float8[], %(max_attempts)s::int[],
             %(unique_keys)s::text[], %(owner_ids)s::text[], %(concurrency_keys)s::text[])
      AS t(queue, kind, payload, priority, run_at, delay, max_attempts, unique_key, owner_id, concurrency_key)
-ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('queued', 'running', 'failed')
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('waiting', 'queued', 'running', 'failed')
 DO NOTHING
 RETURNING *;
 
@@ -32,7 +32,7 @@ COPY pgqueue.jobs (id, queue, kind, payload, priority, max_attempts, owner_id, c
 -- name: live_jobs_by_unique_key :many
 -- The live holders of unique keys (after insert_jobs skipped duplicates).
 SELECT * FROM pgqueue.jobs
-WHERE unique_key = ANY(%(unique_keys)s) AND status IN ('queued', 'running', 'failed');
+WHERE unique_key = ANY(%(unique_keys)s) AND status IN ('waiting', 'queued', 'running', 'failed');
 
 -- name: claim_jobs :one
 -- Claim up to %(limit)s runnable jobs for one worker, best priority then oldest first.
@@ -409,6 +409,8 @@ SELECT EXISTS (
 -- primary key (see claim_jobs: a join alone may scan the whole table).
 -- The rows are locked first, in id order (like every statement that locks many jobs and may
 -- wait), so two such statements can never deadlock.
+-- Every statement that finishes jobs ends with pgqueue.release_dependents (schema/0009): their
+-- waiting dependents become runnable (or are cancelled) in the same transaction.
 WITH input AS (
     SELECT * FROM jsonb_to_recordset(%(items)s::jsonb) AS t(id bigint, token uuid, result jsonb)
 ), locked AS MATERIALIZED (
@@ -423,7 +425,7 @@ WITH input AS (
     INSERT INTO pgqueue.events (job_id, type, data)
     SELECT id, 'succeeded', jsonb_build_object('attempt', attempts) FROM done ORDER BY id
 )
-SELECT id FROM done;
+SELECT id FROM done, (SELECT pgqueue.release_dependents(ARRAY(SELECT id FROM done))) AS dependents;
 
 -- name: fail_job :one
 -- Record a failed attempt: back to 'failed' with a retry time, or 'dead' once attempts are
@@ -450,7 +452,8 @@ WITH failed AS (
                               'retry_at', CASE status WHEN 'failed' THEN run_at END)
     FROM failed
 )
-SELECT * FROM failed;
+SELECT failed.* FROM failed,
+    (SELECT pgqueue.release_dependents(ARRAY(SELECT id FROM failed WHERE status <> 'failed'))) AS dependents;
 
 -- name: finish_cancelled_job :one
 -- A running job whose handler stopped because cancellation was requested.
@@ -463,7 +466,7 @@ WITH cancelled AS (
 ), events AS (
     INSERT INTO pgqueue.events (job_id, type, data) SELECT id, 'cancelled', '{"while_running": true}' FROM cancelled
 )
-SELECT * FROM cancelled;
+SELECT cancelled.* FROM cancelled, (SELECT pgqueue.release_dependents(ARRAY(SELECT id FROM cancelled))) AS dependents;
 
 -- name: release_jobs :many
 -- Give jobs back to the queue untouched (graceful shutdown ran out of time): the attempt
@@ -485,7 +488,8 @@ WITH locked AS MATERIALIZED (
     INSERT INTO pgqueue.events (job_id, type, data)
     SELECT id, CASE status WHEN 'cancelled' THEN 'cancelled' ELSE 'released' END, '{}' FROM released
 )
-SELECT id FROM released;
+SELECT id FROM released,
+    (SELECT pgqueue.release_dependents(ARRAY(SELECT id FROM released WHERE status = 'cancelled'))) AS dependents;
 
 -- name: extend_leases :many
 -- Heartbeat: push the lease of each job this worker holds. Returns one row per lease still held
@@ -564,7 +568,8 @@ WITH expired AS MATERIALIZED (
            jsonb_build_object('attempt', run_attempt, 'error', last_error, 'counted', lease_charged)
     FROM rescued
 )
-SELECT id, status, lease_owner FROM rescued;
+SELECT id, status, lease_owner FROM rescued,
+    (SELECT pgqueue.release_dependents(ARRAY(SELECT id FROM rescued WHERE status <> 'failed'))) AS dependents;
 
 -- name: prune_finished_jobs :many
 -- Delete finished jobs past their retention, in bounded batches (errors and checkpoints cascade).
@@ -599,14 +604,16 @@ SELECT * FROM pgqueue.jobs WHERE id = %(id)s;
 SELECT * FROM pgqueue.jobs WHERE id = %(id)s FOR UPDATE;
 
 -- name: cancel_queued_job :one
+-- Cancel a job that is not running (queued, failed and waiting to retry, waiting on parents);
+-- its waiting dependents are cancelled too.
 WITH cancelled AS (
     UPDATE pgqueue.jobs SET status = 'cancelled', finished_at = now(), updated_at = now()
-    WHERE id = %(id)s AND status IN ('queued', 'failed')
+    WHERE id = %(id)s AND status IN ('waiting', 'queued', 'failed')
     RETURNING *
 ), events AS (
     INSERT INTO pgqueue.events (job_id, type, data) SELECT id, 'cancelled', '{}' FROM cancelled
 )
-SELECT * FROM cancelled;
+SELECT cancelled.* FROM cancelled, (SELECT pgqueue.release_dependents(ARRAY(SELECT id FROM cancelled))) AS dependents;
 
 -- name: request_cancel :one
 -- Flag a running job; its worker sees the flag by NOTIFY (and on its next heartbeat).
@@ -700,6 +707,26 @@ INSERT INTO pgqueue.workers (id, hostname, pid, queues, concurrency, heartbeat_s
 VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s, %(concurrency)s, %(heartbeat_seconds)s)
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), heartbeat_seconds = EXCLUDED.heartbeat_seconds;
 
+-- name: mark_worker_idle :one
+-- The worker has free slots and is about to wait for a NOTIFY: from now on, inserts into its
+-- queues notify (see schema/0011.idle-wakeups.sql). Only while holding every queue's wake-up
+-- lock exclusively, so no insert whose trigger ran before the mark is still uncommitted (the
+-- worker then looks for runnable jobs: it sees those). false when an insert holds a lock right
+-- now: the worker stays unmarked and looks again shortly. One statement, so the locks last
+-- until its commit.
+WITH locks AS MATERIALIZED (
+    SELECT bool_and(pg_try_advisory_xact_lock(1885827447, hashtext(q.name))) AS taken
+    FROM unnest(%(queues)s::text[]) AS q(name)
+), marked AS (
+    UPDATE pgqueue.workers SET idle = true WHERE id = %(id)s AND (SELECT taken FROM locks)
+    RETURNING id
+)
+SELECT EXISTS (SELECT 1 FROM marked) AS marked;
+
+-- name: mark_worker_busy :none
+-- Every slot of the worker is taken: inserts need not wake it (it claims as slots free up).
+UPDATE pgqueue.workers SET idle = false WHERE id = %(id)s AND idle;
+
 -- name: unregister_worker :none
 DELETE FROM pgqueue.workers WHERE id = %(id)s;
 
@@ -727,6 +754,17 @@ SELECT queue, status, count(*) AS jobs FROM pgqueue.jobs GROUP BY queue, status 
 -- name: try_leader_lock :one
 -- Maintenance runs on one worker: whoever holds this session advisory lock.
 SELECT pg_try_advisory_lock(%(key)s) AS acquired;
+
+-- ---------------------------------------------------------------------------------------------
+-- Connection poolers (pgqueue/db.py, README "Past one box")
+-- ---------------------------------------------------------------------------------------------
+
+
+-- name: backend_pid :one
+-- The server process running our statements: behind a pooler it differs from the pid announced
+-- at login (the pooler's own cancel key), so the connection must not rely on session state.
+SELECT pg_backend_pid();
+
 
 -- name: now :one
 SELECT now() AS now;
@@ -764,7 +802,7 @@ WITH input AS (
     SELECT id, 'dead', jsonb_build_object('attempt', attempts, 'error', left(last_error, 500), 'retry_at', NULL)
     FROM buried ORDER BY id
 )
-SELECT id FROM buried;
+SELECT id FROM buried, (SELECT pgqueue.release_dependents(ARRAY(SELECT id FROM buried))) AS dependents;
 
 -- ---------------------------------------------------------------------------------------------
 -- Periodic jobs (pgqueue/scheduler.py, README "Periodic jobs")
@@ -896,6 +934,54 @@ WHERE ctid = ANY(ARRAY(SELECT ctid FROM pgqueue.schedule_fires
                        WHERE created_at < now() - interval '7 days' LIMIT %(limit)s))
 RETURNING schedule_id;
 
+-- ---------------------------------------------------------------------------------------------
+-- Job dependencies (schema/0009.dependencies.sql, README "Job dependencies")
+-- ---------------------------------------------------------------------------------------------
+
+-- name: lock_dependency_parents :many
+-- The parents a batch of new jobs will depend on, locked FOR SHARE in id order until the batch
+-- commits: a parent cannot finish meanwhile (its completion takes FOR NO KEY UPDATE and waits),
+-- so either the enqueue sees it finished, or its completion sees the new dependents.
+SELECT id, status, owner_id FROM pgqueue.jobs WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id FOR SHARE;
+
+-- name: insert_dependent_jobs :many
+-- insert_jobs with ids drawn beforehand (reserve_job_ids, in batch order, so a job's parents in
+-- the same batch have smaller ids) and a status: 'waiting' for jobs with parents.
+INSERT INTO pgqueue.jobs (id, queue, kind, payload, priority, run_at, max_attempts, unique_key, owner_id, status)
+SELECT t.id, t.queue, t.kind, t.payload, t.priority,
+       coalesce(t.run_at, now() + make_interval(secs => t.delay)), t.max_attempts, t.unique_key, t.owner_id, t.status
+FROM unnest(%(ids)s::bigint[], %(queues)s::text[], %(kinds)s::text[], %(payloads)s::jsonb[],
+            %(priorities)s::smallint[], %(run_ats)s::timestamptz[], %(delays)s::float8[], %(max_attempts)s::int[],
+            %(unique_keys)s::text[], %(owner_ids)s::text[], %(statuses)s::text[])
+     AS t(id, queue, kind, payload, priority, run_at, delay, max_attempts, unique_key, owner_id, status)
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('waiting', 'queued', 'running', 'failed')
+DO NOTHING
+RETURNING id;
+
+-- name: insert_dependencies :none
+INSERT INTO pgqueue.job_dependencies (job_id, depends_on, run_if_failed)
+SELECT * FROM unnest(%(job_ids)s::bigint[], %(parent_ids)s::bigint[], %(run_if_failed)s::boolean[]);
+
+-- name: resolve_waiting :one
+-- Settle just-inserted waiting jobs whose parents already finished (queued, or cancelled).
+SELECT pgqueue.resolve_waiting(%(ids)s::bigint[]) AS settled;
+
+-- name: jobs_by_ids :many
+SELECT * FROM pgqueue.jobs WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id;
+
+-- name: job_parents :many
+-- The jobs a job depends on, with their status (oldest first).
+SELECT d.depends_on AS id, p.status, d.run_if_failed
+FROM pgqueue.job_dependencies d JOIN pgqueue.jobs p ON p.id = d.depends_on
+WHERE d.job_id = %(job_id)s ORDER BY d.depends_on;
+
+-- name: has_waiting_dependents :one
+-- Whether jobs wait on this one (deleting it cancels them first, as cancelling it would).
+SELECT EXISTS (
+    SELECT 1 FROM pgqueue.job_dependencies d JOIN pgqueue.jobs c ON c.id = d.job_id
+    WHERE d.depends_on = %(id)s AND c.status = 'waiting'
+) AS waiting;
+
 
 -- ---------------------------------------------------------------------------------------------
 -- Queues: pause and resume, concurrency and rate limits (schema/0008.queues.sql, README "Queues")
@@ -903,3 +989,46 @@ RETURNING schedule_id;
 -- Each change is announced on pgqueue_control ("pause NAME", "resume NAME", "limits NAME") so
 -- idle workers claim again at once; the claim reads the row itself, so a worker that missed the
 -- notification never claims from a queue paused before its claim began.
+-- ---------------------------------------------------------------------------------------------
+
+-- name: queue_statuses :many
+-- Every queue that has jobs or a row, with state, limits and counts.
+SELECT * FROM pgqueue.queue_status;
+
+-- name: queue_status :one
+-- One queue (none: it has no row and no jobs, so it runs unlimited).
+SELECT * FROM pgqueue.queue_status WHERE name = %(name)s;
+
+-- name: set_queue_paused :one
+-- Pause or resume a queue (creating its row). Running jobs are left to finish; enqueue still works.
+WITH changed AS (
+    INSERT INTO pgqueue.queues AS q (name, paused) VALUES (%(name)s, %(paused)s)
+    ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now()
+    RETURNING q.name, q.paused
+), wake AS (
+    SELECT pg_notify('pgqueue_control', CASE WHEN paused THEN 'pause ' ELSE 'resume ' END || name) FROM changed
+)
+SELECT changed.name FROM changed, (SELECT count(*) FROM wake) AS w;
+
+-- name: set_queue_limits :one
+-- Set or remove limits (%(set_X)s false: leave X as it is); a new row gets only what is set.
+-- Lowering a limit does not stop running jobs: new claims wait until fewer run than the limit.
+WITH changed AS (
+    INSERT INTO pgqueue.queues AS q (name, concurrency_limit, rate_limit, rate_period,
+                                     key_concurrency_limit, key_rate_limit, key_rate_period)
+    VALUES (%(name)s, %(concurrency_limit)s, %(rate_limit)s, %(rate_period)s,
+            %(key_concurrency_limit)s, %(key_rate_limit)s, %(key_rate_period)s)
+    ON CONFLICT (name) DO UPDATE SET
+        concurrency_limit = CASE WHEN %(set_concurrency_limit)s THEN EXCLUDED.concurrency_limit ELSE q.concurrency_limit END,
+        rate_limit = CASE WHEN %(set_rate)s THEN EXCLUDED.rate_limit ELSE q.rate_limit END,
+        rate_period = CASE WHEN %(set_rate)s THEN EXCLUDED.rate_period ELSE q.rate_period END,
+        key_concurrency_limit = CASE WHEN %(set_key_concurrency_limit)s THEN EXCLUDED.key_concurrency_limit
+                                     ELSE q.key_concurrency_limit END,
+        key_rate_limit = CASE WHEN %(set_key_rate)s THEN EXCLUDED.key_rate_limit ELSE q.key_rate_limit END,
+        key_rate_period = CASE WHEN %(set_key_rate)s THEN EXCLUDED.key_rate_period ELSE q.key_rate_period END,
+        updated_at = now()
+    RETURNING q.name
+), wake AS (
+    SELECT pg_notify('pgqueue_control', 'limits ' || name) FROM changed
+)
+SELECT changed.name FROM changed, (SELECT count(*) FROM wake) AS w;
