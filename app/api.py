@@ -37,8 +37,17 @@ from app.openapi import operation
 from app.redact import event_for, exception_message
 from app.store import AppStore, JobFilter, User
 from app.validation import every_field_error, friendly
-from pgqueue.errors import InvalidTransition, JobNotFound, LeaseLost
-from pgqueue.models import PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, STATUSES, Event, Job, JobError
+from pgqueue.errors import InvalidTransition, JobNotFound, LeaseLost, WaitTimeout
+from pgqueue.models import (
+    FINISHED_STATUSES,
+    PRIORITY_DEFAULT,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    STATUSES,
+    Event,
+    Job,
+    JobError,
+)
 from pgqueue.queue import Queue
 
 T = TypeVar("T")
@@ -243,7 +252,7 @@ class JobOut(msgspec.Struct, kw_only=True):
     id: int
     kind: str
     queue: str
-    status: Literal["queued", "running", "succeeded", "failed", "dead", "cancelled"]
+    status: Literal["waiting", "queued", "running", "succeeded", "failed", "dead", "cancelled"]
     priority: int
     payload: Any
     scheduled_for: datetime
@@ -280,6 +289,11 @@ class JobOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_f
         PRIORITY_DEFAULT)
     scheduled_for: AwareDatetime | None = None
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=1000)] | None = None
+    depends_on: Annotated[list[JobId], msgspec.Meta(
+        max_length=1000, description="ids of jobs (yours) that must succeed before this one runs; "
+                                     "until then its status is `waiting`")] | None = None
+    run_if_parent_fails: Annotated[bool, msgspec.Meta(
+        description="run once the parents finished even if one ended dead or cancelled")] = False
 
 
 def _struct_name(kind: str) -> str:
@@ -318,6 +332,15 @@ StatusList = Annotated[str, msgspec.Meta(description="comma-separated statuses",
                                          extra_json_schema={"pattern": _comma_list_pattern(STATUSES)})]
 KindList = Annotated[str, msgspec.Meta(description="comma-separated job kinds",
                                        extra_json_schema={"pattern": _comma_list_pattern(tuple(app_jobs.kinds))})]
+
+
+MAX_WAIT_SECONDS = 60  # a long poll longer than this is better served by the SSE stream
+
+
+class JobGetQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    wait: Annotated[int, msgspec.Meta(ge=0, le=MAX_WAIT_SECONDS, description=(
+        "long poll: answer once the job has finished (succeeded, dead, cancelled) or after this many "
+        "seconds, whichever comes first; the job as it then is either way"))] = 0
 
 
 class JobListQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -467,6 +490,9 @@ async def create_job(request: Request) -> Response:
                                      "message": "must lie between years 1 and 9999 in UTC"}]) from None
     if new.max_attempts is not None:
         options["max_attempts"] = new.max_attempts
+    if new.depends_on:  # only on jobs this user may see: another's is "does not exist" (a 422)
+        options.update(depends_on=new.depends_on, run_if_parent_fails=new.run_if_parent_fails,
+                       parents_owned_by=None if user.is_admin else user.owner_id)
     kind = new.__struct_config__.tag
     if kind == WEBHOOK_KIND:
         await _check_webhook(request, user, new.payload)
@@ -514,12 +540,18 @@ async def list_jobs(request: Request) -> Response:
                                  jobs=[JobOut.of(job, admin=user.is_admin) for job in jobs]))
 
 
-@operation(summary="One job with its attempts and events", response=JobDetail,
+@operation(summary="One job with its attempts and events", response=JobDetail, query=JobGetQuery,
            path_params={"job_id": "the job's id"}, errors=(404,))
 async def get_job(request: Request) -> Response:
     user = await authenticate(request)
+    query = read_query(request, JobGetQuery)
     job = await owned_job(request, user)
     queue, _ = state(request)
+    if query.wait and job.status not in FINISHED_STATUSES:
+        try:  # woken by the job's terminal event (one LISTEN connection per process: pgqueue/waiter.py)
+            job = await queue.wait(job.id, timeout=query.wait)
+        except WaitTimeout:
+            job = await queue.get(job.id)
     attempts = await queue.errors(job.id)
     events = await queue.events(job.id)
     if not user.is_admin:  # the message of each failure, not its traceback

@@ -364,7 +364,7 @@ class _JobStatusRow(msgspec.Struct, kw_only=True):
 
 # queued: not started; processing: running, or failed and waiting for its retry; completed;
 # failed: dead (out of attempts, or a permanent failure) or cancelled.
-_API_STATUS = {"queued": "queued", "running": "processing", "failed": "processing", "succeeded": "completed",
+_API_STATUS = {"waiting": "queued", "queued": "queued", "running": "processing", "failed": "processing", "succeeded": "completed",
                "dead": "failed", "cancelled": "failed"}
 
 

@@ -13,6 +13,7 @@ from pgqueue.errors import (
     PgQueueError,
     RetryAfter,
     UnknownKind,
+    WaitTimeout,
 )
 from pgqueue.memory import MemoryQueue
 from pgqueue.models import Event, Job, JobError, NewJob
@@ -41,4 +42,5 @@ __all__ = [
     "RetryAfter",
     "SyncQueue",
     "UnknownKind",
+    "WaitTimeout",
 ]

@@ -152,6 +152,9 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         "priority": args.priority, "queue": args.queue, "delay": args.delay, "run_at": run_at,
         "unique_key": args.unique_key, "max_attempts": args.max_attempts, "concurrency_key": args.concurrency_key,
     }
+    if args.depends_on:
+        options["depends_on"] = _job_ids(args.depends_on)
+        options["run_if_parent_fails"] = args.run_if_parent_fails
     jobs = [(args.kind, payload, {k: v for k, v in options.items() if v is not None})] * args.count
     url = _url(args)
     with connect_sync(url) as conn:
@@ -167,7 +170,22 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         print(line)
     if len(created) > 10:
         print(f"... {len(created)} jobs")
-    return 0
+    if args.wait is None:
+        return 0
+    waiter = SyncQueue(url, registry)
+    finished = [waiter.wait(job.id, timeout=args.wait) for job in created]  # WaitTimeout: exit 1
+    for job in finished[:10]:
+        print(f"job {job.id}: {job.status}" + (f": {msgspec.json.encode(job.result).decode()}" if job.result is not None
+                                               else f": {job.last_error}" if job.last_error else ""))
+    return 0 if all(job.status == "succeeded" for job in finished) else 1
+
+
+def _job_ids(raw: str) -> list[int]:
+    """--depends-on 12,15 as [12, 15]."""
+    parts = [part.strip() for part in raw.split(",") if part.strip()]
+    if not parts or not all(part.isascii() and part.isdigit() for part in parts):
+        raise InvalidPayload([{"field": "depends_on", "message": "must be job ids separated by commas, e.g. 12,15"}])
+    return [int(part) for part in parts]
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -178,7 +196,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
             return await queue.stats()
 
     stats = asyncio.run(fetch())
-    columns = ["queued", "running", "failed", "succeeded", "dead", "cancelled"]
+    columns = ["waiting", "queued", "running", "failed", "succeeded", "dead", "cancelled"]
     print(f"{'queue':<20}" + "".join(f"{c:>11}" for c in columns))
     for name, counts in sorted(stats.items()):
         print(f"{name:<20}" + "".join(f"{counts.get(c, 0):>11}" for c in columns))
@@ -371,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency-key", help="the queue's per-key limits apply to this key (a tenant, an account)")
     p.add_argument("--max-attempts", type=int)
     p.add_argument("--count", type=int, default=1, help="enqueue this many copies in one round trip")
+    p.add_argument("--depends-on", metavar="ID[,ID]", help="wait (status waiting) until these jobs have succeeded")
+    p.add_argument("--run-if-parent-fails", action="store_true", help="with --depends-on: run once they finished, "
+                   "even if one ended dead or cancelled")
+    p.add_argument("--wait", type=float, metavar="SECONDS", help="then wait until the job finished; exit 0 if it "
+                   "succeeded, 1 if it ended dead or cancelled or did not finish in time")
     p.set_defaults(func=cmd_enqueue)
 
     from pgqueue.queues_cli import add_arguments as queues_arguments

@@ -123,7 +123,7 @@ WHERE id = ANY(%(ids)s)
 BENCH_FOREIGN_JOBS = "SELECT count(*) FROM pgqueue.jobs WHERE queue <> %(queue)s"
 BENCH_LIVE_WORKERS = "SELECT count(*) FROM pgqueue.workers WHERE heartbeat_at > now() - interval '1 minute'"
 BENCH_RESET_ENGINE = """
-TRUNCATE pgqueue.jobs, pgqueue.events, pgqueue.job_errors, pgqueue.checkpoints RESTART IDENTITY
+TRUNCATE pgqueue.jobs, pgqueue.events, pgqueue.job_errors, pgqueue.checkpoints, pgqueue.job_dependencies RESTART IDENTITY
 """
 BENCH_FORGET_WORKERS = "DELETE FROM pgqueue.workers WHERE pid = ANY(%(pids)s)"
 BENCH_VACUUM_ENGINE = ("VACUUM ANALYZE pgqueue.jobs", "VACUUM ANALYZE pgqueue.events")

@@ -88,6 +88,17 @@ class SchemaNotMigrated(PgQueueError):
                          f"{', '.join(missing)}); run `python -m pgqueue migrate` first")
 
 
+class WaitTimeout(PgQueueError):
+    """``wait()`` gave up: the job had not finished (succeeded, dead, cancelled) within ``timeout``
+    seconds. ``status`` is the job's status when it gave up."""
+
+    def __init__(self, job_id: int, timeout: float, status: str) -> None:
+        super().__init__(f"job {job_id} did not finish within {timeout:g}s (it is {status})")
+        self.job_id = job_id
+        self.timeout = timeout
+        self.status = status
+
+
 # -- periodic jobs -------------------------------------------------------------------------------
 
 

@@ -37,12 +37,15 @@ import msgspec
 from pgqueue.config import Settings
 from pgqueue.context import EventBuffer, JobContext, run_handler, settle_outcome
 from pgqueue.cron import load_zone, parse_cron
-from pgqueue.errors import InvalidTransition, JobNotFound, LeaseLost, ScheduleExists, ScheduleNotFound
+from pgqueue.dependencies import check_parents, has_dependencies, plan_graph, split_options, with_dependencies
+from pgqueue.errors import InvalidTransition, JobNotFound, LeaseLost, ScheduleExists, ScheduleNotFound, WaitTimeout
 from pgqueue.limits import UNCHANGED, QueueInfo, Rate, check_queue_name, limit_params, unlimited
 from pgqueue.models import (
     DEFAULT_CATCH_UP_WINDOW,
+    FINISHED_STATUSES,
     LIVE_STATUSES,
     RETRYABLE_STATUSES,
+    TERMINAL_EVENTS,
     Event,
     Job,
     JobError,
@@ -95,6 +98,10 @@ class MemoryQueue:
         self._event_ids = itertools.count(1)
         self._running: dict[int, _RunningHandler] = {}
         self._event_buffer = EventBuffer()
+        # dependencies: child -> [(parent, run_if_failed)], parent -> children
+        self._parents: dict[int, list[tuple[int, bool]]] = {}
+        self._children: dict[int, list[int]] = {}
+        self._waiters: dict[int, set[asyncio.Event]] = {}  # wait(): woken by a terminal event
         self._queues: dict[str, QueueInfo] = {}  # paused or limited queues (the pgqueue.queues rows)
         self._buckets: dict[tuple[str, str], tuple[float, datetime]] = {}  # (queue, key or ''): tokens, as of
         self.schedules = MemorySchedules(self)  # periodic jobs, same contract as pgqueue/scheduler.py
@@ -122,21 +129,27 @@ class MemoryQueue:
 
     # -- enqueue -------------------------------------------------------------------------------
 
-    async def enqueue(self, kind: str, payload: Any = None, *, conn: Any = None, **options: Any) -> Job:
+    async def enqueue(self, kind: str, payload: Any = None, *, conn: Any = None, parents_owned_by: str | None = None,
+                      **options: Any) -> Job:
         """Validate and store one job; a live job holding the same unique key is returned instead."""
-        new = self.registry.build(kind, {} if payload is None else payload, **options)
+        options, dependency_options = split_options(options)
+        new = with_dependencies(self.registry.build(kind, {} if payload is None else payload, **options),
+                                dependency_options)
         check_payload_sizes([new], self.settings.max_payload_bytes)
-        return self._snapshot(self._insert([new])[0])
+        return self._snapshot(self._insert([new], parents_owned_by)[0])
 
-    async def enqueue_many(self, items: Iterable[EnqueueItem], *, conn: Any = None) -> list[int]:
+    async def enqueue_many(self, items: Iterable[EnqueueItem], *, conn: Any = None,
+                           parents_owned_by: str | None = None) -> list[int]:
         """Store many jobs at once (all validated first); returns their ids in input order."""
         jobs = build_jobs(self.registry, items, max_payload_bytes=self.settings.max_payload_bytes)
-        return [job.id for job in self._insert(jobs)]
+        return [job.id for job in self._insert(jobs, parents_owned_by)]
 
-    def _insert(self, new_jobs: Sequence[NewJob]) -> list[Job]:
+    def _insert(self, new_jobs: Sequence[NewJob], parents_owned_by: str | None = None) -> list[Job]:
         # what Postgres would hand back after storing the payload as jsonb
         payloads = [_through_json(new.payload) if new.payload_json is None else msgspec.json.decode(new.payload_json)
                     for new in new_jobs]  # may raise: nothing written yet
+        if has_dependencies(new_jobs):
+            return self._insert_graph(new_jobs, payloads, parents_owned_by)
         now = self.now()
         live_by_key = {job.unique_key: job for job in self._jobs.values()
                        if job.unique_key is not None and job.status in LIVE_STATUSES}
@@ -157,6 +170,66 @@ class MemoryQueue:
             # no 'created' event, as in Postgres: a job's timeline starts at created_at
             ordered.append(job)
         return ordered
+
+    def _insert_graph(self, new_jobs: Sequence[NewJob], payloads: list[Any], parents_owned_by: str | None) -> list[Job]:
+        """Jobs with dependencies, as Store.insert_graph: parents must exist (and be the owner's),
+        jobs with parents start 'waiting', and those whose parents already finished are settled."""
+        plan = plan_graph(new_jobs)
+        check_parents(plan, [(job.id, job.status, job.owner_id) for job_id in plan.existing_parents
+                             if (job := self._jobs.get(job_id)) is not None], parents_owned_by)
+        now = self.now()
+        live_by_key = {job.unique_key: job for job in self._jobs.values()
+                       if job.unique_key is not None and job.status in LIVE_STATUSES}
+        ordered: list[Job] = []
+        ids: list[int | None] = []
+        for new, payload, waits in zip(new_jobs, payloads, plan.waiting, strict=True):
+            holder = live_by_key.get(new.unique_key) if new.unique_key is not None else None
+            if holder is not None:
+                ordered.append(holder)
+                ids.append(None)
+                continue
+            job = Job(id=next(self._job_ids), queue=new.queue, kind=new.kind, payload=payload,
+                      priority=new.priority, status="waiting" if waits else "queued",
+                      run_at=new.run_at or now + timedelta(seconds=new.delay_seconds),
+                      attempts=0, max_attempts=new.max_attempts, unique_key=new.unique_key,
+                      owner_id=new.owner_id, created_at=now, updated_at=now)
+            self._jobs[job.id] = job
+            if job.unique_key is not None:
+                live_by_key[job.unique_key] = job
+            ordered.append(job)
+            ids.append(job.id)
+        for edge in plan.edges:
+            child = ids[edge.child]
+            if child is not None:
+                parent = plan.parent_of(edge, ids)
+                self._parents.setdefault(child, []).append((parent, edge.run_if_failed))
+                self._children.setdefault(parent, []).append(child)
+        self._resolve(sorted({child for edge in plan.edges if (child := ids[edge.child]) is not None}))
+        return ordered
+
+    def _resolve(self, children: Sequence[int]) -> None:
+        """Settle waiting jobs whose parents may have finished (pgqueue.resolve_waiting): cancelled
+        when a parent ended dead or cancelled (unless run_if_failed), queued once all have finished."""
+        now = self.now()
+        for child_id in children:
+            child = self._jobs.get(child_id)
+            if child is None or child.status != "waiting":
+                continue
+            parents = [(job, run_anyway) for parent_id, run_anyway in self._parents.get(child_id, [])
+                       if (job := self._jobs.get(parent_id)) is not None]  # a deleted parent's edge is gone
+            failed = sorted((job.id, job.status) for job, run_anyway in parents
+                            if job.status in ("dead", "cancelled") and not run_anyway)
+            if failed:
+                parent_id, parent_status = failed[0]
+                child.status = "cancelled"
+                child.finished_at = child.updated_at = now
+                child.last_error = f"cancelled: parent job {parent_id} ended {parent_status}"
+                self._add_event(child_id, "cancelled", {"reason": f"parent {parent_status}", "parent_id": parent_id}, now)
+            elif all(job.status in FINISHED_STATUSES for job, _ in parents):
+                child.status = "queued"
+                child.run_at = max(child.run_at, now)
+                child.updated_at = now
+                self._add_event(child_id, "unblocked", {}, now)
 
     # -- the worker's side ---------------------------------------------------------------------
 
@@ -312,7 +385,7 @@ class MemoryQueue:
         """Cancel a waiting job at once; ask a running one to stop (its handler sees the request)."""
         job = self._existing(job_id)
         now = self.now()
-        if job.status in RUNNABLE_STATUSES:
+        if job.status in RUNNABLE_STATUSES or job.status == "waiting":
             job.status = "cancelled"
             job.finished_at = job.updated_at = now
             self._add_event(job_id, "cancelled", {}, now)
@@ -345,10 +418,46 @@ class MemoryQueue:
         job = self._existing(job_id)
         if job.status == "running":
             raise InvalidTransition(job_id, job.status, "delete")
+        if any(self._jobs[c].status == "waiting" for c in self._children.get(job_id, ()) if c in self._jobs):
+            await self.cancel(job_id)  # what it leaves waiting is cancelled, as in Postgres
         del self._jobs[job_id]
+        for child_id in self._children.pop(job_id, []):  # the edges go with the job (ON DELETE CASCADE)
+            self._parents[child_id] = [edge for edge in self._parents.get(child_id, []) if edge[0] != job_id]
+        self._parents.pop(job_id, None)
         self._add_event(job_id, "deleted", {}, self.now())
         self._errors.pop(job_id, None)
         self._checkpoints.pop(job_id, None)
+
+    async def wait(self, job_id: int, timeout: float = 30.0) -> Job:
+        """The job once it finished (succeeded, dead, cancelled); WaitTimeout after ``timeout`` real
+        seconds (something else, e.g. run_until_empty in another task, must run it meanwhile)."""
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+            raise ValueError("timeout must be a number of seconds >= 0")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        woken = asyncio.Event()
+        self._waiters.setdefault(job_id, set()).add(woken)
+        try:
+            while True:
+                woken.clear()
+                job = self._existing(job_id)
+                if job.status in FINISHED_STATUSES:
+                    return self._snapshot(job)
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise WaitTimeout(job_id, timeout, job.status)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), remaining)
+        finally:
+            self._waiters[job_id].discard(woken)
+            if not self._waiters[job_id]:
+                del self._waiters[job_id]
+
+    async def parents(self, job_id: int) -> list[tuple[int, str, bool]]:
+        """(id, status, run_if_failed) of each job this one depends on."""
+        self._existing(job_id)
+        return sorted((parent_id, self._jobs[parent_id].status, run_anyway)
+                      for parent_id, run_anyway in self._parents.get(job_id, []) if parent_id in self._jobs)
 
     async def errors(self, job_id: int) -> list[JobError]:
         return copy.deepcopy(self._errors.get(job_id, []))
@@ -608,6 +717,13 @@ class MemoryQueue:
 
     def _add_event(self, job_id: int, event_type: str, data: Any, now: datetime) -> None:
         self._events.append(Event(id=next(self._event_ids), job_id=job_id, type=event_type, data=data, created_at=now))
+        if event_type in TERMINAL_EVENTS:
+            # every finishing path writes its terminal event once the job's state is set: settle
+            # the dependents (walking down the graph as they are cancelled) and wake the waiters
+            if event_type != "deleted" and job_id in self._children:
+                self._resolve(sorted(set(self._children[job_id])))
+            for woken in self._waiters.get(job_id, ()):
+                woken.set()
 
     def _add_error(self, job: Job, error: str, now: datetime) -> None:
         self._errors.setdefault(job.id, []).append(

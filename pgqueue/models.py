@@ -8,9 +8,10 @@ from typing import Any, Literal, get_args
 
 import msgspec
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "dead", "cancelled"]
+# waiting: a job whose parents have not all finished (README, "Job dependencies")
+JobStatus = Literal["waiting", "queued", "running", "succeeded", "failed", "dead", "cancelled"]
 STATUSES: tuple[str, ...] = get_args(JobStatus)
-LIVE_STATUSES = frozenset({"queued", "running", "failed"})
+LIVE_STATUSES = frozenset({"waiting", "queued", "running", "failed"})
 FINISHED_STATUSES = frozenset({"succeeded", "dead", "cancelled"})
 # What retry() re-drives (River and Oban let a cancelled job be retried as well).
 RETRYABLE_STATUSES = frozenset({"dead", "failed", "cancelled"})
@@ -81,6 +82,11 @@ class NewJob(msgspec.Struct, kw_only=True):
     unique_key: str | None = None
     owner_id: str | None = None
     concurrency_key: str | None = None  # limits of the queue per key apply (schema/0008.queues.sql)
+    # dependencies (README, "Job dependencies"): ids of existing jobs, or the ``ref`` of an earlier
+    # job of the same enqueue_many batch; the job waits until they have all succeeded
+    depends_on: tuple[int | str, ...] = ()
+    ref: str | None = None
+    run_if_parent_fails: bool = False  # run once the parents finished, whatever their outcome
     # the payload as the JSON text to store, set by the registry when it validated it (the store
     # encodes ``payload`` itself when this is None)
     payload_json: str | None = None

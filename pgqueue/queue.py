@@ -14,12 +14,14 @@ from typing import Any, Protocol
 
 from pgqueue.config import Settings
 from pgqueue.db import AsyncConnection, Connection, ConnectionPool, connect_sync, open_pool, transaction
+from pgqueue.dependencies import has_dependencies, plan_graph, recheck, split_options, with_dependencies
 from pgqueue.errors import ConfigError, InvalidTransition, JobNotFound, LeaseLost
 from pgqueue.limits import UNCHANGED, QueueInfo, check_queue_name, limit_params, unlimited
 from pgqueue.models import RETRYABLE_STATUSES, Event, Job, JobError, NewJob
 from pgqueue.registry import JobRegistry, check_payload_sizes
 from pgqueue.scheduler import ScheduleBackend, Schedules
-from pgqueue.store import Store, insert_jobs_sync
+from pgqueue.store import Store, insert_graph_sync, insert_jobs_sync
+from pgqueue.waiter import WaiterHub, wait_sync
 
 EnqueueItem = NewJob | tuple[str, Any] | tuple[str, Any, dict[str, Any]]
 
@@ -44,7 +46,7 @@ def build_jobs(registry: JobRegistry, items: Iterable[EnqueueItem], *, max_paylo
     for item in items:
         if isinstance(item, NewJob):
             flush_run()
-            jobs.append(registry.check_new_job(item))
+            jobs.append(recheck(registry.check_new_job(item)))
         elif len(item) == 2:
             if item[0] != run_kind:
                 flush_run()
@@ -53,7 +55,8 @@ def build_jobs(registry: JobRegistry, items: Iterable[EnqueueItem], *, max_paylo
         else:
             flush_run()
             kind, payload, options = item  # type: ignore[misc]
-            jobs.append(registry.build(kind, payload, **options))
+            options, dependency_options = split_options(options)
+            jobs.append(with_dependencies(registry.build(kind, payload, **options), dependency_options))
     flush_run()
     check_payload_sizes(jobs, max_payload_bytes)
     return jobs
@@ -70,6 +73,8 @@ class Queue:
         self.store = Store(pool)
         self.registry = registry or JobRegistry()
         self.settings = settings or Settings()
+        # wait(): one LISTEN connection for every waiter of this Queue (pgqueue/waiter.py), opened on first use
+        self.waiters = WaiterHub(self.settings.database_url or str(pool.conninfo), self.store)
         self.schedules = Schedules(self.store, self.registry)  # periodic jobs (pgqueue/scheduler.py)
 
     @classmethod
@@ -83,6 +88,7 @@ class Queue:
         return cls(pool, registry, settings)
 
     async def close(self) -> None:
+        await self.waiters.close()
         await self.pool.close()
 
     async def __aenter__(self) -> Queue:
@@ -94,21 +100,34 @@ class Queue:
     # -- enqueue -----------------------------------------------------------------------------
 
     async def enqueue(self, kind: str, payload: Any = None, *, conn: AsyncConnection | None = None,
-                      **options: Any) -> Job:
+                      parents_owned_by: str | None = None, **options: Any) -> Job:
         """Validate and insert one job. With ``conn`` it joins the caller's transaction.
 
         Options: priority, queue, run_at, delay, max_attempts, unique_key, owner_id. A live job
         holding the same unique key is returned instead of a new one.
+        ``depends_on=[ids]``: the job waits until those jobs have succeeded (README, "Job
+        dependencies"); ``run_if_parent_fails=True``: until they finished, whatever the outcome.
+        ``parents_owned_by``: the parents must belong to that owner (others are "not found").
         """
-        new = self.registry.build(kind, {} if payload is None else payload, **options)
+        options, dependency_options = split_options(options)
+        new = with_dependencies(self.registry.build(kind, {} if payload is None else payload, **options),
+                                dependency_options)
         check_payload_sizes([new], self.settings.max_payload_bytes)
+        if has_dependencies([new]):
+            return (await self.store.insert_graph([new], plan_graph([new]), parents_owned_by, conn))[0]
         return (await self.store.insert_jobs([new], conn))[0]
 
-    async def enqueue_many(self, items: Iterable[EnqueueItem], *, conn: AsyncConnection | None = None) -> list[int]:
-        """Insert many jobs in one round trip (COPY when it can); returns their ids in order."""
+    async def enqueue_many(self, items: Iterable[EnqueueItem], *, conn: AsyncConnection | None = None,
+                           parents_owned_by: str | None = None) -> list[int]:
+        """Insert many jobs in one round trip (COPY when it can); returns their ids in order.
+
+        A whole graph goes in one transaction: an item's ``depends_on`` may name the ``ref`` of an
+        earlier item, e.g. ``("report", {...}, {"ref": "r"})`` then ``("email", {...}, {"depends_on": ["r"]})``."""
         jobs = build_jobs(self.registry, items, max_payload_bytes=self.settings.max_payload_bytes)
         if not jobs:
             return []
+        if has_dependencies(jobs):
+            return [job.id for job in await self.store.insert_graph(jobs, plan_graph(jobs), parents_owned_by, conn)]
         if _copyable(jobs):
             return await self.store.copy_jobs(jobs, conn)
         return [job.id for job in await self.store.insert_jobs(jobs, conn)]
@@ -174,7 +193,7 @@ class Queue:
             if job is None:
                 raise JobNotFound(job_id)
             changed = None
-            if job.status in ("queued", "failed"):
+            if job.status in ("waiting", "queued", "failed"):  # its waiting dependents are cancelled too
                 changed = await self.store.cancel_queued_job(job_id, conn)
             elif job.status == "running":
                 changed = await self.store.request_cancel(job_id, conn)
@@ -201,7 +220,18 @@ class Queue:
                 raise JobNotFound(job_id)
             if job.status == "running":
                 raise InvalidTransition(job_id, job.status, "delete")
+            if await self.store.has_waiting_dependents(job_id, conn):
+                await self.store.cancel_queued_job(job_id, conn)  # what it leaves waiting is cancelled
             await self.store.delete_job(job_id, conn)
+
+    async def wait(self, job_id: int, timeout: float = 30.0) -> Job:
+        """The job once it has finished (succeeded, dead or cancelled), woken by its terminal event's
+        NOTIFY; WaitTimeout after ``timeout`` seconds, JobNotFound if it is (or gets) deleted."""
+        return await self.waiters.wait(job_id, timeout)
+
+    async def parents(self, job_id: int) -> list[tuple[int, str, bool]]:
+        """(id, status, run_if_failed) of each job this one depends on."""
+        return await self.store.job_parents(job_id)
 
     async def errors(self, job_id: int) -> list[JobError]:
         return await self.store.job_errors(job_id)
@@ -316,6 +346,10 @@ class QueueBackend(Protocol):
 
     async def delete(self, job_id: int) -> None: ...
 
+    async def wait(self, job_id: int, timeout: float = 30.0) -> Job: ...
+
+    async def parents(self, job_id: int) -> list[tuple[int, str, bool]]: ...
+
     async def errors(self, job_id: int) -> list[JobError]: ...
 
     async def events(self, job_id: int, after_id: int = 0, limit: int = 1000) -> list[Event]: ...
@@ -355,14 +389,29 @@ class SyncQueue:
         self.url = url or self.settings.database_url
         self.registry = registry or JobRegistry()
 
-    def enqueue(self, kind: str, payload: Any = None, *, conn: Connection | None = None, **options: Any) -> Job:
-        return self.enqueue_many([(kind, {} if payload is None else payload, options)], conn=conn)[0]
+    def enqueue(self, kind: str, payload: Any = None, *, conn: Connection | None = None,
+                parents_owned_by: str | None = None, **options: Any) -> Job:
+        return self.enqueue_many([(kind, {} if payload is None else payload, options)], conn=conn,
+                                 parents_owned_by=parents_owned_by)[0]
 
-    def enqueue_many(self, items: Iterable[EnqueueItem], *, conn: Connection | None = None) -> list[Job]:
+    def enqueue_many(self, items: Iterable[EnqueueItem], *, conn: Connection | None = None,
+                     parents_owned_by: str | None = None) -> list[Job]:
         jobs = build_jobs(self.registry, items, max_payload_bytes=self.settings.max_payload_bytes)
+
+        def insert(c: Connection) -> list[Job]:
+            if has_dependencies(jobs):
+                return insert_graph_sync(c, jobs, plan_graph(jobs), parents_owned_by)
+            return insert_jobs_sync(c, jobs)
+
         if conn is not None:
-            return insert_jobs_sync(conn, jobs)
+            return insert(conn)
         if not self.url:
             raise ConfigError("no database URL: pass one or set PGQUEUE_DATABASE_URL")
         with connect_sync(self.url) as own:
-            return insert_jobs_sync(own, jobs)
+            return insert(own)
+
+    def wait(self, job_id: int, timeout: float = 30.0) -> Job:
+        """Queue.wait for scripts: blocks until the job finished; WaitTimeout after ``timeout`` s."""
+        if not self.url:
+            raise ConfigError("no database URL: pass one or set PGQUEUE_DATABASE_URL")
+        return wait_sync(self.url, job_id, timeout)

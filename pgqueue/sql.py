@@ -30,6 +30,8 @@ def parse_queries(text: str) -> dict[str, Query]:
                 doc_lines.append(line[2:].strip())
             else:
                 sql_lines.append(line)
+        while sql_lines and (not sql_lines[-1].strip() or sql_lines[-1].startswith("--")):
+            sql_lines.pop()  # a section header above the next statement belongs to no statement
         name = header.group(1)
         if name in queries:
             raise ValueError(f"query {name!r} defined twice")

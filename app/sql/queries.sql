@@ -52,10 +52,10 @@ LEFT JOIN LATERAL (
         CASE WHEN %(sort)s::text = 'priority' AND NOT %(descending)s::bool THEN priority END ASC,
         CASE WHEN %(sort)s::text = 'priority' AND %(descending)s::bool THEN priority END DESC,
         CASE WHEN %(sort)s::text = 'status' AND NOT %(descending)s::bool
-             THEN array_position(ARRAY['queued', 'running', 'failed', 'succeeded', 'dead', 'cancelled'], status)
+             THEN array_position(ARRAY['waiting', 'queued', 'running', 'failed', 'succeeded', 'dead', 'cancelled'], status)
         END ASC,
         CASE WHEN %(sort)s::text = 'status' AND %(descending)s::bool
-             THEN array_position(ARRAY['queued', 'running', 'failed', 'succeeded', 'dead', 'cancelled'], status)
+             THEN array_position(ARRAY['waiting', 'queued', 'running', 'failed', 'succeeded', 'dead', 'cancelled'], status)
         END DESC,
         CASE WHEN NOT %(descending)s::bool THEN id END ASC,
         CASE WHEN %(descending)s::bool THEN id END DESC

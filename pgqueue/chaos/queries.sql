@@ -18,8 +18,8 @@ INSERT INTO pgqueue_chaos.ledger (job_id, attempt, worker_pid) VALUES (%(job_id)
 
 -- name: reset_engine :none
 -- A clean slate per scenario (fresh ids); the harness refuses a database holding other jobs.
-TRUNCATE pgqueue.jobs, pgqueue.events, pgqueue.job_errors, pgqueue.checkpoints, pgqueue.workers,
-         pgqueue_chaos.ledger RESTART IDENTITY;
+TRUNCATE pgqueue.jobs, pgqueue.events, pgqueue.job_errors, pgqueue.checkpoints, pgqueue.job_dependencies,
+         pgqueue.workers, pgqueue_chaos.ledger RESTART IDENTITY;
 
 -- name: foreign_jobs :one
 -- Jobs outside the chaos queue: the harness would wipe them, so it refuses to run.
