@@ -294,6 +294,8 @@ class JobOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_f
                                      "until then its status is `waiting`")] | None = None
     run_if_parent_fails: Annotated[bool, msgspec.Meta(
         description="run once the parents finished even if one ended dead or cancelled")] = False
+    concurrency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=500, description=(
+        "the queue's per-key limits apply to this key (a tenant, an account); see /queues"))] | None = None
 
 
 def _struct_name(kind: str) -> str:
@@ -490,6 +492,8 @@ async def create_job(request: Request) -> Response:
                                      "message": "must lie between years 1 and 9999 in UTC"}]) from None
     if new.max_attempts is not None:
         options["max_attempts"] = new.max_attempts
+    if new.concurrency_key is not None:
+        options["concurrency_key"] = new.concurrency_key
     if new.depends_on:  # only on jobs this user may see: another's is "does not exist" (a 422)
         options.update(depends_on=new.depends_on, run_if_parent_fails=new.run_if_parent_fails,
                        parents_owned_by=None if user.is_admin else user.owner_id)

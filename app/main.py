@@ -18,7 +18,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route
 
-from app import api, ops, streams, uploads
+from app import api, ops, queues, streams, uploads
 from app.dashboard import api as dashboard_api
 from app.dashboard import dashboard_page
 from app.errors import exception_handlers
@@ -68,6 +68,8 @@ ROUTES: list[BaseRoute] = [
     Route("/dashboard/api/overview", dashboard_api.overview, methods=["GET"]),
     # log files: upload, then ingestion status
     *uploads.ROUTES,
+    # queues: pause, resume, concurrency and rate limits (admins)
+    *queues.ROUTES,
 ]
 
 

@@ -48,7 +48,8 @@ class OperationDoc(msgspec.Struct, kw_only=True):
     media_type: str = "application/json"  # of the success response
     errors: tuple[int, ...] = ()
     auth: str = "bearer"  # bearer, admin, stream (bearer or ?stream_token=) or none
-    path_params: dict[str, str] = {}  # name -> description (all path parameters are int64 ids)
+    path_params: dict[str, str] = {}  # name -> description (all path parameters are int64 ids ...
+    path_param_schemas: dict[str, Any] = {}  # ... except those given a JSON schema here (e.g. a queue name)
     extra_statuses: dict[int, str] = {}  # other non-error statuses (e.g. 202)
 
 
@@ -110,7 +111,7 @@ def build_openapi(routes: Sequence[BaseRoute], *, title: str = "pgqueue API", ve
             op["description"] = doc.description
         parameters = [
             {"name": name, "in": "path", "required": True, "description": text,
-             "schema": {"type": "integer", "format": "int64"}}
+             "schema": doc.path_param_schemas.get(name, {"type": "integer", "format": "int64"})}
             for name, text in doc.path_params.items()
         ]
         if doc.query is not None:

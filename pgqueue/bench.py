@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pgqueue import bench_enqueue
 from pgqueue.config import Settings
 from pgqueue.context import JobContext
 from pgqueue.errors import ConfigError, PgQueueError
@@ -580,7 +581,7 @@ def run(url: str, jobs: int, quick: bool) -> dict[str, Any]:
         samples.setdefault(name, []).append(value)
 
     library: dict[str, Any] = {}
-    steps = Steps(2 * rounds + 4)
+    steps = Steps(2 * rounds + 5)
     log_dir = Path(tempfile.mkdtemp(prefix="pgqueue-bench-workers-"))
     try:
         with _sync(url) as conn:
@@ -613,6 +614,10 @@ def run(url: str, jobs: int, quick: bool) -> dict[str, Any]:
                                               samples["drain_batch_jobs_per_s"])
         with steps.step(f"wake-up latency, {wake_samples} jobs at {WAKE_RATE_PER_SECOND:.0f}/s to an idle worker"):
             library["wakeup"] = wake_latency(url, wake_samples, log_dir)
+        with steps.step(f"concurrent single enqueue at P = 1, 8, 32 ({bench_enqueue.TOTAL} per round, "
+                        "raw INSERT with no trigger as the ceiling)"):
+            library["concurrent_enqueue"] = bench_enqueue.measure(url, execute, say=say,
+                                                                  rounds=1 if quick else bench_enqueue.ROUNDS)
         with steps.step("clean-up"):
             reset_engine(url)
             execute(url, RAW_DROP_SCRATCH)

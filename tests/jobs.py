@@ -145,3 +145,21 @@ async def nul_result(ctx: JobContext, payload: dict) -> dict:
 async def nul_error(ctx: JobContext, payload: dict) -> None:
     """Fails with an error message holding a NUL character (text columns reject it)."""
     raise RuntimeError("bad byte \x00 here")
+
+
+class Interval(msgspec.Struct):
+    key: str = ""
+    sleep: float = 0.2
+
+
+@jobs.kind("interval", queue="flow")
+async def interval(ctx: JobContext, run: Interval) -> None:
+    """Writes its run interval to test_ledger (start and end on the database's clock, each in
+    its own transaction while the lease is held): the queue tests count overlapping runs."""
+    async with ctx.transaction() as conn:
+        await conn.execute("INSERT INTO test_ledger (job_id, key, pid, started) VALUES (%s, %s, %s, clock_timestamp())",
+                           (ctx.job.id, run.key, os.getpid()))
+    await asyncio.sleep(run.sleep)
+    async with ctx.transaction() as conn:
+        await conn.execute("UPDATE test_ledger SET ended = clock_timestamp() WHERE job_id = %s AND ended IS NULL",
+                           (ctx.job.id,))

@@ -1,0 +1,121 @@
+"""Concurrent single enqueues, the way a busy web app makes them: P producers, each on its own
+pooled autocommit connection, one job per request, against a raw one-row INSERT into
+pgqueue.jobs with the wake-up trigger disabled (the ceiling) measured in the same run.
+
+Rows (each the median of its rounds, with the spread):
+- ``raw_no_trigger``: plain INSERT, trigger disabled;
+- ``raw``: plain INSERT with the trigger, nobody idle (no NOTIFY is sent);
+- ``library``: ``Queue.enqueue``, nobody idle;
+- ``library_idle_worker``: ``Queue.enqueue`` while a worker row is marked idle on the queue,
+  so every insert notifies (what a quiet system with waiting workers pays).
+Used by `python -m pgqueue bench` (pgqueue/bench.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+TOTAL = 4000
+PRODUCERS = (1, 8, 32)
+ROUNDS = 3
+QUEUE = "bench"
+IDLE_WORKER = "bench-idle-worker"
+
+RAW_INSERT = "INSERT INTO pgqueue.jobs (queue, kind, payload) VALUES (%(queue)s, 'bench_noop', '{}')"
+TRIGGER_OFF = "ALTER TABLE pgqueue.jobs DISABLE TRIGGER jobs_inserted_notify"
+TRIGGER_ON = "ALTER TABLE pgqueue.jobs ENABLE TRIGGER jobs_inserted_notify"
+EMPTY = "TRUNCATE pgqueue.jobs, pgqueue.events, pgqueue.job_errors, pgqueue.checkpoints"
+
+
+async def _spread(total: int, producers: int, one: Callable[[int], Awaitable[Any]]) -> float:
+    """`total` calls of one(producer) split over `producers` concurrent tasks; calls per second."""
+    per = total // producers
+
+    async def produce(index: int) -> None:
+        for _ in range(per):
+            await one(index)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(produce(i) for i in range(producers)))
+    return per * producers / (time.perf_counter() - started)
+
+
+async def _raw(url: str, producers: int, total: int) -> float:
+    from psycopg_pool import AsyncConnectionPool
+
+    async with AsyncConnectionPool(url, min_size=producers, max_size=producers, open=False,
+                                   kwargs={"autocommit": True}) as pool:
+        await pool.wait()
+
+        async def one(_index: int) -> None:
+            async with pool.connection() as conn:
+                await conn.execute(RAW_INSERT, {"queue": QUEUE})
+
+        return await _spread(total, producers, one)
+
+
+async def _library(url: str, producers: int, total: int) -> float:
+    from pgqueue.bench import bench_jobs
+    from pgqueue.queue import Queue
+
+    queue = await Queue.connect(url, bench_jobs, max_size=producers)
+    try:
+        await queue.pool.wait()
+        return await _spread(total, producers, lambda _i: queue.enqueue("bench_noop", {}))
+    finally:
+        await queue.close()
+
+
+async def _set_idle_worker(url: str, idle: bool) -> None:
+    from pgqueue.queue import Queue
+
+    queue = await Queue.connect(url, max_size=1)
+    try:
+        if idle:
+            await queue.store.register_worker(IDLE_WORKER, "bench", 0, [QUEUE], 1, 3600.0)
+            if not await queue.store.mark_worker_idle(IDLE_WORKER, [QUEUE]):
+                raise RuntimeError("could not mark the bench's idle worker")
+        else:
+            await queue.store.unregister_worker(IDLE_WORKER)
+    finally:
+        await queue.close()
+
+
+def measure(url: str, execute: Callable[..., Any], total: int = TOTAL, rounds: int = ROUNDS,
+            say: Callable[[str], None] = print) -> dict[str, Any]:
+    """{producers: {row: {median, min, max, samples}}} plus each row's ratio to the ceiling."""
+    out: dict[str, Any] = {}
+    for producers in PRODUCERS:
+        samples: dict[str, list[float]] = {"raw_no_trigger": [], "raw": [], "library": [], "library_idle_worker": []}
+        for _ in range(rounds):  # the variants take turns, so machine noise hits each alike
+            execute(url, EMPTY)
+            execute(url, TRIGGER_OFF)
+            try:
+                samples["raw_no_trigger"].append(asyncio.run(_raw(url, producers, total)))
+            finally:
+                execute(url, TRIGGER_ON)
+            execute(url, EMPTY)
+            samples["raw"].append(asyncio.run(_raw(url, producers, total)))
+            execute(url, EMPTY)
+            samples["library"].append(asyncio.run(_library(url, producers, total)))
+            execute(url, EMPTY)
+            asyncio.run(_set_idle_worker(url, True))
+            try:
+                samples["library_idle_worker"].append(asyncio.run(_library(url, producers, total)))
+            finally:
+                asyncio.run(_set_idle_worker(url, False))
+        rows: dict[str, dict[str, Any]] = {name: {"median": statistics.median(values), "min": min(values), "max": max(values),
+                       "samples": values} for name, values in samples.items()}
+        ceiling = rows["raw_no_trigger"]["median"]
+        for row in rows.values():
+            row["vs_raw_no_trigger"] = row["median"] / ceiling
+        out[str(producers)] = rows
+        say(f"    P={producers}: raw no trigger {ceiling:,.0f}/s, library {rows['library']['median']:,.0f}/s "
+            f"({rows['library']['vs_raw_no_trigger']:.0%}), with an idle worker "
+            f"{rows['library_idle_worker']['median']:,.0f}/s")
+    execute(url, EMPTY)
+    return out
