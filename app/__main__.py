@@ -6,6 +6,8 @@
     python -m app add-token NAME                                        another token for NAME
     python -m app bench-sse [--clients 500 --events 200 --rate 20]      SSE delivery latency
     python -m app bench-ingest [--lines 1000000 --memory-mb 100 1000]   log-file ingest rate, memory
+    python -m app ingest-api --config source.json | --url U [--api-key K --target T]   API ingest
+    python -m app bench-api-ingest [--events 1000000 --rate 20 --page-size 1000]   API ingest rate
 
 Without PGQUEUE_DATABASE_URL an embedded PostgreSQL is started (data in --data-dir, default
 .data) and migrated, so `make run` needs nothing else.
@@ -161,6 +163,19 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def cmd_ingest_api(args: argparse.Namespace) -> int:
+    from app.kinds.api_ingest_cli import main as ingest_main
+
+    with _database(args) as url:
+        return ingest_main(args, url)
+
+
+def cmd_bench_api_ingest(args: argparse.Namespace) -> int:
+    from app.bench.api_ingest import main as bench_main
+
+    return bench_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m app", description="pgqueue web app")
     parser.add_argument("--log-level", default=os.environ.get("PGQUEUE_LOG_LEVEL", "INFO"))
@@ -202,6 +217,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ingest_arguments(p)
     p.set_defaults(func=cmd_bench_ingest)
+
+    p = sub.add_parser("ingest-api", help="copy a paginated HTTP API into a table, in the foreground")
+    from app.kinds.api_ingest_cli import add_arguments as add_ingest_api_arguments
+
+    add_ingest_api_arguments(p)
+    p.set_defaults(func=cmd_ingest_api)
+
+    p = sub.add_parser("bench-api-ingest", help="API ingest rate vs a bare loop; paced cursor mode; worker memory")
+    from app.bench.api_ingest import add_arguments as add_bench_api_arguments
+
+    add_bench_api_arguments(p)
+    p.set_defaults(func=cmd_bench_api_ingest)
     return parser
 
 

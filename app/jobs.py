@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from app.ingest import ingest_jobs
+from app.kinds.api_ingest import api_ingest_jobs
 from app.kinds.webhooks import webhook_jobs
 from app.validation import describe_pattern
 from pgqueue import JobContext, JobRegistry
@@ -122,6 +123,9 @@ jobs.declare("external", payload=ExternalPayload, handler=None, queue="external"
 
 # Log-file ingestion (app/ingest.py): `ingest_file` on the `ingest` queue.
 jobs.include(ingest_jobs)
+
+# API ingest (app/kinds/api_ingest.py): `api_ingest` on the `api_ingest` queue.
+jobs.include(api_ingest_jobs)
 
 # Webhook delivery (app/kinds/webhooks.py): `webhook` on the `webhooks` queue.
 jobs.include(webhook_jobs)

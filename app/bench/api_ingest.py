@@ -1,0 +1,321 @@
+"""API-ingest bench: ``python -m app bench-api-ingest [--output bench-results.json]``.
+
+Against the local simulator (app/bench/api_simulator.py, its own process, events encoded once at
+start so it is not the bottleneck), each run in a fresh process, median and spread of
+``--rounds`` rounds:
+
+1. unlimited: ``--events`` (1,000,000) events, no faults, cursor mode, page ``--page-size``:
+   - the job: a sync enqueued, one ``python -m pgqueue worker --app app.jobs`` process runs it;
+     events/s timed by the database from the job's start to its end;
+   - the bare loop (``python -m app.bench.api_ingest bare``): the same client and page decoding,
+     the next page fetched while the last is COPYed straight into a table, no job machinery
+     (no lease, staging, dedup, checkpoint, counts): the ceiling.
+2. paced: a rate limit of ``--rate`` requests/s, page ``--page-size``, ``--fault-rate`` (1 %) of
+   requests failing (500, 503 HTML, dropped, truncated, invalid JSON), cursor mode:
+   events/s as a fraction of rate x page size; lost and duplicated rows counted against the
+   simulator's ids.
+3. memory: ``--memory-events`` (3,000,000; 0 skips) events through a fresh worker process; its
+   peak resident memory (``ru_maxrss`` from ``wait4``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from pgqueue.bench import say, write_section
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+TARGET_EVENTS_PER_S = 100_000
+TARGET_SHARE_OF_BARE = 0.70
+TARGET_SHARE_OF_LIMIT = 0.90
+BENCH_FAULTS = "500,503,drop,truncate,badjson"
+
+
+def _env(url: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PGQUEUE_", "APP_"))}
+    env.update(PGQUEUE_DATABASE_URL=url, PYTHONUNBUFFERED="1")
+    return env
+
+
+def _query(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        cursor = conn.execute(sql, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+class Simulator:
+    """The simulator in a process of its own."""
+
+    def __init__(self, *flags: str) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "app.bench.api_simulator", "--port", "0",
+                                         "--pregenerate", *flags], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                        text=True)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if "simulated API at" not in line:
+            raise RuntimeError(f"the simulator did not start: {line!r}")
+        self.url = line.split(" at ", 1)[1].split()[0]
+        threading.Thread(target=self.process.stdout.read, daemon=True).start()  # keep its pipe drained
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def _fresh_target(url: str, target: str) -> None:
+    _query(url, f"DROP TABLE IF EXISTS app.{target}")  # a bench's fixed table name, not input
+    _query(url, "DELETE FROM app.api_syncs WHERE target = %s", [target])
+
+
+async def _enqueue(url: str, config: dict[str, Any]) -> tuple[int, list[int]]:
+    import msgspec
+
+    from app.jobs import jobs
+    from app.kinds.api_ingest import SourceConfig, create_sync
+    from pgqueue.queue import Queue
+
+    queue = await Queue.connect(url, jobs, max_size=2)
+    try:
+        return await create_sync(queue, msgspec.convert(config, SourceConfig))
+    finally:
+        await queue.close()
+
+
+def run_job(url: str, config: dict[str, Any], log_dir: Path) -> dict[str, Any]:
+    """One sync through a fresh worker process: events/s between the job's start and end, peak RSS."""
+    _fresh_target(url, config["target"])
+    sync_id, (job_id,) = asyncio.run(_enqueue(url, config))
+    log_path = log_dir / f"worker-{job_id}.log"
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "pgqueue", "worker", "--app", "app.jobs", "--queues",
+                                   "api_ingest", "--concurrency", "1"], cwd=REPO_ROOT, env=_env(url), stdout=log,
+                                  stderr=subprocess.STDOUT)
+    try:
+        while True:
+            (status,) = _query(url, "SELECT status FROM pgqueue.jobs WHERE id = %s", [job_id])[0]
+            if status in ("succeeded", "dead", "cancelled"):
+                break
+            if worker.poll() is not None:
+                raise RuntimeError(f"the worker exited early:\n{log_path.read_text()[-4000:]}")
+            time.sleep(0.2)
+        worker.send_signal(signal.SIGTERM)
+        _, exit_status, usage = os.wait4(worker.pid, 0)
+        worker.returncode = os.waitstatus_to_exitcode(exit_status)
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+            worker.wait()
+    ((status, seconds, error),) = _query(url, "SELECT status, extract(epoch FROM finished_at - started_at), "
+                                              "last_error FROM pgqueue.jobs WHERE id = %s", [job_id])
+    if status != "succeeded":
+        raise RuntimeError(f"api_ingest job {job_id} ended {status}: {error}")
+    ((events, inserted, retries, limited),) = _query(
+        url, "SELECT events, inserted, retries, rate_limited FROM app.api_sync_parts WHERE sync_id = %s", [sync_id])
+    seconds = float(seconds)
+    return {"seconds": round(seconds, 3), "events": events, "inserted": inserted, "retries": retries,
+            "rate_limited": limited, "events_per_s": round(inserted / seconds),
+            "worker_peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+
+
+def run_bare(url: str, api_url: str, page_size: int) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-m", "app.bench.api_ingest", "bare", "--url", api_url,
+                           "--page-size", str(page_size)], cwd=REPO_ROOT, env=_env(url), capture_output=True,
+                          text=True, check=True)
+    seconds, events = done.stdout.split()
+    return {"seconds": round(float(seconds), 3), "events": int(events),
+            "events_per_s": round(int(events) / float(seconds))}
+
+
+def bare_loop(database_url: str, api_url: str, page_size: int) -> tuple[float, int]:
+    """Fetch every page with the same client and decoder, COPY each straight into a table while
+    the next is fetched; nothing else."""
+    from app.kinds.api_ingest import STAGE_TYPES, PageReader, PartSpec, SourceConfig, check_config
+
+    cfg = check_config(SourceConfig(url=api_url + "/events", source="bare", page_size=page_size))
+    reader = PageReader(cfg, PartSpec())
+    with psycopg.connect(database_url) as conn:
+        conn.execute("CREATE TEMPORARY TABLE bare_events (id text, ts timestamptz, data jsonb)")
+        started = time.monotonic()
+        events = 0
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            future = pool.submit(reader.cursor_page, None)
+            while True:
+                page = future.result()
+                if page.more:
+                    future = pool.submit(reader.cursor_page, page.next_cursor)
+                with conn.cursor().copy("COPY bare_events (id, ts, data) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(STAGE_TYPES)
+                    for row in page.rows:
+                        copy.write_row(row)
+                conn.commit()
+                events += len(page.rows)
+                if not page.more:
+                    break
+        seconds = time.monotonic() - started
+    reader.close()
+    return seconds, events
+
+
+def check_against_simulator(url: str, target: str, events: int) -> dict[str, int]:
+    """Lost and duplicated ids (the simulator's ids are ev-<seed>-<seq>-<hash>; seed 1)."""
+    ((count, distinct, lowest, highest),) = _query(
+        url, f"SELECT count(*), count(DISTINCT id), min(split_part(id, '-', 3)::int), "  # fixed bench table
+             f"max(split_part(id, '-', 3)::int) FROM app.{target}")
+    return {"rows": count, "lost": events - distinct, "duplicated": count - distinct,
+            "seq_range_ok": int(lowest == 0 and highest == events - 1)}
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    rates = [r["events_per_s"] for r in runs]
+    return {"median_events_per_s": round(statistics.median(rates)), "min": min(rates), "max": max(rates),
+            "rounds": runs}
+
+
+def run_api_ingest_bench(database_url: str | None, *, events: int, page_size: int, rate: float, paced_seconds: float,
+                         fault_rate: float, memory_events: int, rounds: int) -> dict[str, Any]:
+    import tempfile
+
+    from pgqueue.bench import database
+    from pgqueue.migrate import migrate
+
+    load_before = os.getloadavg()
+    log_dir = Path(tempfile.mkdtemp(prefix="pgqueue-api-bench-"))
+    result: dict[str, Any] = {}
+    with database(database_url) as url:
+        migrate(url)
+        say(f"simulator with {events:,} events ...")
+        sim = Simulator("--events", str(events), "--page-max", str(page_size))
+        try:
+            base = {"url": sim.url + "/events", "source": "bench", "target": "bench_events", "page_size": page_size}
+            job_runs, bare_runs = [], []
+            for number in range(rounds):
+                job_runs.append(run_job(url, base, log_dir))
+                say(f"  job round {number + 1}: {job_runs[-1]['events_per_s']:,} events/s")
+                bare_runs.append(run_bare(url, sim.url, page_size))
+                say(f"  bare loop round {number + 1}: {bare_runs[-1]['events_per_s']:,} events/s")
+            check = check_against_simulator(url, "bench_events", events)
+        finally:
+            sim.stop()
+        job, bare = _summary(job_runs), _summary(bare_runs)
+        share = job["median_events_per_s"] / bare["median_events_per_s"]
+        result["unlimited"] = {"events": events, "page_size": page_size, "job": job, "bare_loop": bare,
+                               "share_of_bare": round(share, 3), "check": check,
+                               "meets_target": job["median_events_per_s"] >= TARGET_EVENTS_PER_S
+                               and share >= TARGET_SHARE_OF_BARE}
+
+        paced_events = int(rate * page_size * paced_seconds)
+        say(f"paced: {rate:g} requests/s x {page_size} per page, {fault_rate:.0%} faults, {paced_events:,} events ...")
+        sim = Simulator("--events", str(paced_events), "--page-max", str(page_size), "--rate", str(rate),
+                        "--fault-rate", str(fault_rate), "--faults", BENCH_FAULTS, "--penalty", "1")
+        try:
+            paced_runs = []
+            for number in range(rounds):
+                paced_runs.append(run_job(url, {**base, "url": sim.url + "/events", "target": "bench_paced"}, log_dir))
+                paced_runs[-1]["check"] = check_against_simulator(url, "bench_paced", paced_events)
+                paced_runs[-1]["share_of_limit"] = round(paced_runs[-1]["events_per_s"] / (rate * page_size), 3)
+                say(f"  round {number + 1}: {paced_runs[-1]['events_per_s']:,} events/s = "
+                    f"{paced_runs[-1]['share_of_limit']:.1%} of the limit; {paced_runs[-1]['rate_limited']} 429s, "
+                    f"lost {paced_runs[-1]['check']['lost']}, duplicated {paced_runs[-1]['check']['duplicated']}")
+        finally:
+            sim.stop()
+        paced = _summary(paced_runs)
+        shares = [r["share_of_limit"] for r in paced_runs]
+        result["paced"] = {"rate_limit_rps": rate, "page_size": page_size, "limit_events_per_s": rate * page_size,
+                           "fault_rate": fault_rate, "faults": BENCH_FAULTS.split(","), "events": paced_events,
+                           **paced, "median_share_of_limit": statistics.median(shares),
+                           "lost": sum(r["check"]["lost"] for r in paced_runs),
+                           "duplicated": sum(r["check"]["duplicated"] for r in paced_runs),
+                           "meets_target": statistics.median(shares) >= TARGET_SHARE_OF_LIMIT
+                           and all(r["check"]["lost"] == 0 and r["check"]["duplicated"] == 0 for r in paced_runs)}
+
+        if memory_events:
+            say(f"memory: {memory_events:,} events through a fresh worker ...")
+            sim = Simulator("--events", str(memory_events), "--page-max", str(page_size))
+            try:
+                run = run_job(url, {**base, "url": sim.url + "/events", "target": "bench_memory"}, log_dir)
+                run["check"] = check_against_simulator(url, "bench_memory", memory_events)
+            finally:
+                sim.stop()
+            say(f"  peak RSS {run['worker_peak_rss_mib']:.0f} MiB ({run['events_per_s']:,} events/s)")
+            result["memory"] = {"events": memory_events, **run}
+        for target in ("bench_events", "bench_paced", "bench_memory"):
+            _fresh_target(url, target)
+    result["targets"] = {"events_per_s": TARGET_EVENTS_PER_S, "share_of_bare": TARGET_SHARE_OF_BARE,
+                         "share_of_limit": TARGET_SHARE_OF_LIMIT}
+    result["machine"] = {"cpus": os.cpu_count(), "load_average_before": [round(x, 2) for x in load_before]}
+    return result
+
+
+def render(result: dict[str, Any]) -> str:
+    un, paced = result["unlimited"], result["paced"]
+    rows = [
+        (f"job, {un['events']:,} events, unlimited", f"{un['job']['median_events_per_s']:,} events/s "
+         f"(min {un['job']['min']:,}, max {un['job']['max']:,})"),
+        ("bare loop (client + COPY)", f"{un['bare_loop']['median_events_per_s']:,} events/s "
+         f"(min {un['bare_loop']['min']:,}, max {un['bare_loop']['max']:,})"),
+        ("job / bare loop", f"{un['share_of_bare']:.0%}  targets >= 100,000/s and >= 70%: "
+         f"{'met' if un['meets_target'] else 'NOT met'}"),
+        (f"paced {paced['rate_limit_rps']:g} req/s x {paced['page_size']}, {paced['fault_rate']:.0%} faults",
+         f"{paced['median_events_per_s']:,} events/s = {paced['median_share_of_limit']:.1%} of the limit, "
+         f"lost {paced['lost']}, duplicated {paced['duplicated']}; target >= 90%: "
+         f"{'met' if paced['meets_target'] else 'NOT met'}"),
+    ]
+    if "memory" in result:
+        rows.append((f"worker peak RSS, {result['memory']['events']:,} events",
+                     f"{result['memory']['worker_peak_rss_mib']:.0f} MiB"))
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(["API ingest (local simulator, cursor mode)", ""]
+                     + [f"  {label.ljust(width)}  {value}" for label, value in rows])
+
+
+def main(args: argparse.Namespace) -> int:
+    from pgqueue.config import Settings
+
+    url = Settings.from_env(database_url=getattr(args, "database_url", None)).database_url
+    quick = args.quick
+    result = run_api_ingest_bench(url, events=100_000 if quick else args.events, page_size=args.page_size,
+                                  rate=args.rate, paced_seconds=5 if quick else args.paced_seconds,
+                                  fault_rate=args.fault_rate, memory_events=0 if quick else args.memory_events,
+                                  rounds=1 if quick else args.rounds)
+    print(render(result))
+    if args.output:
+        write_section(args.output, "api_ingest", result)
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--database-url", help="a throwaway database (default: an embedded PostgreSQL)")
+    parser.add_argument("--events", type=int, default=1_000_000, help="events of the unlimited run")
+    parser.add_argument("--page-size", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=20.0, help="requests/s of the paced run")
+    parser.add_argument("--paced-seconds", type=float, default=20.0, help="length of the paced run at the limit")
+    parser.add_argument("--fault-rate", type=float, default=0.01)
+    parser.add_argument("--memory-events", type=int, default=3_000_000, help="events of the memory run (0: skip)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="100,000 events, one round, no memory run")
+    parser.add_argument("--output", default="bench-results.json",
+                        help="JSON file to add an 'api_ingest' section to ('' to skip)")
+
+
+if __name__ == "__main__":  # the bare loop, in a process of its own
+    bare = argparse.ArgumentParser()
+    bare.add_argument("mode", choices=["bare"])
+    bare.add_argument("--url", required=True)
+    bare.add_argument("--page-size", type=int, default=1000)
+    options = bare.parse_args()
+    took, count = bare_loop(os.environ["PGQUEUE_DATABASE_URL"], options.url, options.page_size)
+    print(f"{took:.6f} {count}")
