@@ -48,6 +48,7 @@ class Job(msgspec.Struct, kw_only=True):
     # see schema/0005.crash-isolation.sql
     crash_suspect: bool = False
     lease_charged: bool = True
+    has_dependents: bool = False  # see schema/0009.dependencies.sql
     # see schema/0008.queues.sql: the job's concurrency key, and the capacity slots it holds while running
     concurrency_key: str | None = None
     queue_slot: int | None = None

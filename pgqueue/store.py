@@ -175,6 +175,8 @@ def graph_insert_params(jobs: Sequence[NewJob], plan: GraphPlan, ids: Sequence[i
     params = insert_params(jobs)
     params["ids"] = list(ids)
     params["statuses"] = ["waiting" if waits else "queued" for waits in plan.waiting]
+    parents_in_batch = {edge.parent_index for edge in plan.edges}
+    params["has_dependents"] = [index in parents_in_batch for index in range(len(jobs))]
     return params
 
 
@@ -266,6 +268,12 @@ class Store:
     # -- enqueue ---------------------------------------------------------------------------
 
     async def insert_jobs(self, jobs: Sequence[NewJob], conn: AsyncConnection | None = None) -> list[Job]:
+        if len(jobs) == 1 and jobs[0].unique_key is None:
+            job = jobs[0]
+            params = {"queue": job.queue, "kind": job.kind, "payload": _payload_text(job), "priority": job.priority,
+                      "run_at": job.run_at, "delay": float(job.delay_seconds), "max_attempts": job.max_attempts,
+                      "owner_id": job.owner_id, "concurrency_key": job.concurrency_key}
+            return [_decode_job_leniently(msgspec.Raw((await self._one("insert_job", params, conn))[0].encode()))]
         if all(job.unique_key is None for job in jobs):
             # nothing can be skipped: one autocommit statement, one round trip
             return await self._many("insert_jobs", insert_params(jobs), conn, kwargs_row(Job))

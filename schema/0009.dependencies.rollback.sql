@@ -23,6 +23,7 @@ $$;
 DROP INDEX pgqueue.jobs_unique_key_idx;
 CREATE UNIQUE INDEX jobs_unique_key_idx ON pgqueue.jobs (unique_key)
     WHERE unique_key IS NOT NULL AND status IN ('queued', 'running', 'failed');
+ALTER TABLE pgqueue.jobs DROP COLUMN has_dependents;
 ALTER TABLE pgqueue.jobs DROP CONSTRAINT jobs_status_check;
 ALTER TABLE pgqueue.jobs ADD CONSTRAINT jobs_status_check
     CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'dead', 'cancelled'));

@@ -8,6 +8,10 @@ ALTER TABLE pgqueue.jobs DROP CONSTRAINT jobs_status_check;
 ALTER TABLE pgqueue.jobs ADD CONSTRAINT jobs_status_check
     CHECK (status IN ('waiting', 'queued', 'running', 'succeeded', 'failed', 'dead', 'cancelled'));
 
+-- Whether jobs were ever enqueued depending on this one: a finishing job without any skips the
+-- dependents lookup (set while the enqueue holds the row's lock: release_dependents).
+ALTER TABLE pgqueue.jobs ADD COLUMN has_dependents boolean NOT NULL DEFAULT false;
+
 -- A waiting job holds its unique key like any other live job.
 DROP INDEX pgqueue.jobs_unique_key_idx;
 CREATE UNIQUE INDEX jobs_unique_key_idx ON pgqueue.jobs (unique_key)

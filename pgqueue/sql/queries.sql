@@ -20,6 +20,16 @@ ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('waiting', 
 DO NOTHING
 RETURNING *;
 
+-- name: insert_job :one
+-- One job without a unique key (a web app's enqueue per request): plain parameters instead of
+-- insert_jobs' arrays, and the row back as one JSON text that msgspec decodes in one call
+-- (building 27 columns of a row result cost the client more than the insert).
+INSERT INTO pgqueue.jobs AS j (queue, kind, payload, priority, run_at, max_attempts, owner_id, concurrency_key)
+VALUES (%(queue)s, %(kind)s, %(payload)s::jsonb, %(priority)s,
+        coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay)s::float8)),
+        %(max_attempts)s, %(owner_id)s, %(concurrency_key)s)
+RETURNING row_to_json(j)::text;
+
 -- name: reserve_job_ids :one
 -- Ids for a COPY batch, taken from the identity sequence in one round trip, as one array
 -- (naming the sequence directly: pg_get_serial_sequence() per row made this 8x slower).
@@ -410,7 +420,10 @@ SELECT EXISTS (
 -- The rows are locked first, in id order (like every statement that locks many jobs and may
 -- wait), so two such statements can never deadlock.
 -- Every statement that finishes jobs ends with pgqueue.release_dependents (schema/0009): their
--- waiting dependents become runnable (or are cancelled) in the same transaction.
+-- waiting dependents become runnable (or are cancelled) in the same transaction. It is called
+-- only for jobs flagged has_dependents (set by the enqueue of a dependent, which locked the row
+-- first: the UPDATE below sees the flag on the latest row version), so a batch of jobs without
+-- dependents pays nothing for it.
 WITH input AS (
     SELECT * FROM jsonb_to_recordset(%(items)s::jsonb) AS t(id bigint, token uuid, result jsonb)
 ), locked AS MATERIALIZED (
@@ -420,12 +433,14 @@ WITH input AS (
     SET status = 'succeeded', result = i.result, finished_at = now(), updated_at = now(),
         lease_token = NULL, lease_expires_at = NULL
     FROM input AS i WHERE j.id = ANY(ARRAY(SELECT id FROM locked)) AND j.id = i.id AND j.lease_token = i.token
-    RETURNING j.id, j.attempts
+    RETURNING j.id, j.attempts, j.has_dependents
 ), events AS (
     INSERT INTO pgqueue.events (job_id, type, data)
     SELECT id, 'succeeded', jsonb_build_object('attempt', attempts) FROM done ORDER BY id
 )
-SELECT id FROM done, (SELECT pgqueue.release_dependents(ARRAY(SELECT id FROM done))) AS dependents;
+SELECT id FROM done
+WHERE (SELECT count(pgqueue.release_dependents(p.ids))  -- an InitPlan: called once, after done
+       FROM (SELECT ARRAY(SELECT id FROM done WHERE has_dependents) AS ids) AS p WHERE cardinality(p.ids) > 0) >= 0;
 
 -- name: fail_job :one
 -- Record a failed attempt: back to 'failed' with a retry time, or 'dead' once attempts are
@@ -452,8 +467,9 @@ WITH failed AS (
                               'retry_at', CASE status WHEN 'failed' THEN run_at END)
     FROM failed
 )
-SELECT failed.* FROM failed,
-    (SELECT pgqueue.release_dependents(ARRAY(SELECT id FROM failed WHERE status <> 'failed'))) AS dependents;
+SELECT failed.* FROM failed
+WHERE (SELECT count(pgqueue.release_dependents(p.ids))  -- an InitPlan: called once, after failed
+       FROM (SELECT ARRAY(SELECT id FROM failed WHERE has_dependents AND status <> 'failed') AS ids) AS p WHERE cardinality(p.ids) > 0) >= 0;
 
 -- name: finish_cancelled_job :one
 -- A running job whose handler stopped because cancellation was requested.
@@ -466,7 +482,9 @@ WITH cancelled AS (
 ), events AS (
     INSERT INTO pgqueue.events (job_id, type, data) SELECT id, 'cancelled', '{"while_running": true}' FROM cancelled
 )
-SELECT cancelled.* FROM cancelled, (SELECT pgqueue.release_dependents(ARRAY(SELECT id FROM cancelled))) AS dependents;
+SELECT cancelled.* FROM cancelled
+WHERE (SELECT count(pgqueue.release_dependents(p.ids))  -- an InitPlan: called once, after cancelled
+       FROM (SELECT ARRAY(SELECT id FROM cancelled WHERE has_dependents) AS ids) AS p WHERE cardinality(p.ids) > 0) >= 0;
 
 -- name: release_jobs :many
 -- Give jobs back to the queue untouched (graceful shutdown ran out of time): the attempt
@@ -483,13 +501,14 @@ WITH locked AS MATERIALIZED (
         run_at = now(), updated_at = now(), lease_token = NULL, lease_expires_at = NULL
     FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS i(id, token)
     WHERE j.id = ANY(ARRAY(SELECT id FROM locked)) AND j.id = i.id AND j.lease_token = i.token
-    RETURNING j.id, j.status
+    RETURNING j.id, j.status, j.has_dependents
 ), events AS (
     INSERT INTO pgqueue.events (job_id, type, data)
     SELECT id, CASE status WHEN 'cancelled' THEN 'cancelled' ELSE 'released' END, '{}' FROM released
 )
-SELECT id FROM released,
-    (SELECT pgqueue.release_dependents(ARRAY(SELECT id FROM released WHERE status = 'cancelled'))) AS dependents;
+SELECT id FROM released
+WHERE (SELECT count(pgqueue.release_dependents(p.ids))  -- an InitPlan: called once, after released
+       FROM (SELECT ARRAY(SELECT id FROM released WHERE has_dependents AND status = 'cancelled') AS ids) AS p WHERE cardinality(p.ids) > 0) >= 0;
 
 -- name: extend_leases :many
 -- Heartbeat: push the lease of each job this worker holds. Returns one row per lease still held
@@ -568,8 +587,9 @@ WITH expired AS MATERIALIZED (
            jsonb_build_object('attempt', run_attempt, 'error', last_error, 'counted', lease_charged)
     FROM rescued
 )
-SELECT id, status, lease_owner FROM rescued,
-    (SELECT pgqueue.release_dependents(ARRAY(SELECT id FROM rescued WHERE status <> 'failed'))) AS dependents;
+SELECT id, status, lease_owner FROM rescued
+WHERE (SELECT count(pgqueue.release_dependents(p.ids))  -- an InitPlan: called once, after rescued
+       FROM (SELECT ARRAY(SELECT id FROM rescued WHERE has_dependents AND status <> 'failed') AS ids) AS p WHERE cardinality(p.ids) > 0) >= 0;
 
 -- name: prune_finished_jobs :many
 -- Delete finished jobs past their retention, in bounded batches (errors and checkpoints cascade).
@@ -613,7 +633,9 @@ WITH cancelled AS (
 ), events AS (
     INSERT INTO pgqueue.events (job_id, type, data) SELECT id, 'cancelled', '{}' FROM cancelled
 )
-SELECT cancelled.* FROM cancelled, (SELECT pgqueue.release_dependents(ARRAY(SELECT id FROM cancelled))) AS dependents;
+SELECT cancelled.* FROM cancelled
+WHERE (SELECT count(pgqueue.release_dependents(p.ids))  -- an InitPlan: called once, after cancelled
+       FROM (SELECT ARRAY(SELECT id FROM cancelled WHERE has_dependents) AS ids) AS p WHERE cardinality(p.ids) > 0) >= 0;
 
 -- name: request_cancel :one
 -- Flag a running job; its worker sees the flag by NOTIFY (and on its next heartbeat).
@@ -793,7 +815,7 @@ WITH input AS (
         run_at = CASE WHEN j.run_at < '0001-01-02 00:00:00+00' OR j.run_at > '9999-12-30 00:00:00+00' THEN now()
                       ELSE j.run_at END
     FROM input AS i WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = i.id AND j.lease_token = i.token
-    RETURNING j.id, j.attempts, j.lease_owner, j.last_error
+    RETURNING j.id, j.attempts, j.lease_owner, j.last_error, j.has_dependents
 ), errors AS (
     INSERT INTO pgqueue.job_errors (job_id, attempt, worker_id, error)
     SELECT id, attempts, lease_owner, last_error FROM buried
@@ -802,7 +824,9 @@ WITH input AS (
     SELECT id, 'dead', jsonb_build_object('attempt', attempts, 'error', left(last_error, 500), 'retry_at', NULL)
     FROM buried ORDER BY id
 )
-SELECT id FROM buried, (SELECT pgqueue.release_dependents(ARRAY(SELECT id FROM buried))) AS dependents;
+SELECT id FROM buried
+WHERE (SELECT count(pgqueue.release_dependents(p.ids))  -- an InitPlan: called once, after buried
+       FROM (SELECT ARRAY(SELECT id FROM buried WHERE has_dependents) AS ids) AS p WHERE cardinality(p.ids) > 0) >= 0;
 
 -- ---------------------------------------------------------------------------------------------
 -- Periodic jobs (pgqueue/scheduler.py, README "Periodic jobs")
@@ -939,21 +963,31 @@ RETURNING schedule_id;
 -- ---------------------------------------------------------------------------------------------
 
 -- name: lock_dependency_parents :many
--- The parents a batch of new jobs will depend on, locked FOR SHARE in id order until the batch
--- commits: a parent cannot finish meanwhile (its completion takes FOR NO KEY UPDATE and waits),
--- so either the enqueue sees it finished, or its completion sees the new dependents.
-SELECT id, status, owner_id FROM pgqueue.jobs WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id FOR SHARE;
+-- The parents a batch of new jobs will depend on, locked in id order until the batch commits and
+-- flagged has_dependents: a parent cannot finish meanwhile (its completion waits for the lock), so
+-- either the enqueue sees it finished, or its completion sees the flag and the new dependents
+-- (release_dependents reads them on a fresh snapshot). FOR NO KEY UPDATE, like the heartbeat
+-- (which skips it meanwhile) and unlike a handler's lease check (FOR KEY SHARE), which it passes.
+WITH locked AS MATERIALIZED (
+    SELECT id FROM pgqueue.jobs WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id FOR NO KEY UPDATE
+)
+UPDATE pgqueue.jobs AS j SET has_dependents = true
+WHERE j.id = ANY(ARRAY(SELECT id FROM locked))
+RETURNING j.id, j.status, j.owner_id;
 
 -- name: insert_dependent_jobs :many
 -- insert_jobs with ids drawn beforehand (reserve_job_ids, in batch order, so a job's parents in
--- the same batch have smaller ids) and a status: 'waiting' for jobs with parents.
-INSERT INTO pgqueue.jobs (id, queue, kind, payload, priority, run_at, max_attempts, unique_key, owner_id, status)
+-- the same batch have smaller ids), a status ('waiting' for jobs with parents) and has_dependents
+-- for the jobs later items of the batch depend on.
+INSERT INTO pgqueue.jobs (id, queue, kind, payload, priority, run_at, max_attempts, unique_key, owner_id, status,
+                          has_dependents)
 SELECT t.id, t.queue, t.kind, t.payload, t.priority,
-       coalesce(t.run_at, now() + make_interval(secs => t.delay)), t.max_attempts, t.unique_key, t.owner_id, t.status
+       coalesce(t.run_at, now() + make_interval(secs => t.delay)), t.max_attempts, t.unique_key, t.owner_id, t.status,
+       t.has_dependents
 FROM unnest(%(ids)s::bigint[], %(queues)s::text[], %(kinds)s::text[], %(payloads)s::jsonb[],
             %(priorities)s::smallint[], %(run_ats)s::timestamptz[], %(delays)s::float8[], %(max_attempts)s::int[],
-            %(unique_keys)s::text[], %(owner_ids)s::text[], %(statuses)s::text[])
-     AS t(id, queue, kind, payload, priority, run_at, delay, max_attempts, unique_key, owner_id, status)
+            %(unique_keys)s::text[], %(owner_ids)s::text[], %(statuses)s::text[], %(has_dependents)s::boolean[])
+     AS t(id, queue, kind, payload, priority, run_at, delay, max_attempts, unique_key, owner_id, status, has_dependents)
 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('waiting', 'queued', 'running', 'failed')
 DO NOTHING
 RETURNING id;
