@@ -28,7 +28,7 @@ IDLE_WORKER = "bench-idle-worker"
 RAW_INSERT = "INSERT INTO pgqueue.jobs (queue, kind, payload) VALUES (%(queue)s, 'bench_noop', '{}')"
 TRIGGER_OFF = "ALTER TABLE pgqueue.jobs DISABLE TRIGGER jobs_inserted_notify"
 TRIGGER_ON = "ALTER TABLE pgqueue.jobs ENABLE TRIGGER jobs_inserted_notify"
-EMPTY = "TRUNCATE pgqueue.jobs, pgqueue.events, pgqueue.job_errors, pgqueue.checkpoints"
+EMPTY = "TRUNCATE pgqueue.jobs, pgqueue.events CASCADE"
 
 
 async def _spread(total: int, producers: int, one: Callable[[int], Awaitable[Any]]) -> float:
@@ -45,17 +45,17 @@ async def _spread(total: int, producers: int, one: Callable[[int], Awaitable[Any
 
 
 async def _raw(url: str, producers: int, total: int) -> float:
-    from psycopg_pool import AsyncConnectionPool
+    from pgqueue.db import open_pool
 
-    async with AsyncConnectionPool(url, min_size=producers, max_size=producers, open=False,
-                                   kwargs={"autocommit": True}) as pool:
-        await pool.wait()
-
+    pool = await open_pool(url, min_size=producers, max_size=producers, name="pgqueue-bench", pooler="none")
+    try:
         async def one(_index: int) -> None:
             async with pool.connection() as conn:
                 await conn.execute(RAW_INSERT, {"queue": QUEUE})
 
         return await _spread(total, producers, one)
+    finally:
+        await pool.close()
 
 
 async def _library(url: str, producers: int, total: int) -> float:

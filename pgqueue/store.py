@@ -273,7 +273,7 @@ class Store:
             params = {"queue": job.queue, "kind": job.kind, "payload": _payload_text(job), "priority": job.priority,
                       "run_at": job.run_at, "delay": float(job.delay_seconds), "max_attempts": job.max_attempts,
                       "owner_id": job.owner_id, "concurrency_key": job.concurrency_key}
-            return [_decode_job_leniently(msgspec.Raw((await self._one("insert_job", params, conn))[0].encode()))]
+            return [_decode_job_leniently((await self._one("insert_job", params, conn))[0])]
         if all(job.unique_key is None for job in jobs):
             # nothing can be skipped: one autocommit statement, one round trip
             return await self._many("insert_jobs", insert_params(jobs), conn, kwargs_row(Job))
