@@ -25,6 +25,7 @@ from app.errors import exception_handlers
 from app.hub import EventHub
 from app.jobs import jobs as app_jobs
 from app.openapi import docs_page, openapi_json
+from app.routes import syncs
 from app.ops import ProcessMetrics
 from app.settings import AppSettings
 from app.store import AppStore
@@ -68,6 +69,8 @@ ROUTES: list[BaseRoute] = [
     Route("/dashboard/api/overview", dashboard_api.overview, methods=["GET"]),
     # log files: upload, then ingestion status
     *uploads.ROUTES,
+    # API ingest: start a sync (admin), follow it
+    *syncs.ROUTES,
     # queues: pause, resume, concurrency and rate limits (admins)
     *queues.ROUTES,
 ]

@@ -67,7 +67,54 @@ async def readyz(request: Request) -> Response:
                               "error": {"code": "not_migrated",
                                         "message": f"{len(missing)} migration(s) not applied: {', '.join(missing)}",
                                         "details": []}}, 503)
-    return json_response({"status": "ready", "database": "reachable", "pending_migrations": []})
+    return json_response({"status": "ready", "database": "reachable", "pending_migrations": [],
+                          "api_ingest": await _api_ingest_detail(request)})
+
+
+async def _api_ingest_detail(request: Request) -> dict[str, str | None]:
+    """When any API-ingest connector last committed a page (a detail: never makes /readyz fail)."""
+    from app.kinds.api_ingest import statement
+
+    try:
+        async with request.state.queue.pool.connection() as conn:
+            cursor = await conn.execute(statement("last_page_at"))
+            row = await cursor.fetchone()
+    except (psycopg.Error, PgQueueError) as exc:
+        log.warning("readyz: api ingest detail unavailable: %s", exc)
+        return {"last_successful_page_at": None}
+    last = row[0] if row else None
+    return {"last_successful_page_at": None if last is None else last.isoformat()}
+
+
+API_INGEST_METRICS = (
+    ("pages", "pgqueue_api_ingest_pages_total", "Pages (or ranges) committed, by source."),
+    ("events", "pgqueue_api_ingest_events_total", "Items received, duplicates included, by source."),
+    ("inserted", "pgqueue_api_ingest_inserted_total", "Rows new to the target, by source."),
+    ("retries", "pgqueue_api_ingest_retries_total", "HTTP requests retried (errors, 5xx, bad bodies), by source."),
+    ("rate_limited", "pgqueue_api_ingest_rate_limited_total", "HTTP 429 answers, by source."),
+    ("bytes", "pgqueue_api_ingest_bytes_total", "Response bytes received (decoded), by source."),
+)
+
+
+async def _api_ingest_metrics(request: Request) -> list[str]:
+    """Per-source API-ingest counters, summed from app.api_sync_parts (so the same on every process,
+    workers in other processes included)."""
+    from app.routes.syncs import source_metrics
+
+    async with request.state.queue.pool.connection() as conn:
+        rows = await source_metrics(conn)
+    lines: list[str] = []
+    for index, (_key, name, help_text) in enumerate(API_INGEST_METRICS):
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+        for row in rows:
+            lines.append(f'{name}{{source="{_label(row[0])}"}} {int(row[index + 1] or 0)}')
+    lines += ["# HELP pgqueue_api_ingest_last_page_timestamp_seconds When the source last committed a page.",
+              "# TYPE pgqueue_api_ingest_last_page_timestamp_seconds gauge"]
+    for row in rows:
+        if row[7] is not None:
+            lines.append(f'pgqueue_api_ingest_last_page_timestamp_seconds{{source="{_label(row[0])}"}} '
+                         f"{_number(float(row[7]))}")
+    return lines
 
 
 def _label(value: str) -> str:
@@ -117,6 +164,7 @@ async def metrics(request: Request) -> Response:
         f"pgqueue_queue_wait_seconds_sum {_number(histogram.sum)}",
         f"pgqueue_queue_wait_seconds_count {histogram.count}",
     ]
+    lines += await _api_ingest_metrics(request)
     hub = request.state.hub.metrics()
     lines += [
         "# HELP pgqueue_sse_subscribers Open event streams (SSE and WebSocket) on this process.",

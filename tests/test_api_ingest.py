@@ -23,6 +23,7 @@ from app.kinds.api_ingest import (
 )
 from tests.helpers import wait_for_sync
 from tests.process_fixtures import REPO_ROOT, process_env, query, scalar
+from tests.web_fixtures import *  # noqa: F403  (live_server, admin, alice)
 
 FAST = {"backoff_base": 0.01, "read_timeout": 1.0, "request_timeout": 30.0}
 
@@ -312,3 +313,67 @@ def test_cli_bad_input_is_one_line_and_a_non_zero_exit(db_url: str, args: list[s
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines and words in lines[-1] and lines[-1].startswith("error:"), done.stderr
     assert "Traceback" not in done.stderr
+
+
+# -- REST ------------------------------------------------------------------------------------------
+
+async def test_post_sync_runs_it_and_get_reports_counts_metrics_and_readyz(
+        live_server_with_worker: Any, admin: Any) -> None:
+    from tests.helpers import wait_for
+
+    server = live_server_with_worker
+    with SimulatedApi(SimConfig(events=2500, page_max=500, ts_mode="mixed")) as api:
+        async with server.client(admin) as client:
+            response = await client.post("/api/v1/syncs", json={"url": api.url + "/events", "source": "rest-sim",
+                                                                "page_size": 500, "backoff_base": 0.01})
+            assert response.status_code == 202, response.text
+            created = response.json()
+            assert created["events_urls"] == [f"/jobs/{created['job_ids'][0]}/events"]
+
+            async def finished() -> dict | None:
+                body = (await client.get(created["status_url"])).json()
+                return body if body["status"] in ("succeeded", "failed") else None
+
+            body = await wait_for(finished, timeout=60, message="the sync to finish")
+            assert body["status"] == "succeeded", body
+            assert (body["inserted"], body["pages"], body["total"]) == (2500, 5, 2500)
+            assert_complete(server.database_url, api)
+            progress = scalar(server.database_url, "SELECT count(*) FROM pgqueue.events WHERE job_id = %s "
+                                                   "AND type = 'progress'", [created["job_ids"][0]])
+            assert progress >= 1
+            metrics = (await client.get("/metrics")).text
+            assert 'pgqueue_api_ingest_inserted_total{source="rest-sim"} 2500' in metrics
+            assert 'pgqueue_api_ingest_pages_total{source="rest-sim"} 5' in metrics
+            ready = (await client.get("/readyz")).json()
+            assert ready["api_ingest"]["last_successful_page_at"] is not None
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({}, "url"),
+    ({"url": "not-a-url"}, "url"),
+    ({"url": "{api}/events", "pagination": "pages"}, "pagination"),
+    ({"url": "{api}/events", "items_path": "nothing.here"}, "items_path"),
+    ({"url": "{api}/events", "id_field": "uuid"}, "id_field"),
+    ({"url": "{api}/events", "api_key": "wrong"}, "api_key"),
+    ({"url": "{api}/events", "target": "no such table!"}, "target"),
+])
+async def test_post_sync_bad_input_is_a_422_naming_the_field_and_writes_nothing(
+        live_server: Any, admin: Any, body: dict, field: str) -> None:
+    with SimulatedApi(SimConfig(events=50, api_key="right")) as api:
+        body = {k: v.replace("{api}", api.url) if isinstance(v, str) else v for k, v in body.items()}
+        if "api_key" not in body and body.get("url", "").startswith(api.url):
+            body["api_key"] = "right"
+        async with live_server.client(admin) as client:
+            response = await client.post("/api/v1/syncs", json=body)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert any(field in detail["field"] for detail in error["details"]), error
+    assert scalar(live_server.database_url, "SELECT count(*) FROM app.api_syncs") == 0
+    assert scalar(live_server.database_url, "SELECT count(*) FROM pgqueue.jobs") == 0
+
+
+async def test_post_sync_needs_an_admin_and_get_hides_other_users_syncs(live_server: Any, alice: Any) -> None:
+    async with live_server.client(alice) as client:
+        response = await client.post("/api/v1/syncs", json={"url": "http://127.0.0.1:9/x"})
+        assert response.status_code == 403
+        assert (await client.get("/api/v1/syncs/1")).status_code == 404

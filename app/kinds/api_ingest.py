@@ -888,6 +888,7 @@ class SyncStatus(msgspec.Struct, kw_only=True):
     id: int
     source: str
     target: str
+    owner_id: str | None
     status: str  # queued | running | succeeded | failed (a part is dead or cancelled)
     parts: int
     pages: int
@@ -921,9 +922,9 @@ async def sync_status(conn: Any, sync_id: int) -> SyncStatus | None:
     row = await cursor.fetchone()
     if row is None:
         return None
-    (sid, source, target, _owner, created_at, parts, pages, events, inserted, invalid, retries, limited, size,
+    (sid, source, target, owner_id, created_at, parts, pages, events, inserted, invalid, retries, limited, size,
      restarts, total, last_page_at, job_ids, statuses, errors) = row
-    return SyncStatus(id=sid, source=source, target=target, status=overall_status(statuses), parts=parts,
+    return SyncStatus(id=sid, source=source, target=target, owner_id=owner_id, status=overall_status(statuses), parts=parts,
                       pages=pages, events=events, inserted=inserted, invalid=invalid, retries=retries,
                       rate_limited=limited, bytes=size, restarts=restarts, total=total, last_page_at=last_page_at,
                       job_ids=job_ids, part_statuses=statuses, errors=[e[-500:] for e in errors if e],

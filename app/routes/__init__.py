@@ -1,0 +1,1 @@
+"""Routes, one module per resource (ROUTES lists in each, mounted by app/main.py)."""
