@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install run test bench lint clean
+.PHONY: install run test bench lint clean demo-api-ingest
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ bench: $(STAMP)
 	$(PY) -m pgqueue bench --output bench-results.json
 	$(PY) -m app bench-sse --output bench-results.json
 	$(PY) -m app bench-ingest --output bench-results.json
+	$(PY) -m app bench-api-ingest --output bench-results.json
+
+# API ingest end to end: the local simulator (rate limit, faults, mixed timestamps), then
+# `python -m app ingest-api` against it, then the rows compared with the simulator's ids
+demo-api-ingest: $(STAMP)
+	$(PY) -m app.bench.api_demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pgqueue app tests

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from psycopg import sql
 
 from app.bench.api_simulator import SimConfig, SimulatedApi
 from app.kinds.api_ingest import (
@@ -29,7 +30,7 @@ FAST = {"backoff_base": 0.01, "read_timeout": 1.0, "request_timeout": 30.0}
 
 
 def stored(url: str, target: str = "api_events") -> dict[str, datetime]:
-    rows = query(url, f"SELECT id, ts FROM app.{target}")  # a test's own fixed table name
+    rows = query(url, sql.SQL("SELECT id, ts FROM {}").format(sql.Identifier("app", target)))
     ids = [row[0] for row in rows]
     assert len(ids) == len(set(ids))
     return dict(rows)

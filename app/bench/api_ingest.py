@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from pgqueue.bench import say, write_section
 
@@ -75,7 +76,7 @@ class Simulator:
 
 
 def _fresh_target(url: str, target: str) -> None:
-    _query(url, f"DROP TABLE IF EXISTS app.{target}")  # a bench's fixed table name, not input
+    _query(url, sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier("app", target)))
     _query(url, "DELETE FROM app.api_syncs WHERE target = %s", [target])
 
 
@@ -172,9 +173,9 @@ def bare_loop(database_url: str, api_url: str, page_size: int) -> tuple[float, i
 
 def check_against_simulator(url: str, target: str, events: int) -> dict[str, int]:
     """Lost and duplicated ids (the simulator's ids are ev-<seed>-<seq>-<hash>; seed 1)."""
-    ((count, distinct, lowest, highest),) = _query(
-        url, f"SELECT count(*), count(DISTINCT id), min(split_part(id, '-', 3)::int), "  # fixed bench table
-             f"max(split_part(id, '-', 3)::int) FROM app.{target}")
+    ((count, distinct, lowest, highest),) = _query(url, sql.SQL(
+        "SELECT count(*), count(DISTINCT id), min(split_part(id, '-', 3)::int), max(split_part(id, '-', 3)::int) "
+        "FROM {}").format(sql.Identifier("app", target)))
     return {"rows": count, "lost": events - distinct, "duplicated": count - distinct,
             "seq_range_ok": int(lowest == 0 and highest == events - 1)}
 
