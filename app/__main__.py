@@ -8,6 +8,7 @@
     python -m app bench-ingest [--lines 1000000 --memory-mb 100 1000]   log-file ingest rate, memory
     python -m app ingest-api --config source.json | --url U [--api-key K --target T]   API ingest
     python -m app bench-api-ingest [--events 1000000 --rate 20 --page-size 1000]   API ingest rate
+    python -m app bench-webhooks [--deliveries 5000 --rounds 3]         webhook deliveries/s, latency
 
 Without PGQUEUE_DATABASE_URL an embedded PostgreSQL is started (data in --data-dir, default
 .data) and migrated, so `make run` needs nothing else.
@@ -163,6 +164,12 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def cmd_bench_webhooks(args: argparse.Namespace) -> int:
+    from app.bench.webhooks import main as bench_main
+
+    return bench_main(args)
+
+
 def cmd_ingest_api(args: argparse.Namespace) -> int:
     from app.kinds.api_ingest_cli import main as ingest_main
 
@@ -229,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_api_arguments(p)
     p.set_defaults(func=cmd_bench_api_ingest)
+
+    p = sub.add_parser("bench-webhooks", help="webhook deliveries/s to a local receiver; enqueue -> received p50/p99")
+    from app.bench.webhooks import add_arguments as add_webhook_arguments
+
+    add_webhook_arguments(p)
+    p.set_defaults(func=cmd_bench_webhooks)
     return parser
 
 
