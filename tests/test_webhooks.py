@@ -474,3 +474,14 @@ async def test_delivered_through_the_app_worker(start_server: Any, admin: ApiUse
     [request] = receiver.requests_to("/app")
     assert verify_webhook(SECRET, request.headers, request.body) == f"msg_{job_id}"
     assert datetime.fromtimestamp(int(request.headers["Webhook-Timestamp"]), UTC).year >= 2024
+
+
+def test_bench_runs_small(db_url: str) -> None:
+    """The bench's machinery (worker process, receiver, figures) on a small round; no timing asserted."""
+    from app.bench.webhooks import render, run_webhook_bench
+
+    result = run_webhook_bench(db_url, deliveries=40, latency_deliveries=5, latency_rate=100, concurrency=4, rounds=1)
+    [round_] = result["rounds"]
+    assert round_["deliveries"] == 40 and round_["deliveries_per_s"] > 0
+    assert 0 < round_["latency_p50_ms"] <= round_["latency_p99_ms"]
+    assert "deliveries/s" in render(result)
