@@ -25,7 +25,7 @@ from app.errors import exception_handlers
 from app.hub import EventHub
 from app.jobs import jobs as app_jobs
 from app.openapi import docs_page, openapi_json
-from app.routes import syncs
+from app.routes import schedules, syncs
 from app.ops import ProcessMetrics
 from app.settings import AppSettings
 from app.store import AppStore
@@ -73,6 +73,8 @@ ROUTES: list[BaseRoute] = [
     *syncs.ROUTES,
     # queues: pause, resume, concurrency and rate limits (admins)
     *queues.ROUTES,
+    # periodic jobs: cron schedules (admins)
+    *schedules.ROUTES,
 ]
 
 
