@@ -234,6 +234,12 @@ def state(request: Request) -> tuple[Queue, AppStore]:
     return request.state.queue, request.state.store
 
 
+def lagging_reads(request: Request) -> AppStore:
+    """The store for lists and counts that may lag a little: the read replica when
+    APP_READ_DATABASE_URL names one (README, "Past one box"), else the primary."""
+    return request.state.read_store
+
+
 async def owned_job(request: Request, user: User) -> Job:
     """The job named in the path, if this user may see it; another user's job is a 404 too."""
     job_id = parse_job_id(request.path_params["job_id"])
@@ -525,7 +531,7 @@ def _escape_like(text: str) -> str:
 async def list_jobs(request: Request) -> Response:
     user = await authenticate(request)
     query = read_query(request, JobListQuery)
-    queue, store = state(request)
+    queue, store = request.state.queue, lagging_reads(request)
     kinds = split_list(query.kind, "kind")
     for kind in kinds or ():
         if kind not in queue.registry.kinds:
@@ -624,7 +630,7 @@ async def bulk_jobs(request: Request) -> Response:
            description="Non-admins get the numbers of their own jobs.")
 async def stats(request: Request) -> Response:
     user = await authenticate(request)
-    _, store = state(request)
+    store = lagging_reads(request)
     owner = None if user.is_admin else user.owner_id
     by_status = dict.fromkeys(STATUSES, 0)
     by_kind: dict[str, int] = {}

@@ -228,7 +228,8 @@ class EventHub:
         while True:
             conn: AsyncConnection | None = None
             try:
-                conn = await connect(self.database_url, application_name=self.application_name)
+                conn = await connect(self.database_url, application_name=self.application_name,
+                                     session_for="the event hub's LISTEN")
                 await self.store.listen(conn, EVENTS_CHANNEL)
                 delay = 0.1
                 # Whatever was committed while we were not listening is only in the table:

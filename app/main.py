@@ -29,6 +29,7 @@ from app.routes import schedules, syncs
 from app.ops import ProcessMetrics
 from app.settings import AppSettings
 from app.store import AppStore
+from pgqueue.db import open_pool
 from pgqueue.errors import ConfigError
 from pgqueue.migrate import shipped_migrations
 from pgqueue.queue import Queue
@@ -114,23 +115,31 @@ def create_app(settings: AppSettings | None = None, *, queue: Queue | None = Non
                                          max_size=settings.pool_size)
         else:
             raise ConfigError("no database URL: set PGQUEUE_DATABASE_URL")
-        # The process's one LISTEN connection, feeding every event stream.
-        hub = EventHub(settings.database_url or engine.pool.conninfo, engine.store,
+        # The process's one LISTEN connection, feeding every event stream: on the primary, never
+        # through a pooler (PGQUEUE_DIRECT_DATABASE_URL) and never on a replica (README, "Past one box").
+        hub = EventHub(settings.direct_database_url or engine.session_url, engine.store,
                        queue_size=settings.sse_queue_size)
+        # Reads that may lag behind by the replica's replay delay; without a replica, the primary.
+        read_pool = (await open_pool(settings.read_database_url, max_size=settings.pool_size, name="app-read",
+                                     pooler=engine.settings.pooler) if settings.read_database_url else None)
         await hub.start()
+        store = AppStore(engine.pool)
         try:
             async with _embedded_worker(settings, engine) as worker:
                 yield {
                     "settings": settings,
                     "queue": engine,
                     "hub": hub,
-                    "store": AppStore(engine.pool),
+                    "store": store,
+                    "read_store": AppStore(read_pool) if read_pool is not None else store,
                     "metrics": ProcessMetrics(),
                     "worker": worker,
                     "expected_migrations": migrations,
                 }
         finally:
             await hub.close()
+            if read_pool is not None:
+                await read_pool.close()
             if own_queue:
                 await engine.close()
 

@@ -53,6 +53,12 @@ _HOST_NAME = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,
 class AppSettings(msgspec.Struct, kw_only=True):
     # PGQUEUE_DATABASE_URL: the one database of the engine and the app
     database_url: str | None = None
+    # PGQUEUE_DIRECT_DATABASE_URL: the same database not through a pooler, for the event hub's
+    # LISTEN (README, "Past one box"); default: database_url
+    direct_database_url: str | None = None
+    # APP_READ_DATABASE_URL: a read replica for the reads that may lag (GET /jobs, /stats, the
+    # dashboard's overview); writes, single jobs and every event stream stay on the primary
+    read_database_url: str | None = None
     # largest JSON request body; read in chunks and refused (413) as soon as it is exceeded
     max_body_bytes: int = MIB
     # HMAC key of the short-lived stream tokens (SSE / WebSocket). Processes that serve the same
@@ -99,6 +105,8 @@ class AppSettings(msgspec.Struct, kw_only=True):
         defaults: dict[str, object] = {}
         if url := os.environ.get("PGQUEUE_DATABASE_URL"):
             defaults["database_url"] = url
+        if direct_url := os.environ.get("PGQUEUE_DIRECT_DATABASE_URL"):
+            defaults["direct_database_url"] = direct_url
         if storage_url := os.environ.get("PGQUEUE_STORAGE_URL"):  # shared with workers (docker-compose.yml)
             defaults["storage_url"] = storage_url
         settings = load_settings(cls, "APP_", overrides, defaults)
@@ -129,8 +137,8 @@ class AppSettings(msgspec.Struct, kw_only=True):
         return self.storage_url or Path(".data", "uploads").resolve().as_uri()
 
     def engine_settings(self) -> Settings:
-        """The engine's settings (lease, poll, retention from PGQUEUE_*), with our database URL."""
-        return Settings.from_env(database_url=self.database_url)
+        """The engine's settings (lease, poll, retention from PGQUEUE_*), with our database URLs."""
+        return Settings.from_env(database_url=self.database_url, direct_database_url=self.direct_database_url)
 
     def webhook_secrets(self) -> list[str]:
         return [part for part in re.split(r"[\s,]+", self.webhook_secret) if part]

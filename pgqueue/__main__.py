@@ -67,11 +67,14 @@ def _url(args: argparse.Namespace) -> str:
 def cmd_migrate(args: argparse.Namespace) -> int:
     from pgqueue.migrate import migrate, rollback
 
+    # the migration lock is a session advisory lock: never through a pooler
+    url = _settings(args).session_url()
+    assert url is not None
     if args.rollback:
-        done = rollback(_url(args), args.rollback)
+        done = rollback(url, args.rollback)
         print("rolled back: " + (", ".join(done) or "nothing"))
     else:
-        done = migrate(_url(args))
+        done = migrate(url)
         print("applied: " + (", ".join(done) if done else "nothing (up to date)"))
     return 0
 

@@ -32,8 +32,17 @@ def validate_database_url(url: str) -> str:
     return url
 
 
+# PGQUEUE_POOLER: is PGQUEUE_DATABASE_URL a connection pooler (pgqueue/db.py, README "Past one box")?
+POOLER_MODES = ("auto", "pgbouncer", "none")
+
+
 class Settings(msgspec.Struct, kw_only=True):
     database_url: str | None = None
+    # what needs a session of its own (LISTEN, the maintenance leader's advisory lock, the
+    # heartbeat, migrations) connects here, never through a pooler; default: database_url
+    direct_database_url: str | None = None
+    # auto: find out per connection (one round trip); pgbouncer / none: say so
+    pooler: str = "auto"
     lease_seconds: float = 30.0
     heartbeat_seconds: float = 5.0
     poll_seconds: float = 2.0
@@ -53,6 +62,10 @@ class Settings(msgspec.Struct, kw_only=True):
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         return load_settings(cls, "PGQUEUE_", overrides)
+
+    def session_url(self) -> str | None:
+        """Where connections that need a session of their own go: the direct URL, else the main one."""
+        return self.direct_database_url or self.database_url
 
 
 # Floors that keep the worker sane: a lease shorter than a second expires under a normal
@@ -86,6 +99,8 @@ def check_engine_settings(settings: Settings) -> None:
     check_seconds("PGQUEUE_HEARTBEAT_SECONDS", settings.heartbeat_seconds, MIN_HEARTBEAT_SECONDS)
     check_seconds("PGQUEUE_POLL_SECONDS", settings.poll_seconds, MIN_INTERVAL_SECONDS)
     check_seconds("PGQUEUE_MAINTENANCE_SECONDS", settings.maintenance_seconds, MIN_INTERVAL_SECONDS)
+    if settings.pooler not in POOLER_MODES:
+        raise ConfigError(f"PGQUEUE_POOLER must be one of {', '.join(POOLER_MODES)}, got {settings.pooler!r}")
     if isinstance(settings.max_payload_bytes, bool) or settings.max_payload_bytes < 1:
         raise ConfigError(f"PGQUEUE_MAX_PAYLOAD_BYTES must be an integer >= 1, got {settings.max_payload_bytes!r}")
     for field in ("keep_succeeded_seconds", "keep_failed_seconds", "keep_events_seconds"):
@@ -114,6 +129,7 @@ def load_settings(cls: type[S], prefix: str, overrides: Mapping[str, object],
         settings = msgspec.convert(values, cls, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"bad setting ({prefix}*): {exc}") from None
-    if url := getattr(settings, "database_url", None):
-        validate_database_url(url)
+    for field in ("database_url", "direct_database_url", "read_database_url"):
+        if url := getattr(settings, field, None):
+            validate_database_url(url)
     return settings

@@ -74,7 +74,7 @@ class Queue:
         self.registry = registry or JobRegistry()
         self.settings = settings or Settings()
         # wait(): one LISTEN connection for every waiter of this Queue (pgqueue/waiter.py), opened on first use
-        self.waiters = WaiterHub(self.settings.database_url or str(pool.conninfo), self.store)
+        self.waiters = WaiterHub(self.session_url, self.store)
         self.schedules = Schedules(self.store, self.registry)  # periodic jobs (pgqueue/scheduler.py)
 
     @classmethod
@@ -84,8 +84,14 @@ class Queue:
         url = url or settings.database_url
         if not url:
             raise ConfigError("no database URL: pass one or set PGQUEUE_DATABASE_URL")
-        pool = await open_pool(url, max_size=max_size)
+        pool = await open_pool(url, max_size=max_size, pooler=settings.pooler)
         return cls(pool, registry, settings)
+
+    @property
+    def session_url(self) -> str:
+        """Where this queue's LISTENs and session locks connect: PGQUEUE_DIRECT_DATABASE_URL when
+        the pool's URL goes through a pooler such as PgBouncer, else the pool's own URL."""
+        return self.settings.direct_database_url or self.settings.database_url or str(self.pool.conninfo)
 
     async def close(self) -> None:
         await self.waiters.close()
@@ -414,4 +420,4 @@ class SyncQueue:
         """Queue.wait for scripts: blocks until the job finished; WaitTimeout after ``timeout`` s."""
         if not self.url:
             raise ConfigError("no database URL: pass one or set PGQUEUE_DATABASE_URL")
-        return wait_sync(self.url, job_id, timeout)
+        return wait_sync(self.settings.direct_database_url or self.url, job_id, timeout)  # a LISTEN: never pooled

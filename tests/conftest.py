@@ -18,8 +18,9 @@ from pgqueue.embedded import EmbeddedPostgres
 from pgqueue.migrate import migrate
 from pgqueue.queue import Queue
 
-# worker-subprocess fixtures (spawn_worker, ...) are used by several test modules
-pytest_plugins = ("tests.process_fixtures",)
+# worker-subprocess fixtures (spawn_worker, ...) and the PgBouncer / read replica ones
+# (pgbouncer, route, replica) are used by several test modules
+pytest_plugins = ("tests.process_fixtures", "tests.scaleout_fixtures")
 
 TEMPLATE_DB = "pgqueue_template"
 

@@ -145,13 +145,20 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def spawn_worker() -> Iterator[Callable[..., WorkerProcess]]:
+def spawn_worker(request: pytest.FixtureRequest) -> Iterator[Callable[..., WorkerProcess]]:
     """Start worker subprocesses; all are killed at teardown and their logs printed
-    (pytest shows that output only when the test failed)."""
+    (pytest shows that output only when the test failed).
+
+    A test parametrised with ``route`` (tests/scaleout_fixtures.py) runs its workers on that
+    route: through PgBouncer, with PGQUEUE_DIRECT_DATABASE_URL for their sessions. The test's
+    own queries stay direct."""
     log_dir = Path(tempfile.mkdtemp(prefix="pgqueue-workers-"))
     started: list[WorkerProcess] = []
+    route = request.getfixturevalue("route") if "route" in request.fixturenames else None
 
     def spawn(database_url: str, **options: Any) -> WorkerProcess:
+        if route is not None and route.pooled and database_url == route.direct_url:
+            options["env"] = {**route.env(), **options.get("env", {})}
         worker = WorkerProcess(database_url, log_dir / f"worker-{len(started)}.log", **options)
         started.append(worker)
         return worker.start()

@@ -45,13 +45,18 @@ async def server_up_longer_than_a_lease(queue: Queue) -> bool:
     return up > queue.settings.lease_seconds
 
 
-@pytest.fixture(params=["postgres", "memory"])
+@pytest.fixture(params=["postgres", "pgbouncer", "memory"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[QueueBackend]:
+    """The in-memory backend, or a Queue on a fresh database: directly, or through PgBouncer in
+    transaction-pooling mode (waits and session locks then on the direct URL)."""
     if request.param == "memory":
         yield MemoryQueue(jobs, contract_settings())
         return
-    url = request.getfixturevalue("db_url")
-    queue = await Queue.connect(url, jobs, settings=contract_settings(url), max_size=4)
+    direct_url = request.getfixturevalue("db_url")
+    url = request.getfixturevalue("pgbouncer").url_for(direct_url) if request.param == "pgbouncer" else direct_url
+    settings = contract_settings(url)
+    settings.direct_database_url = direct_url
+    queue = await Queue.connect(url, jobs, settings=settings, max_size=4)
     try:
         await wait_for(lambda: server_up_longer_than_a_lease(queue), message="the server to be up for a lease")
         yield queue

@@ -43,6 +43,11 @@ def runs_per_job(url: str) -> dict[int, int]:
     return dict(query(url, "SELECT job_id, count(*) FROM test_runs GROUP BY job_id"))
 
 
+# Each test so marked runs twice: workers connected directly, then through PgBouncer in
+# transaction-pooling mode (their LISTEN, heartbeat and leader lock on the direct URL).
+through_pgbouncer_too = pytest.mark.parametrize("route", ["direct", "pgbouncer"], indirect=True)
+
+
 def all_succeeded(url: str, expected: int) -> bool:
     return status_counts(url) == {"succeeded": expected}
 
@@ -50,7 +55,8 @@ def all_succeeded(url: str, expected: int) -> bool:
 # -- many jobs, two processes ------------------------------------------------------------------
 
 
-def test_two_worker_processes_run_each_of_2000_jobs_exactly_once(proc_db, spawn_worker):  # noqa: F811
+@through_pgbouncer_too
+def test_two_worker_processes_run_each_of_2000_jobs_exactly_once(proc_db, spawn_worker, route):  # noqa: F811
     workers = [spawn_worker(proc_db, concurrency=10) for _ in range(2)]
     for worker in workers:
         worker.worker_id()
@@ -75,7 +81,8 @@ def test_two_worker_processes_run_each_of_2000_jobs_exactly_once(proc_db, spawn_
 # -- kill -9 -----------------------------------------------------------------------------------
 
 
-def test_jobs_of_a_worker_killed_with_sigkill_are_rescued_and_finished(proc_db, spawn_worker):  # noqa: F811
+@through_pgbouncer_too
+def test_jobs_of_a_worker_killed_with_sigkill_are_rescued_and_finished(proc_db, spawn_worker, route):  # noqa: F811
     victim = spawn_worker(proc_db, concurrency=3)
     victim_id = victim.worker_id()
     ids = enqueue_marks(proc_db, 6, sleep=3.0)
@@ -182,7 +189,8 @@ def test_worker_survives_a_postgres_crash_and_loses_nothing(pg_server: PgServer,
 # -- graceful shutdown -------------------------------------------------------------------------
 
 
-def test_sigterm_lets_running_jobs_finish_and_claims_nothing_new(proc_db, spawn_worker):  # noqa: F811
+@through_pgbouncer_too
+def test_sigterm_lets_running_jobs_finish_and_claims_nothing_new(proc_db, spawn_worker, route):  # noqa: F811
     worker = spawn_worker(proc_db, concurrency=4, grace=30)
     worker_id = worker.worker_id()
     ids = enqueue_marks(proc_db, 6, sleep=2.0)
@@ -201,7 +209,8 @@ def test_sigterm_lets_running_jobs_finish_and_claims_nothing_new(proc_db, spawn_
     assert "SIGTERM received" in worker.output()
 
 
-def test_sigterm_releases_jobs_that_outlast_the_grace_period(proc_db, spawn_worker):  # noqa: F811
+@through_pgbouncer_too
+def test_sigterm_releases_jobs_that_outlast_the_grace_period(proc_db, spawn_worker, route):  # noqa: F811
     worker = spawn_worker(proc_db, concurrency=2, grace=0.5)
     worker_id = worker.worker_id()
     ids = enqueue_marks(proc_db, 1, sleep=60) + enqueue_marks(proc_db, 1, sleep=60, kind="sync_mark")
@@ -221,7 +230,8 @@ def test_sigterm_releases_jobs_that_outlast_the_grace_period(proc_db, spawn_work
 # -- sync handler burning CPU ------------------------------------------------------------------
 
 
-def test_cpu_bound_sync_handler_keeps_its_lease(proc_db, spawn_worker):  # noqa: F811
+@through_pgbouncer_too
+def test_cpu_bound_sync_handler_keeps_its_lease(proc_db, spawn_worker, route):  # noqa: F811
     # An idle worker on another queue holds the maintenance lock, so a rescue would happen even
     # if the busy worker's own loop were starved.
     watchdog = spawn_worker(proc_db, queues="watchdog", concurrency=1)

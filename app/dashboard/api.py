@@ -201,7 +201,7 @@ def _depth(rows: list[dict[str, Any]] | None) -> Depth | None:
                        "`unavailable`.")
 async def overview(request: Request) -> Response:
     await authenticate_admin(request)
-    pool = request.state.queue.pool
+    pool = request.state.read_store.pool  # the read replica when there is one (README, "Past one box")
     cache = getattr(request.app.state, "dashboard_hours", None)
     if cache is None:
         cache = request.app.state.dashboard_hours = HourCache()
