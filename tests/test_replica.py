@@ -1,0 +1,87 @@
+"""A streaming read replica of the suite's server (tests/scaleout_fixtures.py): with
+APP_READ_DATABASE_URL the job list, the stats and the dashboard's overview are read there, while
+writes, single jobs and event streams stay on the primary (LISTEN is refused during recovery)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import psycopg
+import pytest
+
+from pgqueue.db import behind_pooler
+from pgqueue.queue import Queue
+from pgqueue.scaleout import EmbeddedReplica
+from tests.scaleout_fixtures import replica_caught_up
+from tests.test_sse import claim, create_external_job, progress, sse
+from tests.web_fixtures import *  # noqa: F403
+from tests.web_fixtures import ApiUser, LiveServer
+
+
+@contextlib.contextmanager
+def replay_paused(replica_url: str) -> Iterator[None]:
+    """The replica stops applying WAL (it still receives it): what the primary commits meanwhile
+    is visible on the primary only."""
+    with psycopg.connect(replica_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_wal_replay_pause()")
+    try:
+        yield
+    finally:
+        with psycopg.connect(replica_url, autocommit=True) as conn:
+            conn.execute("SELECT pg_wal_replay_resume()")
+
+
+async def test_lists_and_stats_come_from_the_replica_while_writes_and_streams_stay_on_the_primary(
+        replica: EmbeddedReplica, db_url: str, start_server: Callable[..., LiveServer], admin: ApiUser,
+        queue: Queue) -> None:
+    replica_url = replica.url_for(db_url)
+    replica_caught_up(db_url, replica_url)  # this test's database (and its users) exist there
+    server = start_server(read_database_url=replica_url)
+    read_pool = server.state["read_store"].pool
+    async with read_pool.connection() as conn:
+        [(in_recovery,)] = await (await conn.execute("SELECT pg_is_in_recovery()")).fetchall()
+        assert in_recovery is True and not await behind_pooler(conn)
+    async with server.state["store"].pool.connection() as conn:
+        [(in_recovery,)] = await (await conn.execute("SELECT pg_is_in_recovery()")).fetchall()
+        assert in_recovery is False
+
+    with replay_paused(replica_url):
+        job_id = await create_external_job(server, admin)  # a write: on the primary
+        async with server.client(admin) as http:
+            one = await http.get(f"/jobs/{job_id}")  # a single job: the primary, never stale
+            listed = await http.get("/jobs")
+            stats = await http.get("/stats")
+            overview = await http.get("/dashboard/api/overview")
+            # a live stream while the primary takes writes and the replica applies none of them
+            async with sse(server, f"/jobs/{job_id}/events", client=http) as stream:
+                job = await claim(queue, job_id)
+                await progress(queue, job_id, 50)
+                await queue.complete(job_id, job.lease_token, {"ok": True})
+                live = await stream.until_end()
+        assert one.status_code == 200 and one.json()["job"]["status"] == "queued"
+        # served by the replica, which has not replayed the job's insert
+        assert listed.status_code == 200 and listed.json()["total"] == 0, listed.text
+        assert stats.status_code == 200 and sum(stats.json()["by_status"].values()) == 0, stats.text
+        assert overview.status_code == 200, overview.text
+        assert [m.event for m in live][-3:] == ["started", "progress", "succeeded"]
+
+    replica_caught_up(db_url, replica_url)
+    async with server.client(admin) as http:
+        listed = await http.get("/jobs")
+        stats = await http.get("/stats")
+    assert [(job["id"], job["status"]) for job in listed.json()["jobs"]] == [(job_id, "succeeded")]
+    assert stats.json()["by_status"]["succeeded"] == 1
+
+
+async def test_without_a_replica_reads_use_the_primary(live_server: LiveServer) -> None:
+    assert live_server.state["read_store"] is live_server.state["store"]
+
+
+async def test_listen_is_refused_on_the_replica(replica: EmbeddedReplica, db_url: str) -> None:
+    """Why the event hub never follows APP_READ_DATABASE_URL."""
+    replica_url = replica.url_for(db_url)
+    replica_caught_up(db_url, replica_url)
+    async with await psycopg.AsyncConnection.connect(replica_url, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction, match="cannot execute LISTEN during recovery"):
+            await conn.execute("LISTEN pgqueue_events")
