@@ -581,7 +581,7 @@ def run(url: str, jobs: int, quick: bool) -> dict[str, Any]:
         samples.setdefault(name, []).append(value)
 
     library: dict[str, Any] = {}
-    steps = Steps(2 * rounds + 5)
+    steps = Steps(2 * rounds + 6)
     log_dir = Path(tempfile.mkdtemp(prefix="pgqueue-bench-workers-"))
     try:
         with _sync(url) as conn:
@@ -618,6 +618,10 @@ def run(url: str, jobs: int, quick: bool) -> dict[str, Any]:
                         "raw INSERT with no trigger as the ceiling)"):
             library["concurrent_enqueue"] = bench_enqueue.measure(url, execute, say=say,
                                                                   rounds=1 if quick else bench_enqueue.ROUNDS)
+        with steps.step("periodic jobs: fire-time accuracy of a once-a-second schedule, fresh worker per round"):
+            from pgqueue import bench_periodic
+
+            library["periodic"] = bench_periodic.measure(url, log_dir, execute=execute, say=say, quick=quick)
         with steps.step("clean-up"):
             reset_engine(url)
             execute(url, RAW_DROP_SCRATCH)
@@ -735,6 +739,10 @@ def render(engine: dict[str, Any]) -> str:
         ("  wake-up latency p99", f"{wake['p99_ms']:>12.2f} ms", "", _verdict(targets["wakeup_p99_ms"])),
         (f"  wake-up latency max ({wake['samples']} samples)", f"{wake['max_ms']:>12.2f} ms", "", ""),
     ]
+    if "periodic" in lib:
+        from pgqueue.bench_periodic import render_rows as periodic_rows
+
+        rows += [("periodic jobs (README \"Periodic jobs\")", "", "", ""), *periodic_rows(lib["periodic"])]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     header = (
         f"pgqueue bench: {meta['jobs']:,} jobs, PostgreSQL {meta['postgres']} (fsync={meta['fsync']}, "
