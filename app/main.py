@@ -25,8 +25,8 @@ from app.errors import exception_handlers
 from app.hub import EventHub
 from app.jobs import jobs as app_jobs
 from app.openapi import docs_page, openapi_json
-from app.routes import schedules, syncs
 from app.ops import ProcessMetrics
+from app.routes import schedules, syncs
 from app.settings import AppSettings
 from app.store import AppStore
 from pgqueue.db import open_pool
