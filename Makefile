@@ -26,6 +26,7 @@ test: $(STAMP)
 # 500 clients and log-file ingestion; each adds its section to bench-results.json
 bench: $(STAMP)
 	$(PY) -m pgqueue bench --output bench-results.json
+	$(PY) -m pgqueue.bench_scaleout --output bench-results.json
 	$(PY) -m app bench-sse --output bench-results.json
 	$(PY) -m app bench-ingest --output bench-results.json
 	$(PY) -m app bench-api-ingest --output bench-results.json

@@ -335,13 +335,14 @@ async def _enqueue_and_analyze(url: str, count: int) -> None:
 class WorkerProcesses:
     """`python -m pgqueue worker` subprocesses running the bench kinds, logging to files."""
 
-    def __init__(self, url: str, count: int, log_dir: Path) -> None:
+    def __init__(self, url: str, count: int, log_dir: Path, env: dict[str, str] | None = None) -> None:
         self.url = url
         self.log_paths = [log_dir / f"worker-{index}.log" for index in range(count)]
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.env = env or {}  # e.g. PGQUEUE_DIRECT_DATABASE_URL when `url` is a PgBouncer (bench_scaleout.py)
 
     def __enter__(self) -> WorkerProcesses:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         args = [
             sys.executable, "-m", "pgqueue", "--log-level", "WARNING", "worker", "--database-url", self.url,
             "--app", "pgqueue.bench:bench_jobs", "--queues", BENCH_QUEUE,
