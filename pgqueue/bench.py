@@ -582,7 +582,7 @@ def run(url: str, jobs: int, quick: bool) -> dict[str, Any]:
         samples.setdefault(name, []).append(value)
 
     library: dict[str, Any] = {}
-    steps = Steps(2 * rounds + 6)
+    steps = Steps(2 * rounds + 7)
     log_dir = Path(tempfile.mkdtemp(prefix="pgqueue-bench-workers-"))
     try:
         with _sync(url) as conn:
@@ -619,6 +619,12 @@ def run(url: str, jobs: int, quick: bool) -> dict[str, Any]:
                         "raw INSERT with no trigger as the ceiling)"):
             library["concurrent_enqueue"] = bench_enqueue.measure(url, execute, say=say,
                                                                   rounds=1 if quick else bench_enqueue.ROUNDS)
+        with steps.step(f"flow control: drains of {jobs} jobs by 1 worker, plain and with limits never reached "
+                        "(concurrency, rate, 1,000 keys), taking turns"):
+            from pgqueue import bench_flow
+
+            library["flow_control"] = bench_flow.measure(url, jobs, log_dir, execute=execute, say=say,
+                                                         rounds=1 if quick else bench_flow.ROUNDS)
         with steps.step("periodic jobs: fire-time accuracy of a once-a-second schedule, fresh worker per round"):
             from pgqueue import bench_periodic
 
@@ -740,6 +746,10 @@ def render(engine: dict[str, Any]) -> str:
         ("  wake-up latency p99", f"{wake['p99_ms']:>12.2f} ms", "", _verdict(targets["wakeup_p99_ms"])),
         (f"  wake-up latency max ({wake['samples']} samples)", f"{wake['max_ms']:>12.2f} ms", "", ""),
     ]
+    if "flow_control" in lib:
+        from pgqueue.bench_flow import render_rows
+
+        rows += [("queues: limits never reached (README \"Queues\")", "", "", ""), *render_rows(lib["flow_control"])]
     if "periodic" in lib:
         from pgqueue.bench_periodic import render_rows as periodic_rows
 

@@ -32,6 +32,8 @@ def test_quick_bench_reports_every_figure(db_url: str, tmp_path: Path) -> None:
         "library.wakeup.p50_ms": engine["library"]["wakeup"]["p50_ms"],
         "library.wakeup.p99_ms": engine["library"]["wakeup"]["p99_ms"],
         "library.wakeup.max_ms": engine["library"]["wakeup"]["max_ms"],
+        **{f"library.flow_control.{name}": engine["library"]["flow_control"][name]["vs_plain"]
+           for name in ("plain", "concurrency_limit", "rate_limit", "keys_1000")},
     }
     assert set(engine["raw"]) >= {
         "copy_no_triggers_rows_per_s", "copy_jobs_table_rows_per_s", "insert_single_rows_per_s",
@@ -48,4 +50,5 @@ def test_quick_bench_reports_every_figure(db_url: str, tmp_path: Path) -> None:
     assert periodic["samples"][0]["fires"] == 5 and periodic["start_after_fire_p50_ms"]["median"] > 0
     assert "periodic: job start - fire time p99" in result.stdout
     assert "drain, 1 worker process" in result.stdout
+    assert "queues: limits never reached" in result.stdout
     assert "PASS" in result.stdout or "MISS" in result.stdout

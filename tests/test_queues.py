@@ -304,11 +304,11 @@ def test_a_pause_is_never_violated_by_any_process(proc_db: str,
 
     query(proc_db, LEDGER)
     sync = SyncQueue(proc_db, jobs)
-    sync.enqueue_many([("interval", {"sleep": 0.05}) for _ in range(200)])
+    sync.enqueue_many([("interval", {"sleep": 0.1}) for _ in range(300)])
     _start_workers(spawn_worker, proc_db, "flow,default")
     wait_for_sync(lambda: scalar(proc_db, "SELECT count(*) FROM test_ledger") >= 20, timeout=60, interval=0.02,
                   message="some runs")
-    assert run_cli("queues", "pause", "flow", database_url=proc_db).returncode == 0
+    asyncio.run(_pause(proc_db, "flow"))  # in-process: a CLI start could outlast the queue
     paused_at = scalar(proc_db, "SELECT clock_timestamp()")  # later than the pause's commit
     wait_for_sync(lambda: scalar(proc_db, "SELECT count(*) FROM pgqueue.jobs WHERE status = 'running'") == 0,
                   timeout=30, interval=0.05, message="running jobs to finish")
@@ -321,8 +321,13 @@ def test_a_pause_is_never_violated_by_any_process(proc_db: str,
     left = scalar(proc_db, "SELECT count(*) FROM pgqueue.jobs WHERE queue = 'flow' AND status = 'queued'")
     assert left > 0
     assert run_cli("queues", "resume", "flow", database_url=proc_db).returncode == 0
-    wait_for_sync(lambda: scalar(proc_db, "SELECT count(*) FROM pgqueue.jobs WHERE status = 'succeeded'") == 201,
+    wait_for_sync(lambda: scalar(proc_db, "SELECT count(*) FROM pgqueue.jobs WHERE status = 'succeeded'") == 301,
                   timeout=60, interval=0.1, message="everything after the resume")
+
+
+async def _pause(url: str, name: str) -> None:
+    async with await Queue.connect(url, max_size=1) as queue:
+        await queue.pause_queue(name)
 
 
 def test_queues_cli(db_url: str) -> None:

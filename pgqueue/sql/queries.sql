@@ -112,18 +112,20 @@ WITH limits AS MATERIALIZED (
     FROM candidates AS c
 ), key_picks AS (
     -- per limited key, as many slots as it has candidates (up to its limit), among those no
-    -- running job holds in this snapshot, from a random offset (two claimers rarely pick alike).
+    -- running job holds in this snapshot, from an offset of this worker's own (two workers rarely
+    -- pick alike, and each reuses the slot rows it took before: a random offset would create up
+    -- to N rows per key over time).
     -- generate_series in the select list streams (stopping at the LIMIT); in FROM it would
     -- materialise all N numbers first, which halved the drain with a limit of 100,000.
     SELECT w.queue, w.key, f.slot
     FROM (SELECT queue, key, key_concurrency_limit AS n, count(*) AS wanted,
-                 floor(random() * key_concurrency_limit)::int AS offset_ FROM ranked
+                 mod(abs(hashtext(%(worker_id)s)::bigint), key_concurrency_limit)::int AS offset_ FROM ranked
           WHERE key_concurrency_limit IS NOT NULL AND key IS NOT NULL AND key_rank <= key_concurrency_limit
           GROUP BY queue, key, key_concurrency_limit) AS w
     CROSS JOIN LATERAL (
         SELECT s.slot FROM (SELECT mod(generate_series(0, w.n - 1) + w.offset_, w.n) AS slot) AS s
         WHERE NOT EXISTS (SELECT 1 FROM pgqueue.jobs AS r WHERE r.queue = w.queue AND r.concurrency_key = w.key
-                          AND r.status = 'running' AND r.key_slot = s.slot)
+                          AND r.status = 'running' AND r.key_slot IS NOT NULL AND r.key_slot = s.slot)
         LIMIT w.wanted
     ) AS f
 ), key_slots AS (
@@ -136,7 +138,7 @@ WITH limits AS MATERIALIZED (
     ON CONFLICT (queue, key, slot) DO UPDATE SET claimed_xid = EXCLUDED.claimed_xid
     WHERE pg_visible_in_snapshot(s.claimed_xid, pg_current_snapshot())
       AND NOT EXISTS (SELECT 1 FROM pgqueue.jobs AS r WHERE r.queue = s.queue AND r.concurrency_key = s.key
-                      AND r.status = 'running' AND r.key_slot = s.slot)
+                      AND r.status = 'running' AND r.key_slot IS NOT NULL AND r.key_slot = s.slot)
     RETURNING s.queue, s.key, s.slot
 ), keyed AS MATERIALIZED (
     -- the n-th candidate of a key gets the n-th slot won for it; those without one are skipped
@@ -149,12 +151,12 @@ WITH limits AS MATERIALIZED (
 ), queue_picks AS (
     SELECT w.queue, f.slot
     FROM (SELECT queue, concurrency_limit AS n, count(*) AS wanted,
-                 floor(random() * concurrency_limit)::int AS offset_ FROM keyed
+                 mod(abs(hashtext(%(worker_id)s)::bigint), concurrency_limit)::int AS offset_ FROM keyed
           WHERE concurrency_limit IS NOT NULL GROUP BY queue, concurrency_limit) AS w
     CROSS JOIN LATERAL (
         SELECT s.slot FROM (SELECT mod(generate_series(0, w.n - 1) + w.offset_, w.n) AS slot) AS s
         WHERE NOT EXISTS (SELECT 1 FROM pgqueue.jobs AS r WHERE r.queue = w.queue AND r.status = 'running'
-                          AND r.queue_slot = s.slot)
+                          AND r.queue_slot IS NOT NULL AND r.queue_slot = s.slot)
         LIMIT w.wanted
     ) AS f
 ), queue_slots AS (
@@ -164,7 +166,7 @@ WITH limits AS MATERIALIZED (
     ON CONFLICT (queue, key, slot) DO UPDATE SET claimed_xid = EXCLUDED.claimed_xid
     WHERE pg_visible_in_snapshot(s.claimed_xid, pg_current_snapshot())
       AND NOT EXISTS (SELECT 1 FROM pgqueue.jobs AS r WHERE r.queue = s.queue AND r.status = 'running'
-                      AND r.queue_slot = s.slot)
+                      AND r.queue_slot IS NOT NULL AND r.queue_slot = s.slot)
     RETURNING s.queue, s.slot
 ), slotted AS MATERIALIZED (
     SELECT k.*, q.slot AS queue_slot,
@@ -284,18 +286,20 @@ WITH limits AS MATERIALIZED (
     FROM candidates AS c
 ), key_picks AS (
     -- per limited key, as many slots as it has candidates (up to its limit), among those no
-    -- running job holds in this snapshot, from a random offset (two claimers rarely pick alike).
+    -- running job holds in this snapshot, from an offset of this worker's own (two workers rarely
+    -- pick alike, and each reuses the slot rows it took before: a random offset would create up
+    -- to N rows per key over time).
     -- generate_series in the select list streams (stopping at the LIMIT); in FROM it would
     -- materialise all N numbers first, which halved the drain with a limit of 100,000.
     SELECT w.queue, w.key, f.slot
     FROM (SELECT queue, key, key_concurrency_limit AS n, count(*) AS wanted,
-                 floor(random() * key_concurrency_limit)::int AS offset_ FROM ranked
+                 mod(abs(hashtext(%(worker_id)s)::bigint), key_concurrency_limit)::int AS offset_ FROM ranked
           WHERE key_concurrency_limit IS NOT NULL AND key IS NOT NULL AND key_rank <= key_concurrency_limit
           GROUP BY queue, key, key_concurrency_limit) AS w
     CROSS JOIN LATERAL (
         SELECT s.slot FROM (SELECT mod(generate_series(0, w.n - 1) + w.offset_, w.n) AS slot) AS s
         WHERE NOT EXISTS (SELECT 1 FROM pgqueue.jobs AS r WHERE r.queue = w.queue AND r.concurrency_key = w.key
-                          AND r.status = 'running' AND r.key_slot = s.slot)
+                          AND r.status = 'running' AND r.key_slot IS NOT NULL AND r.key_slot = s.slot)
         LIMIT w.wanted
     ) AS f
 ), key_slots AS (
@@ -308,7 +312,7 @@ WITH limits AS MATERIALIZED (
     ON CONFLICT (queue, key, slot) DO UPDATE SET claimed_xid = EXCLUDED.claimed_xid
     WHERE pg_visible_in_snapshot(s.claimed_xid, pg_current_snapshot())
       AND NOT EXISTS (SELECT 1 FROM pgqueue.jobs AS r WHERE r.queue = s.queue AND r.concurrency_key = s.key
-                      AND r.status = 'running' AND r.key_slot = s.slot)
+                      AND r.status = 'running' AND r.key_slot IS NOT NULL AND r.key_slot = s.slot)
     RETURNING s.queue, s.key, s.slot
 ), keyed AS MATERIALIZED (
     -- the n-th candidate of a key gets the n-th slot won for it; those without one are skipped
@@ -321,12 +325,12 @@ WITH limits AS MATERIALIZED (
 ), queue_picks AS (
     SELECT w.queue, f.slot
     FROM (SELECT queue, concurrency_limit AS n, count(*) AS wanted,
-                 floor(random() * concurrency_limit)::int AS offset_ FROM keyed
+                 mod(abs(hashtext(%(worker_id)s)::bigint), concurrency_limit)::int AS offset_ FROM keyed
           WHERE concurrency_limit IS NOT NULL GROUP BY queue, concurrency_limit) AS w
     CROSS JOIN LATERAL (
         SELECT s.slot FROM (SELECT mod(generate_series(0, w.n - 1) + w.offset_, w.n) AS slot) AS s
         WHERE NOT EXISTS (SELECT 1 FROM pgqueue.jobs AS r WHERE r.queue = w.queue AND r.status = 'running'
-                          AND r.queue_slot = s.slot)
+                          AND r.queue_slot IS NOT NULL AND r.queue_slot = s.slot)
         LIMIT w.wanted
     ) AS f
 ), queue_slots AS (
@@ -336,7 +340,7 @@ WITH limits AS MATERIALIZED (
     ON CONFLICT (queue, key, slot) DO UPDATE SET claimed_xid = EXCLUDED.claimed_xid
     WHERE pg_visible_in_snapshot(s.claimed_xid, pg_current_snapshot())
       AND NOT EXISTS (SELECT 1 FROM pgqueue.jobs AS r WHERE r.queue = s.queue AND r.status = 'running'
-                      AND r.queue_slot = s.slot)
+                      AND r.queue_slot IS NOT NULL AND r.queue_slot = s.slot)
     RETURNING s.queue, s.slot
 ), slotted AS MATERIALIZED (
     SELECT k.*, q.slot AS queue_slot,
