@@ -26,6 +26,7 @@ from app.hub import EventHub
 from app.jobs import jobs as app_jobs
 from app.openapi import docs_page, openapi_json
 from app.ops import ProcessMetrics
+from app.replica import ReplicaStore
 from app.routes import schedules, syncs
 from app.settings import AppSettings
 from app.store import AppStore
@@ -131,7 +132,7 @@ def create_app(settings: AppSettings | None = None, *, queue: Queue | None = Non
                     "queue": engine,
                     "hub": hub,
                     "store": store,
-                    "read_store": AppStore(read_pool) if read_pool is not None else store,
+                    "read_store": ReplicaStore(read_pool, store) if read_pool is not None else store,
                     "metrics": ProcessMetrics(),
                     "worker": worker,
                     "expected_migrations": migrations,

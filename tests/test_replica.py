@@ -85,3 +85,23 @@ async def test_listen_is_refused_on_the_replica(replica: EmbeddedReplica, db_url
     async with await psycopg.AsyncConnection.connect(replica_url, autocommit=True) as conn:
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction, match="cannot execute LISTEN during recovery"):
             await conn.execute("LISTEN pgqueue_events")
+
+
+async def test_a_read_the_replica_cannot_answer_is_answered_by_the_primary(
+        replica: EmbeddedReplica, db_url: str, start_server: Callable[..., LiveServer], admin: ApiUser) -> None:
+    replica_url = replica.url_for(db_url)
+    replica_caught_up(db_url, replica_url)
+    server = start_server(read_database_url=replica_url)
+    with replay_paused(replica_url):
+        job_id = await create_external_job(server, admin)
+        # the replica's connections of this app die (as in a restart of the standby)
+        with psycopg.connect(replica_url, autocommit=True) as conn:
+            killed = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                  "WHERE datname = current_database() AND application_name = 'app-read'").fetchone()
+        assert killed is not None and killed[0] >= 1
+        async with server.client(admin) as http:
+            listed = await http.get("/jobs")
+    # answered, and by the primary: the replica has not replayed the job yet
+    assert listed.status_code == 200, listed.text
+    assert [job["id"] for job in listed.json()["jobs"]] == [job_id]
+    assert server.state["read_store"].fallbacks == 1
