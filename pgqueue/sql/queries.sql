@@ -68,7 +68,7 @@ WITH limits AS MATERIALIZED (
     -- The asked queues that are not paused, with their limits (a queue without a pgqueue.queues
     -- row has none), how many jobs they may start at most (free slots and tokens as this snapshot
     -- sees them) and which of their keys are full or out of tokens: these only narrow the scan
-    -- (a full key's jobs are passed over, so they cannot hold back other keys); the slots and
+    -- (a full key's jobs are passed over, so they cannot hold back other keys). The slots and
     -- buckets below enforce the limits.
     SELECT q.name, s.concurrency_limit, s.rate_limit, s.rate_period,
            s.key_concurrency_limit, s.key_rate_limit, s.key_rate_period,
@@ -115,7 +115,7 @@ WITH limits AS MATERIALIZED (
     -- running job holds in this snapshot, from an offset of this worker's own (two workers rarely
     -- pick alike, and each reuses the slot rows it took before: a random offset would create up
     -- to N rows per key over time).
-    -- generate_series in the select list streams (stopping at the LIMIT); in FROM it would
+    -- generate_series in the select list streams (stopping at the LIMIT), in FROM it would
     -- materialise all N numbers first, which halved the drain with a limit of 100,000.
     SELECT w.queue, w.key, f.slot
     FROM (SELECT queue, key, key_concurrency_limit AS n, count(*) AS wanted,
@@ -130,7 +130,7 @@ WITH limits AS MATERIALIZED (
     ) AS f
 ), key_slots AS (
     -- Take the slots (README, "Queues"): a slot row last stamped by a transaction this snapshot
-    -- cannot see counts as taken (its job may be running already: the index would refuse a second);
+    -- cannot see counts as taken (its job may be running already: the index would refuse a second),
     -- one stamped by an in-progress claim makes this wait for it, then counts as taken. In
     -- (queue, key, slot) order, as every claim takes them, so two claims never deadlock.
     INSERT INTO pgqueue.slots AS s (queue, key, slot, claimed_xid)
@@ -141,7 +141,7 @@ WITH limits AS MATERIALIZED (
                       AND r.status = 'running' AND r.key_slot IS NOT NULL AND r.key_slot = s.slot)
     RETURNING s.queue, s.key, s.slot
 ), keyed AS MATERIALIZED (
-    -- the n-th candidate of a key gets the n-th slot won for it; those without one are skipped
+    -- the n-th candidate of a key gets the n-th slot won for it, those without one are skipped
     SELECT r.*, k.slot AS key_slot,
            row_number() OVER (PARTITION BY r.queue ORDER BY r.priority DESC, r.run_at, r.id) AS queue_rank
     FROM ranked AS r
@@ -243,7 +243,7 @@ WITH limits AS MATERIALIZED (
     -- The asked queues that are not paused, with their limits (a queue without a pgqueue.queues
     -- row has none), how many jobs they may start at most (free slots and tokens as this snapshot
     -- sees them) and which of their keys are full or out of tokens: these only narrow the scan
-    -- (a full key's jobs are passed over, so they cannot hold back other keys); the slots and
+    -- (a full key's jobs are passed over, so they cannot hold back other keys). The slots and
     -- buckets below enforce the limits.
     SELECT q.name, s.concurrency_limit, s.rate_limit, s.rate_period,
            s.key_concurrency_limit, s.key_rate_limit, s.key_rate_period,
@@ -289,7 +289,7 @@ WITH limits AS MATERIALIZED (
     -- running job holds in this snapshot, from an offset of this worker's own (two workers rarely
     -- pick alike, and each reuses the slot rows it took before: a random offset would create up
     -- to N rows per key over time).
-    -- generate_series in the select list streams (stopping at the LIMIT); in FROM it would
+    -- generate_series in the select list streams (stopping at the LIMIT), in FROM it would
     -- materialise all N numbers first, which halved the drain with a limit of 100,000.
     SELECT w.queue, w.key, f.slot
     FROM (SELECT queue, key, key_concurrency_limit AS n, count(*) AS wanted,
@@ -304,7 +304,7 @@ WITH limits AS MATERIALIZED (
     ) AS f
 ), key_slots AS (
     -- Take the slots (README, "Queues"): a slot row last stamped by a transaction this snapshot
-    -- cannot see counts as taken (its job may be running already: the index would refuse a second);
+    -- cannot see counts as taken (its job may be running already: the index would refuse a second),
     -- one stamped by an in-progress claim makes this wait for it, then counts as taken. In
     -- (queue, key, slot) order, as every claim takes them, so two claims never deadlock.
     INSERT INTO pgqueue.slots AS s (queue, key, slot, claimed_xid)
@@ -315,7 +315,7 @@ WITH limits AS MATERIALIZED (
                       AND r.status = 'running' AND r.key_slot IS NOT NULL AND r.key_slot = s.slot)
     RETURNING s.queue, s.key, s.slot
 ), keyed AS MATERIALIZED (
-    -- the n-th candidate of a key gets the n-th slot won for it; those without one are skipped
+    -- the n-th candidate of a key gets the n-th slot won for it, those without one are skipped
     SELECT r.*, k.slot AS key_slot,
            row_number() OVER (PARTITION BY r.queue ORDER BY r.priority DESC, r.run_at, r.id) AS queue_rank
     FROM ranked AS r
