@@ -137,7 +137,7 @@ async def test_unknown_or_internal_kind_is_422(live_server: LiveServer, alice: A
     assert response.status_code == 422
     assert response.json() == error("validation_error", "the request is not valid", [{
         "field": "kind",
-        "message": "unknown job kind 'fax'; expected one of email, external, notification, report, task, webhook",
+        "message": "unknown job kind 'fax'; expected one of api_ingest, email, external, notification, report, task, webhook",
     }])
     assert no_payload.json() == error("validation_error", "the request is not valid",
                                       [{"field": "payload", "message": "Object missing required field `payload`"}])
@@ -347,7 +347,7 @@ async def test_list_searches_the_last_error(live_server: LiveServer, alice: ApiU
     ("params", "details"),
     [
         ({"status": "done"}, [{"field": "status", "message":
-                               "unknown status 'done'; expected one of queued, running, succeeded, failed, dead, "
+                               "unknown status 'done'; expected one of waiting, queued, running, succeeded, failed, dead, "
                                "cancelled"}]),
         ({"sort": "name"}, [{"field": "sort", "message": "'name' is not allowed; expected one of created, -created, "
                                                      "priority, -priority, status, -status"}]),
@@ -355,7 +355,7 @@ async def test_list_searches_the_last_error(live_server: LiveServer, alice: ApiU
         ({"limit": "ten"}, [{"field": "limit", "message": "must be an integer in decimal digits (such as 20)"}]),
         ({"offset": "-1"}, [{"field": "offset", "message": "Expected `int` >= 0"}]),
         ({"kind": "fax"}, [{"field": "kind", "message":
-                            "unknown kind 'fax'; expected one of email, external, ingest_file, notification, report, task, webhook"}]),
+                            "unknown kind 'fax'; expected one of api_ingest, email, external, ingest_file, notification, report, task, webhook"}]),
         ({"colour": "red"}, [{"field": "colour", "message": "unknown query parameter; allowed: status, kind, queue, "
                               "created_after, created_before, q, sort, limit, offset"}]),
         ({"status": ","}, [{"field": "status", "message": "must name at least one value"}]),
@@ -500,7 +500,7 @@ async def test_stats_counts_and_finished_per_minute(live_server: LiveServer, ali
 
         mine = (await http.get("/stats")).json()
         everything = (await as_admin.get("/stats")).json()
-    assert mine["by_status"] == {"queued": 2, "running": 0, "succeeded": 0, "failed": 0, "dead": 0, "cancelled": 1}
+    assert mine["by_status"] == {"waiting": 0, "queued": 2, "running": 0, "succeeded": 0, "failed": 0, "dead": 0, "cancelled": 1}
     assert mine["by_kind"] == {"email": 1, "notification": 1, "report": 1}
     assert mine["by_queue"] == {"default": 1, "mail": 1, "reports": 1}
     assert everything["by_status"]["queued"] == 3 and everything["by_kind"]["email"] == 2
@@ -705,7 +705,8 @@ async def test_health_and_readiness(live_server: LiveServer):
         ready = await http.get("/readyz")
     assert health.status_code == 200 and health.text == "ok\n"
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "database": "reachable", "pending_migrations": []}
+    assert ready.json() == {"status": "ready", "database": "reachable", "pending_migrations": [],
+                            "api_ingest": {"last_successful_page_at": None}}
 
 
 async def test_readyz_is_503_on_a_database_missing_migrations(pg_server, start_server):
@@ -841,7 +842,7 @@ async def test_openapi_document_is_valid_and_generated_from_the_types(live_serve
     body = create["requestBody"]["content"]["application/json"]["schema"]
     # one variant per kind, told apart by `kind`, each with that kind's payload type
     assert body["discriminator"]["propertyName"] == "kind"
-    assert set(body["discriminator"]["mapping"]) == {"email", "external", "notification", "report", "task", "webhook"}
+    assert set(body["discriminator"]["mapping"]) == {"api_ingest", "email", "external", "notification", "report", "task", "webhook"}
     email_job = schemas["EmailJob"]
     assert email_job["required"] == ["kind", "payload"]
     assert email_job["properties"]["kind"] == {"enum": ["email"]}

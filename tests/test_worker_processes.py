@@ -262,7 +262,7 @@ def test_cpu_bound_sync_handler_keeps_its_lease(proc_db, spawn_worker, route):  
 
 # -- the CLI -----------------------------------------------------------------------------------
 
-SUBCOMMANDS = ["migrate", "worker", "enqueue", "stats", "dev", "bench", "chaos"]
+SUBCOMMANDS = ["migrate", "worker", "enqueue", "queues", "schedules", "stats", "dev", "bench", "chaos"]
 
 
 def test_subcommand_list_is_complete():
@@ -342,11 +342,11 @@ def test_enqueue_then_stats_prints_the_depth_table(db_url):
     done = run_cli("stats", database_url=db_url)
     assert done.returncode == 0, done.stderr
     header, *rows = [line.split() for line in done.stdout.splitlines()]
-    assert header == ["queue", "queued", "running", "failed", "succeeded", "dead", "cancelled"]
+    assert header == ["queue", "waiting", "queued", "running", "failed", "succeeded", "dead", "cancelled"]
     table = {row[0]: dict(zip(header[1:], map(int, row[1:]), strict=True)) for row in rows}
     assert table == {
-        "default": {"queued": 3, "running": 0, "failed": 0, "succeeded": 0, "dead": 0, "cancelled": 0},
-        "mail": {"queued": 2, "running": 0, "failed": 0, "succeeded": 0, "dead": 0, "cancelled": 0},
+        "default": {"waiting": 0, "queued": 3, "running": 0, "failed": 0, "succeeded": 0, "dead": 0, "cancelled": 0},
+        "mail": {"waiting": 0, "queued": 2, "running": 0, "failed": 0, "succeeded": 0, "dead": 0, "cancelled": 0},
     }
     assert query(db_url, "SELECT DISTINCT kind, priority FROM pgqueue.jobs ORDER BY kind") == [("email", 3), ("noop", 5)]
 
