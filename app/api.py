@@ -498,11 +498,11 @@ async def create_job(request: Request) -> Response:
                                      "message": "must lie between years 1 and 9999 in UTC"}]) from None
     if new.max_attempts is not None:
         options["max_attempts"] = new.max_attempts
-    if new.concurrency_key is not None:
-        options["concurrency_key"] = new.concurrency_key
     if new.depends_on:  # only on jobs this user may see: another's is "does not exist" (a 422)
         options.update(depends_on=new.depends_on, run_if_parent_fails=new.run_if_parent_fails,
                        parents_owned_by=None if user.is_admin else user.owner_id)
+    if new.concurrency_key is not None:
+        options["concurrency_key"] = new.concurrency_key
     kind = new.__struct_config__.tag
     if kind == WEBHOOK_KIND:
         await _check_webhook(request, user, new.payload)

@@ -307,7 +307,6 @@ class Queue:
         return await self.get_queue(name)
 
 
-
 class QueueBackend(Protocol):
     """The contract `Queue` (PostgreSQL) and `MemoryQueue` (pgqueue/memory.py) both honour;
     tests/test_contract.py runs one behavioural suite against each. ``conn`` arguments are
@@ -380,7 +379,6 @@ class QueueBackend(Protocol):
 
     async def set_queue_limits(self, name: str, *, concurrency: Any = UNCHANGED, rate: Any = UNCHANGED,
                                key_concurrency: Any = UNCHANGED, key_rate: Any = UNCHANGED) -> QueueInfo: ...
-
 
 
 class SyncQueue:
