@@ -293,3 +293,16 @@ async def test_memory_wait_is_woken_by_run_until_empty() -> None:
     counts = await memory.run_until_empty()
     assert counts["succeeded"] == 2
     assert (await waiting).status == "succeeded"
+
+
+async def test_a_dependent_job_keeps_its_concurrency_key(db_url: str) -> None:
+    from pgqueue.queue import Queue
+    from tests.jobs import jobs
+
+    queue = await Queue.connect(db_url, jobs, max_size=2)
+    try:
+        parent = await queue.enqueue("noop", {})
+        child = await queue.enqueue("noop", {}, depends_on=[parent.id], concurrency_key="tenant-7")
+        assert (await queue.get(child.id)).concurrency_key == "tenant-7"
+    finally:
+        await queue.close()

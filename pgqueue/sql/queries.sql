@@ -984,14 +984,16 @@ RETURNING j.id, j.status, j.owner_id;
 -- the same batch have smaller ids), a status ('waiting' for jobs with parents) and has_dependents
 -- for the jobs later items of the batch depend on.
 INSERT INTO pgqueue.jobs (id, queue, kind, payload, priority, run_at, max_attempts, unique_key, owner_id, status,
-                          has_dependents)
+                          has_dependents, concurrency_key)
 SELECT t.id, t.queue, t.kind, t.payload, t.priority,
        coalesce(t.run_at, now() + make_interval(secs => t.delay)), t.max_attempts, t.unique_key, t.owner_id, t.status,
-       t.has_dependents
+       t.has_dependents, t.concurrency_key
 FROM unnest(%(ids)s::bigint[], %(queues)s::text[], %(kinds)s::text[], %(payloads)s::jsonb[],
             %(priorities)s::smallint[], %(run_ats)s::timestamptz[], %(delays)s::float8[], %(max_attempts)s::int[],
-            %(unique_keys)s::text[], %(owner_ids)s::text[], %(statuses)s::text[], %(has_dependents)s::boolean[])
-     AS t(id, queue, kind, payload, priority, run_at, delay, max_attempts, unique_key, owner_id, status, has_dependents)
+            %(unique_keys)s::text[], %(owner_ids)s::text[], %(statuses)s::text[], %(has_dependents)s::boolean[],
+            %(concurrency_keys)s::text[])
+     AS t(id, queue, kind, payload, priority, run_at, delay, max_attempts, unique_key, owner_id, status, has_dependents,
+          concurrency_key)
 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('waiting', 'queued', 'running', 'failed')
 DO NOTHING
 RETURNING id;
