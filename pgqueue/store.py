@@ -316,7 +316,13 @@ class Store:
         params = {"queues": list(queues), "limit": limit, "worker_id": worker_id, "lease_seconds": lease_seconds,
                   "record_started": record_started, "async_commit": conn is None, "charged": charged,
                   "include_suspects": include_suspects}
-        return await self._readable_claims((await self._one("claim_jobs", params, conn))[0], conn)
+        # unlimited queues first, with the cheap statement; limited ones (if any) with claim_jobs
+        claimed, limited = await self._one("claim_unlimited_jobs", params, conn)
+        jobs = await self._readable_claims(claimed, conn)
+        if limited and len(jobs) < limit:
+            params.update(queues=limited, limit=limit - len(jobs))
+            jobs += await self._readable_claims((await self._one("claim_jobs", params, conn))[0], conn)
+        return jobs
 
     async def claim_suspect_job(self, queues: Sequence[str], worker_id: str, lease_seconds: float,
                                 conn: AsyncConnection | None = None) -> list[Job]:

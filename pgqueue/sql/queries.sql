@@ -234,6 +234,53 @@ WITH limits AS MATERIALIZED (
 )
 SELECT json_agg(claimed ORDER BY priority DESC, run_at, id)::text FROM claimed LEFT JOIN commit_mode ON true;
 
+-- name: claim_unlimited_jobs :one
+-- claim_jobs for the queues that have no limits and are not paused (the usual case): the same
+-- claim without the slots and buckets, which doubled its cost (4.4 ms against 2.1 ms per batch
+-- of 100 on a 20,000-job table). Returns the claimed jobs as claim_jobs does, and the asked
+-- queues that do have limits: Store.claim_jobs then claims from those with claim_jobs.
+-- A limit set while this runs is not seen by it, as with jobs already running when a limit is
+-- set (README, "Queues").
+WITH plain AS MATERIALIZED (
+    SELECT u.name FROM (SELECT DISTINCT name FROM unnest(%(queues)s::text[]) AS d(name)) AS u
+    LEFT JOIN pgqueue.queues AS s ON s.name = u.name
+    WHERE s.name IS NULL
+       OR (NOT s.paused AND s.concurrency_limit IS NULL AND s.rate_limit IS NULL
+           AND s.key_concurrency_limit IS NULL AND s.key_rate_limit IS NULL)
+), candidates AS MATERIALIZED (
+    SELECT c.id FROM plain AS q
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at FROM pgqueue.jobs
+        WHERE queue = q.name AND status IN ('queued', 'failed') AND run_at <= now()
+          AND (%(include_suspects)s OR NOT crash_suspect)
+        ORDER BY priority DESC, run_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    ORDER BY c.priority DESC, c.run_at, c.id
+    LIMIT %(limit)s
+), claimed AS (
+    UPDATE pgqueue.jobs AS j
+    SET status = 'running', attempts = j.attempts + 1, lease_owner = %(worker_id)s,
+        lease_token = gen_random_uuid(), lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+        lease_charged = %(charged)s, started_at = now(), updated_at = now(),
+        queue_slot = NULL, key_slot = NULL  -- a slot left from a run under a limit lifted since
+    WHERE j.id = ANY(ARRAY(SELECT id FROM candidates))
+    RETURNING j.*
+), started AS (
+    INSERT INTO pgqueue.events (job_id, type, data)
+    SELECT id, 'started', jsonb_build_object('attempt', attempts, 'worker_id', lease_owner) FROM claimed
+    WHERE %(record_started)s
+), commit_mode AS (
+    SELECT set_config('synchronous_commit', 'off', true) WHERE %(async_commit)s
+)
+SELECT json_agg(claimed ORDER BY priority DESC, run_at, id)::text AS jobs,
+       ARRAY(SELECT s.name FROM pgqueue.queues AS s
+             WHERE s.name = ANY(%(queues)s::text[]) AND NOT s.paused
+               AND (s.concurrency_limit IS NOT NULL OR s.rate_limit IS NOT NULL
+                    OR s.key_concurrency_limit IS NOT NULL OR s.key_rate_limit IS NOT NULL)) AS limited
+FROM claimed LEFT JOIN commit_mode ON true;
+
 -- name: claim_suspect_job :one
 -- Claim one crash suspect (see rescue_expired_leases) for a worker that has nothing else
 -- running and will run nothing else beside it: if it crashes its worker again, it alone is
