@@ -92,13 +92,12 @@ def _query(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         return cursor.fetchall() if cursor.description else []
 
 
-def ingest_once(url: str, work_dir: Path, path: Path, lines: int) -> dict[str, Any]:
-    """Ingest one file with a fresh worker process; its rate and peak memory."""
-    file_id, job_id = asyncio.run(_enqueue(url, (work_dir / "storage").as_uri(), path))
-    log_path = work_dir / f"worker-{job_id}.log"
+def run_worker_until_finished(url: str, job_id: int, queue: str, env: dict[str, str], log_path: Path) -> Any:
+    """A fresh `python -m pgqueue worker` for ``queue`` until job ``job_id`` has finished, then
+    stopped with SIGTERM; returns its resource usage (peak RSS in ru_maxrss). Shared by the benches."""
     with log_path.open("wb") as log:
         worker = subprocess.Popen([sys.executable, "-m", "pgqueue", "worker", "--app", "app.jobs", "--queues",
-                                   "ingest", "--concurrency", "1"], cwd=REPO_ROOT, env=_worker_env(url), stdout=log,
+                                   queue, "--concurrency", "1"], cwd=REPO_ROOT, env=env, stdout=log,
                                   stderr=subprocess.STDOUT)
     try:
         while True:
@@ -115,6 +114,13 @@ def ingest_once(url: str, work_dir: Path, path: Path, lines: int) -> dict[str, A
         if worker.returncode is None:
             worker.kill()
             worker.wait()
+    return usage
+
+
+def ingest_once(url: str, work_dir: Path, path: Path, lines: int) -> dict[str, Any]:
+    """Ingest one file with a fresh worker process; its rate and peak memory."""
+    file_id, job_id = asyncio.run(_enqueue(url, (work_dir / "storage").as_uri(), path))
+    usage = run_worker_until_finished(url, job_id, "ingest", _worker_env(url), work_dir / f"worker-{job_id}.log")
     ((status, seconds, result, error),) = _query(
         url, "SELECT status, extract(epoch FROM finished_at - started_at), result, last_error "
              "FROM pgqueue.jobs WHERE id = %s", [job_id])

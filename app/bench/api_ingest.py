@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from app.bench_ingest import run_worker_until_finished
 from pgqueue.bench import say, write_section
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -98,26 +98,7 @@ def run_job(url: str, config: dict[str, Any], log_dir: Path) -> dict[str, Any]:
     """One sync through a fresh worker process: events/s between the job's start and end, peak RSS."""
     _fresh_target(url, config["target"])
     sync_id, (job_id,) = asyncio.run(_enqueue(url, config))
-    log_path = log_dir / f"worker-{job_id}.log"
-    with log_path.open("wb") as log:
-        worker = subprocess.Popen([sys.executable, "-m", "pgqueue", "worker", "--app", "app.jobs", "--queues",
-                                   "api_ingest", "--concurrency", "1"], cwd=REPO_ROOT, env=_env(url), stdout=log,
-                                  stderr=subprocess.STDOUT)
-    try:
-        while True:
-            (status,) = _query(url, "SELECT status FROM pgqueue.jobs WHERE id = %s", [job_id])[0]
-            if status in ("succeeded", "dead", "cancelled"):
-                break
-            if worker.poll() is not None:
-                raise RuntimeError(f"the worker exited early:\n{log_path.read_text()[-4000:]}")
-            time.sleep(0.2)
-        worker.send_signal(signal.SIGTERM)
-        _, exit_status, usage = os.wait4(worker.pid, 0)
-        worker.returncode = os.waitstatus_to_exitcode(exit_status)
-    finally:
-        if worker.returncode is None:
-            worker.kill()
-            worker.wait()
+    usage = run_worker_until_finished(url, job_id, "api_ingest", _env(url), log_dir / f"worker-{job_id}.log")
     ((status, seconds, error),) = _query(url, "SELECT status, extract(epoch FROM finished_at - started_at), "
                                               "last_error FROM pgqueue.jobs WHERE id = %s", [job_id])
     if status != "succeeded":
