@@ -103,7 +103,9 @@ def replica(pg_server: PgServer) -> Iterator[EmbeddedReplica]:
 def replica_caught_up(primary_url: str, replica_url: str, timeout: float = 30.0) -> None:
     """Until the replica has replayed everything the primary had written when this was called."""
     with psycopg.connect(primary_url, autocommit=True) as conn:
-        [(target,)] = conn.execute("SELECT pg_current_wal_lsn()").fetchall()
+        # the insert position, not pg_current_wal_lsn() (the write position): with the suite's
+        # asynchronous commits, a commit record may still sit in the WAL buffers behind it
+        [(target,)] = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchall()
 
     def replayed() -> bool:
         try:
