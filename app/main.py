@@ -18,7 +18,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route
 
-from app import api, ops, queues, streams, uploads
+from app import api, dashboard, ops, queues, streams, uploads
 from app.dashboard import api as dashboard_api
 from app.dashboard import dashboard_page
 from app.errors import exception_handlers
@@ -67,7 +67,7 @@ ROUTES: list[BaseRoute] = [
     # live events (SSE, WebSocket) and the browser dashboard
     *streams.ROUTES,
     Route("/", dashboard_page, methods=["GET"]),
-    Route("/dashboard", dashboard_page, methods=["GET"]),
+    *dashboard.ROUTES,
     Route("/dashboard/api/overview", dashboard_api.overview, methods=["GET"]),
     # log files: upload, then ingestion status
     *uploads.ROUTES,
