@@ -153,7 +153,7 @@ def cmd_add_token(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_sse(args: argparse.Namespace) -> int:
-    from app.bench_sse import main as bench_main
+    from app.bench.sse import main as bench_main
 
     return bench_main(args)
 
@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_add_token)
 
     p = sub.add_parser("bench-sse", help="SSE delivery latency (NOTIFY -> client, p50/p99) with 500 clients")
-    from app.bench_sse import add_arguments
+    from app.bench.sse import add_arguments
 
     add_arguments(p)
     p.set_defaults(func=cmd_bench_sse)

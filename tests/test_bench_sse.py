@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from app.bench_sse import render, run_sse_bench
+from app.bench.sse import render, run_sse_bench
 
 
 def test_sse_bench_delivers_every_event_to_every_client_once(db_url: str) -> None:
