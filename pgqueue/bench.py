@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -267,8 +267,18 @@ def raw_drain(url: str, count: int, batch: int, commit_claim: bool) -> float:
     with _sync(url) as setup:
         setup.execute(RAW_RESET_SCRATCH)
     raw_copy(url, RAW_COPY_SCRATCH, count, analyze=RAW_ANALYZE_SCRATCH)
+    return raw_loop(url, count, batch, commit_claim)
+
+
+def raw_loop(url: str, count: int, batch: int, commit_claim: bool,
+             before: Callable[[], object] | None = None, after: Callable[[], object] | None = None) -> float:
+    """raw_drain's loop alone, on the scratch table as it stands (`count` runnable rows); `before`
+    and `after` are called with its connection open (bench_drain's meter: a backend that exited
+    may not be reaped and counted yet)."""
     done = 0
     with _sync(url, autocommit=False) as conn:
+        if before:
+            before()
         started = time.perf_counter()
         while True:
             ids = [row[0] for row in conn.execute(RAW_CLAIM, {"queue": BENCH_QUEUE, "limit": batch}).fetchall()]
@@ -281,6 +291,8 @@ def raw_drain(url: str, count: int, batch: int, commit_claim: bool) -> float:
             conn.commit()
             done += len(ids)
         elapsed = time.perf_counter() - started
+        if after:
+            after()
     if done != count:
         raise BenchError(f"raw drain finished {done} rows, expected {count}")
     return done / elapsed
