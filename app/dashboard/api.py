@@ -25,6 +25,7 @@ from starlette.responses import Response
 
 from app.auth import authenticate_admin
 from app.openapi import operation
+from pgqueue.limits import Rate
 from pgqueue.models import STATUSES
 from pgqueue.sql import parse_queries
 
@@ -68,6 +69,11 @@ class QueueRow(msgspec.Struct, kw_only=True):
     oldest_wait_seconds: float | None
     jobs_per_minute: float
     capped: bool
+    paused: bool = False
+    concurrency_limit: int | None = None
+    rate: str | None = None  # such as 10/s
+    key_concurrency_limit: int | None = None
+    key_rate: str | None = None
 
 
 class DepthPoint(msgspec.Struct, kw_only=True):
@@ -78,7 +84,7 @@ class DepthPoint(msgspec.Struct, kw_only=True):
 class Depth(msgspec.Struct, kw_only=True):
     points: list[DepthPoint]
     capped: bool
-    approximate: bool = True  # rebuilt from timestamps: a retried job's earlier waits are missing
+    approximate: bool = True  # an estimate rebuilt from timestamps: a retried job's earlier waits are missing
 
 
 class WorkerRow(msgspec.Struct, kw_only=True):
@@ -182,15 +188,44 @@ async def per_hour(sections: _Sections, cache: HourCache, now: datetime) -> tupl
     return [h for h in series if h is not None], sum(h is None for h in series)
 
 
-def _depth(rows: list[dict[str, Any]] | None) -> Depth | None:
+def _depth(rows: list[dict[str, Any]] | None, queues: list[dict[str, Any]]) -> Depth | None:
+    """Every 5-minute point of the last hour, per queue: the jobs whose wait began within the hour
+    (depth_over_time) plus those runnable since before it (queue_table's waiting_over_an_hour)."""
     if rows is None:
         return None
-    points: dict[datetime, dict[str, int]] = {}
-    capped = False
+    base = {row["queue"]: row["waiting_over_an_hour"] for row in queues}
+    names = sorted(set(base) | {row["queue"] for row in rows if row["queue"] is not None})
+    points = {at: {name: base.get(name, 0) for name in names} for at in sorted({row["at"] for row in rows})}
+    capped = any(row["capped"] for row in queues)
     for row in rows:
-        points.setdefault(row["at"], {})[row["queue"]] = row["waiting"]
+        if row["queue"] is not None:
+            points[row["at"]][row["queue"]] += row["waiting"]
         capped = capped or row["capped"]
-    return Depth(points=[DepthPoint(at=at, waiting=waiting) for at, waiting in sorted(points.items())], capped=capped)
+    return Depth(points=[DepthPoint(at=point, waiting=waiting) for point, waiting in points.items()], capped=capped)
+
+
+def _rate(limit: int | None, period: float | None) -> str | None:
+    return None if limit is None or period is None else str(Rate(limit, period))
+
+
+def _queue_rows(queues: list[dict[str, Any]], settings: list[dict[str, Any]]) -> list[QueueRow]:
+    """The queue table with each queue's paused state and limits (a paused queue without jobs too)."""
+    by_name = {row["name"]: row for row in settings}
+    rows = {row["queue"]: {k: v for k, v in row.items() if k != "waiting_over_an_hour"} for row in queues}
+    for name in by_name.keys() - rows.keys():
+        rows[name] = {"queue": name, "queued": 0, "scheduled": 0, "failed_waiting": 0, "running": 0,
+                      "oldest_wait_seconds": None, "jobs_per_minute": 0.0, "capped": False}
+    out = []
+    for name in sorted(rows):
+        limits = by_name.get(name)
+        extra: dict[str, Any] = {}
+        if limits is not None:
+            extra = {"paused": limits["paused"], "concurrency_limit": limits["concurrency_limit"],
+                     "rate": _rate(limits["rate_limit"], limits["rate_period"]),
+                     "key_concurrency_limit": limits["key_concurrency_limit"],
+                     "key_rate": _rate(limits["key_rate_limit"], limits["key_rate_period"])}
+        out.append(QueueRow(**rows[name], **extra))
+    return out
 
 
 @operation(summary="The dashboard's overview: status counts, throughput, queue depth, queues, workers",
@@ -211,10 +246,11 @@ async def overview(request: Request) -> Response:
     minutes = await sections.rows("per_minute", "finished_per_minute", {"owner_id": None}) or []
     hours, missing = await per_hour(sections, cache, now)
     queues = await sections.rows("queues", "queue_table", {"cap": QUEUE_SCAN_CAP}) or []
-    depth = _depth(await sections.rows("depth", "depth_over_time", {"cap": DEPTH_SCAN_CAP}))
+    settings = await sections.rows("queues", "queue_settings", {}) or []
+    depth = _depth(await sections.rows("depth", "depth_over_time", {"cap": DEPTH_SCAN_CAP}), queues)
     workers = await sections.rows("workers", "workers", {}) or []
     body = Overview(generated_at=now, counts=counts, per_minute=[Minute(**row) for row in minutes], per_hour=hours,
-                    per_hour_missing=missing, queues=[QueueRow(**row) for row in queues], depth=depth,
+                    per_hour_missing=missing, queues=_queue_rows(queues, settings), depth=depth,
                     workers=[WorkerRow(**row) for row in workers], unavailable=sections.unavailable,
                     timings_ms=sections.timings_ms)
     return Response(msgspec.json.encode(body), media_type="application/json", headers={"Cache-Control": "no-store"})

@@ -65,6 +65,7 @@ async def measure(url: str, jobs: int) -> dict[str, Any]:
             await sections.rows("per_minute", "finished_per_minute", {"owner_id": None})
             await dashboard.per_hour(sections, cache, datetime.now(UTC))  # a first call: HOURS_PER_CALL hours + this one
             await sections.rows("queues", "queue_table", {"cap": dashboard.QUEUE_SCAN_CAP})
+            await sections.rows("queues", "queue_settings", {})
             await sections.rows("depth", "depth_over_time", {"cap": dashboard.DEPTH_SCAN_CAP})
             await sections.rows("workers", "workers", {})
             if round_no == 0:

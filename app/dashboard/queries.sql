@@ -4,8 +4,10 @@
 -- README, "Dashboard", for the figures with 1,000,000 jobs.
 
 -- name: set_statement_timeout :one
--- SET LOCAL, as a function so the value can be a parameter: ends with the transaction.
-SELECT set_config('statement_timeout', %(timeout)s::text, true);
+-- SET LOCAL, as a function so the value can be a parameter: ends with the transaction. JIT off:
+-- these statements are short, and compiling them (the planner overestimates the depth join)
+-- cost more than running them.
+SELECT set_config('statement_timeout', %(timeout)s::text, true), set_config('jit', 'off', true);
 
 -- name: job_table_estimate :one
 -- The planner's idea of the jobs table: its row count (-1 before the first ANALYZE) and, per
@@ -88,7 +90,8 @@ ORDER BY 1;
 -- Per queue: runnable (queued or failed, due), scheduled (not yet due), failed-and-waiting,
 -- running, the oldest wait among runnable jobs, and jobs ended in the last 5 minutes. Live
 -- jobs come from the claim and lease indexes (capped at %(cap)s rows per queue and status
--- group, then flagged as capped); ended jobs from jobs_finished_idx.
+-- group, then flagged as capped); ended jobs from jobs_finished_idx. waiting_over_an_hour
+-- (runnable since before the depth chart's first point) is the depth chart's base line.
 WITH live AS (
     SELECT queue,
            count(*) FILTER (WHERE status = 'queued' AND run_at <= now()) AS queued,
@@ -97,6 +100,8 @@ WITH live AS (
            count(*) FILTER (WHERE status = 'running') AS running,
            extract(epoch FROM now() - min(run_at) FILTER (WHERE status IN ('queued', 'failed')
                                                            AND run_at <= now()))::float8 AS oldest_wait_seconds,
+           count(*) FILTER (WHERE status IN ('queued', 'failed')
+                              AND run_at <= date_trunc('minute', now()) - interval '60 minutes') AS waiting_over_an_hour,
            count(*) >= %(cap)s AS capped
     FROM (SELECT queue, status, run_at FROM pgqueue.jobs WHERE status IN ('queued', 'failed')  -- jobs_claim_idx
           UNION ALL
@@ -109,39 +114,52 @@ WITH live AS (
 )
 SELECT coalesce(l.queue, r.queue) AS queue, coalesce(l.queued, 0) AS queued, coalesce(l.scheduled, 0) AS scheduled,
        coalesce(l.failed_waiting, 0) AS failed_waiting, coalesce(l.running, 0) AS running,
-       l.oldest_wait_seconds, coalesce(r.ended, 0)::float8 / 5 AS jobs_per_minute, coalesce(l.capped, false) AS capped
+       l.oldest_wait_seconds, coalesce(r.ended, 0)::float8 / 5 AS jobs_per_minute, coalesce(l.capped, false) AS capped,
+       coalesce(l.waiting_over_an_hour, 0) AS waiting_over_an_hour
 FROM live AS l FULL JOIN recent AS r USING (queue)
 ORDER BY 1;
 
+-- name: queue_settings :many
+-- Queues that were paused or given limits (pgqueue.queues: one small row per such queue).
+SELECT name, paused, concurrency_limit, rate_limit, rate_period, key_concurrency_limit, key_rate_limit,
+       key_rate_period
+FROM pgqueue.queues
+ORDER BY name;
+
 -- name: depth_over_time :many
 -- Jobs waiting (queued or failed, due, not started) per queue at each 5-minute point of the
--- last hour, rebuilt from the jobs' own timestamps: the candidates are today's live jobs (the
--- claim and lease indexes) and those that ended within the hour (jobs_finished_idx), at most
--- %(cap)s of them (the answer says when the cap was hit). A job waiting to retry counts from
--- its retry time; the waits before earlier attempts of a retried job are not in its row, so
--- they are missing: an approximation, labelled so.
+-- last hour: an estimate rebuilt from the jobs' own timestamps. Only jobs whose wait touched the
+-- hour are read (due within the hour: jobs_claim_idx; running and started within it:
+-- jobs_lease_idx; ended within it: jobs_finished_idx), at most %(cap)s of them (the answer
+-- says when the cap was hit); jobs runnable since before the hour are waiting at every point
+-- and come from queue_table's waiting_over_an_hour. A job waiting to retry counts from its
+-- retry time; the waits before earlier attempts of a retried job are not in its row, so they
+-- are missing: an approximation, labelled so. (The first version joined every live job to
+-- every point: 315 ms with 1,000,000 jobs; this one reads about 11,000 rows: 35 ms.)
 WITH points AS (
     SELECT p AS at FROM generate_series(date_trunc('minute', now()) - interval '60 minutes',
                                         date_trunc('minute', now()), interval '5 minutes') AS p
-), candidates AS (
-    SELECT queue, status, created_at, run_at, started_at, finished_at FROM (
+), recent AS MATERIALIZED (
+    -- each job's wait as [ready, gone): a job waiting to retry has not gone yet
+    SELECT queue, greatest(created_at, run_at) AS ready,
+           CASE WHEN status = 'failed' THEN 'infinity'
+                ELSE coalesce(least(started_at, finished_at), 'infinity') END AS gone
+    FROM (
         SELECT queue, status, created_at, run_at, started_at, finished_at FROM pgqueue.jobs
-        WHERE status IN ('queued', 'failed')  -- jobs_claim_idx
+        WHERE status IN ('queued', 'failed') AND run_at > date_trunc('minute', now()) - interval '60 minutes'
         UNION ALL
         SELECT queue, status, created_at, run_at, started_at, finished_at FROM pgqueue.jobs
-        WHERE status = 'running'  -- jobs_lease_idx
+        WHERE status = 'running' AND started_at > date_trunc('minute', now()) - interval '60 minutes'
         UNION ALL
         SELECT queue, status, created_at, run_at, started_at, finished_at FROM pgqueue.jobs
-        WHERE finished_at >= now() - interval '61 minutes'
+        WHERE finished_at >= date_trunc('minute', now()) - interval '60 minutes'
     ) AS c
     LIMIT %(cap)s
 )
-SELECT p.at, c.queue, count(*) AS waiting, (SELECT count(*) FROM candidates) >= %(cap)s AS capped
+-- (a point where no such job waited is one row with a NULL queue)
+SELECT p.at, c.queue, count(c.queue) AS waiting, (SELECT count(*) FROM recent) >= %(cap)s AS capped
 FROM points AS p
-JOIN candidates AS c
-  ON c.created_at <= p.at AND c.run_at <= p.at
- AND (c.status = 'failed'  -- waiting to retry since its run_at (the retry time)
-      OR ((c.started_at IS NULL OR c.started_at > p.at) AND (c.finished_at IS NULL OR c.finished_at > p.at)))
+LEFT JOIN recent AS c ON c.ready <= p.at AND c.gone > p.at
 GROUP BY p.at, c.queue
 ORDER BY p.at, c.queue;
 
