@@ -302,6 +302,9 @@ class JobOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_f
         description="run once the parents finished even if one ended dead or cancelled")] = False
     concurrency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=500, description=(
         "the queue's per-key limits apply to this key (a tenant, an account); see /queues"))] | None = None
+    unique_key: Annotated[str, msgspec.Meta(min_length=1, max_length=200, description=(
+        "while a job of yours with this key is not finished, enqueueing again returns that job "
+        "instead of a new one; keys are per user"))] | None = None
 
 
 def _struct_name(kind: str) -> str:
@@ -503,6 +506,8 @@ async def create_job(request: Request) -> Response:
                        parents_owned_by=None if user.is_admin else user.owner_id)
     if new.concurrency_key is not None:
         options["concurrency_key"] = new.concurrency_key
+    if new.unique_key is not None:  # scoped to the user: another's key must neither collide nor reveal a job
+        options["unique_key"] = f"user:{user.owner_id}:{new.unique_key}"
     kind = new.__struct_config__.tag
     if kind == WEBHOOK_KIND:
         await _check_webhook(request, user, new.payload)

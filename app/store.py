@@ -78,6 +78,13 @@ class WaitHistogram(msgspec.Struct):
     count: int
 
 
+class ScheduleFire(msgspec.Struct):
+    name: str
+    fire_at: datetime
+    job_id: int
+    status: str | None  # None once the job was pruned
+
+
 def create_user_sync(conn: Connection, name: str, is_admin: bool, token_hash: bytes, label: str = "") -> User:
     """Insert a user and their first token hash in the caller's transaction (CLI and test set-up)."""
     with translate_errors(), conn.cursor(row_factory=kwargs_row(User)) as cur:
@@ -142,3 +149,7 @@ class AppStore:
     async def wait_time_histogram(self, bounds: Sequence[float], window_seconds: float) -> WaitHistogram:
         params = {"bounds": list(bounds), "window_seconds": window_seconds}
         return await self._one("wait_time_histogram", params, kwargs_row(WaitHistogram))
+
+    async def schedule_recent_runs(self, names: Sequence[str], per_schedule: int) -> list[ScheduleFire]:
+        return await self._many("schedule_recent_runs", {"names": list(names), "per_schedule": per_schedule},
+                                kwargs_row(ScheduleFire))

@@ -45,7 +45,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from app.api import parse_job_id
+from app.api import parse_job_id, read_query
 from app.auth import authenticate, may_see
 from app.errors import ApiError, not_found, validation_error
 from app.ingest import QUERIES, enqueue_ingest
@@ -404,7 +404,46 @@ async def job_progress(request: Request) -> Response:
     return Response(msgspec.json.encode(_progress_of(row, admin=user.is_admin)), media_type="application/json")
 
 
+class FileListQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    limit: Annotated[int, msgspec.Meta(ge=1, le=200)] = 50
+
+
+class UploadOut(msgspec.Struct, kw_only=True):
+    id: int
+    name: str
+    size: int
+    bytes_read: int
+    lines_total: int
+    lines_valid: int
+    lines_invalid: int
+    lines_blank: int
+    job_id: int | None
+    job_status: Annotated[str | None, msgspec.Meta(description="the ingest job's status; null once it was pruned")]
+    owner_id: str
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class UploadList(msgspec.Struct, kw_only=True):
+    files: list[UploadOut]
+
+
+@operation(summary="Uploaded files, newest first, with their line counts and ingest status", tag="files",
+           query=FileListQuery, response=UploadList,
+           description="Your own uploads; an admin sees everyone's.")
+async def list_files(request: Request) -> Response:
+    user = await authenticate(request)
+    query = read_query(request, FileListQuery)
+    params = {"owner_id": None if user.is_admin else user.owner_id, "limit": query.limit}
+    async with request.state.queue.pool.connection() as conn:
+        cursor = conn.cursor(row_factory=class_row(UploadOut))
+        await cursor.execute(QUERIES["list_files"].sql, params)
+        files = await cursor.fetchall()
+    return Response(msgspec.json.encode(UploadList(files=files)), media_type="application/json")
+
+
 ROUTES: list[BaseRoute] = [
+    Route("/api/v1/files", list_files, methods=["GET"]),
     Route("/api/v1/files/upload", upload_file, methods=["POST"]),
     Route("/api/v1/jobs/{job_id}", job_progress, methods=["GET"]),
 ]

@@ -920,8 +920,16 @@ def overall_status(statuses: list[str]) -> str:
 async def sync_status(conn: Any, sync_id: int) -> SyncStatus | None:
     cursor = await conn.execute(statement("get_sync"), {"sync_id": sync_id})
     row = await cursor.fetchone()
-    if row is None:
-        return None
+    return None if row is None else _sync_of(row)
+
+
+async def recent_syncs(conn: Any, owner_id: str | None, limit: int) -> list[SyncStatus]:
+    """The newest syncs, of one owner (or everyone's for None)."""
+    cursor = await conn.execute(statement("list_syncs"), {"owner_id": owner_id, "limit": limit})
+    return [_sync_of(row) for row in await cursor.fetchall()]
+
+
+def _sync_of(row: Any) -> SyncStatus:
     (sid, source, target, owner_id, created_at, parts, pages, events, inserted, invalid, retries, limited, size,
      restarts, total, last_page_at, job_ids, statuses, errors) = row
     return SyncStatus(id=sid, source=source, target=target, owner_id=owner_id, status=overall_status(statuses), parts=parts,

@@ -1,6 +1,6 @@
 """REST for periodic jobs (admins): the schedules of ``queue.schedules`` (pgqueue/scheduler.py).
 
-    GET    /schedules                every schedule, with its next 3 fire times and its last fire
+    GET    /schedules                every schedule: its meaning in words, next 3 fire times, last runs
     POST   /schedules                create one (a cron expression in a time zone, the job it enqueues)
     GET    /schedules/{name}
     DELETE /schedules/{name}
@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute, Route
 
 from app.api import KIND_NAMES, json_response, read_json
 from app.auth import authenticate_admin
+from app.cron_words import describe_cron
 from app.errors import ApiError, not_found, validation_error
 from app.kinds.webhooks import (
     WEBHOOK_KIND,
@@ -43,6 +44,7 @@ NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
 SCHEDULE_NAME_SCHEMA = {"type": "string", "pattern": NAME_PATTERN}
 _NAME = re.compile(NAME_PATTERN)
 UPCOMING = 3
+RECENT_RUNS = 5
 
 
 class ScheduleCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -67,9 +69,16 @@ class ScheduleCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     paused: bool = False
 
 
+class ScheduleRun(msgspec.Struct, kw_only=True):
+    fire_at: datetime
+    job_id: int
+    status: Annotated[str | None, msgspec.Meta(description="the job's status; null once the job was pruned")]
+
+
 class ScheduleOut(msgspec.Struct, kw_only=True):
     name: str
     expression: str
+    meaning: Annotated[str, msgspec.Meta(description='the expression in words, e.g. "every day at 03:00"')]
     timezone: str
     kind: str
     queue: str
@@ -83,19 +92,23 @@ class ScheduleOut(msgspec.Struct, kw_only=True):
     next_fire_at: datetime | None
     next_fire_times: list[datetime]  # the next 3 (from now when paused: where resuming would start)
     last_fire_at: datetime | None
+    recent_runs: Annotated[list[ScheduleRun], msgspec.Meta(
+        description=f"the last {RECENT_RUNS} fires, newest first, with their jobs")] = []
     created_at: datetime
     updated_at: datetime
 
     @classmethod
-    def of(cls, schedule: Schedule, now: datetime) -> ScheduleOut:
+    def of(cls, schedule: Schedule, now: datetime, runs: list[ScheduleRun] | None = None) -> ScheduleOut:
         upcoming = upcoming_fires(schedule, now, UPCOMING)
         state = "paused" if schedule.paused else "active" if schedule.next_fire_at is not None else "never"
-        return cls(name=schedule.name, expression=schedule.expression, timezone=schedule.timezone,
+        return cls(name=schedule.name, expression=schedule.expression, meaning=describe_cron(schedule.expression),
+                   timezone=schedule.timezone,
                    kind=schedule.kind, queue=schedule.queue, payload=schedule.payload, priority=schedule.priority,
                    max_attempts=schedule.max_attempts, catch_up=schedule.catch_up,
                    catch_up_window=schedule.catch_up_window, state=state,  # type: ignore[arg-type]
                    declared_in_code=schedule.declared_in_code, next_fire_at=schedule.next_fire_at,
-                   next_fire_times=upcoming, last_fire_at=schedule.last_fire_at, created_at=schedule.created_at,
+                   next_fire_times=upcoming, last_fire_at=schedule.last_fire_at, recent_runs=runs or [],
+                   created_at=schedule.created_at,
                    updated_at=schedule.updated_at)
 
 
@@ -111,8 +124,16 @@ def _name(request: Request) -> str:
     return name
 
 
+async def _recent_runs(request: Request, names: list[str]) -> dict[str, list[ScheduleRun]]:
+    runs: dict[str, list[ScheduleRun]] = {name: [] for name in names}
+    for row in await request.state.store.schedule_recent_runs(names, RECENT_RUNS):
+        runs[row.name].append(ScheduleRun(fire_at=row.fire_at, job_id=row.job_id, status=row.status))
+    return runs
+
+
 async def _out(request: Request, schedule: Schedule) -> ScheduleOut:
-    return ScheduleOut.of(schedule, await request.state.queue.store.now())
+    runs = await _recent_runs(request, [schedule.name])
+    return ScheduleOut.of(schedule, await request.state.queue.store.now(), runs[schedule.name])
 
 
 async def _check_webhook(request: Request, new: ScheduleCreate) -> None:
@@ -133,13 +154,14 @@ _PATH_SCHEMA = {"name": SCHEDULE_NAME_SCHEMA}
 _DOC = "Admin tokens only."
 
 
-@operation(summary="Schedules with their next fire times and last fire", response=ScheduleList, tag="schedules",
+@operation(summary="Schedules with their meaning in words, next fire times and last runs", response=ScheduleList, tag="schedules",
            auth="admin", description=_DOC)
 async def list_schedules(request: Request) -> Response:
     await authenticate_admin(request)
     now = await request.state.queue.store.now()
     schedules = await request.state.queue.schedules.list()
-    return json_response(ScheduleList(schedules=[ScheduleOut.of(s, now) for s in schedules]))
+    runs = await _recent_runs(request, [s.name for s in schedules])
+    return json_response(ScheduleList(schedules=[ScheduleOut.of(s, now, runs[s.name]) for s in schedules]))
 
 
 @operation(summary="Create a schedule (a periodic job)", body=ScheduleCreate, response=ScheduleOut, status=201,

@@ -1,4 +1,5 @@
-"""API-ingest syncs over REST: ``POST /api/v1/syncs`` (admin) and ``GET /api/v1/syncs/{id}``.
+"""API-ingest syncs over REST: ``POST /api/v1/syncs`` (admin), ``GET /api/v1/syncs`` (the newest) and
+``GET /api/v1/syncs/{id}``.
 
 POST takes a source config (app/kinds/api_ingest.py ``SourceConfig``), checks it, fetches the
 API's first page the way the job will (401/403, no items at the path, items without ids, not
@@ -10,16 +11,25 @@ each part streams on the job's SSE stream (``GET /jobs/{job_id}/events``).
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from app.api import json_response, parse_job_id, read_json
+from app.api import json_response, parse_job_id, read_json, read_query
 from app.auth import authenticate, authenticate_admin, may_see
 from app.errors import not_found, validation_error
-from app.kinds.api_ingest import ConfigProblem, SourceConfig, SyncStatus, create_sync, statement, sync_status
+from app.kinds.api_ingest import (
+    ConfigProblem,
+    SourceConfig,
+    SyncStatus,
+    create_sync,
+    recent_syncs,
+    statement,
+    sync_status,
+)
 from app.openapi import operation
 
 
@@ -83,6 +93,24 @@ async def get_sync_route(request: Request) -> Response:
     return json_response(msgspec.convert(msgspec.to_builtins(status), SyncOut))
 
 
+class SyncListQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    limit: Annotated[int, msgspec.Meta(ge=1, le=200)] = 20
+
+
+class SyncList(msgspec.Struct, kw_only=True):
+    syncs: list[SyncOut]
+
+
+@operation(summary="The newest syncs with their counts", tag="syncs", query=SyncListQuery, response=SyncList,
+           description="Your own syncs; an admin sees everyone's.")
+async def list_syncs_route(request: Request) -> Response:
+    user = await authenticate(request)
+    query = read_query(request, SyncListQuery)
+    async with request.state.queue.pool.connection() as conn:
+        syncs = await recent_syncs(conn, None if user.is_admin else user.owner_id, query.limit)
+    return json_response(SyncList(syncs=[msgspec.convert(msgspec.to_builtins(s), SyncOut) for s in syncs]))
+
+
 async def source_metrics(conn: object) -> list[tuple]:
     """Per-source counters for /metrics (app/ops.py)."""
     cursor = await conn.execute(statement("source_metrics"))  # type: ignore[attr-defined]
@@ -91,5 +119,6 @@ async def source_metrics(conn: object) -> list[tuple]:
 
 ROUTES: list[BaseRoute] = [
     Route("/api/v1/syncs", create_sync_route, methods=["POST"]),
+    Route("/api/v1/syncs", list_syncs_route, methods=["GET"]),
     Route("/api/v1/syncs/{sync_id}", get_sync_route, methods=["GET"]),
 ]

@@ -100,3 +100,24 @@ GROUP BY s.source ORDER BY s.source;
 -- name: last_page_at :one
 -- /readyz detail: when any connector last committed a page.
 SELECT max(last_page_at) FROM app.api_sync_parts;
+
+-- name: list_syncs :many
+-- GET /api/v1/syncs: the newest syncs (one owner's, or everyone's for NULL), summed like get_sync.
+SELECT s.id, s.source, s.target, s.owner_id, s.created_at,
+       count(p.part) AS parts,
+       coalesce(sum(p.pages), 0)::bigint AS pages, coalesce(sum(p.events), 0)::bigint AS events,
+       coalesce(sum(p.inserted), 0)::bigint AS inserted, coalesce(sum(p.invalid), 0)::bigint AS invalid,
+       coalesce(sum(p.retries), 0)::bigint AS retries, coalesce(sum(p.rate_limited), 0)::bigint AS rate_limited,
+       coalesce(sum(p.bytes), 0)::bigint AS bytes, coalesce(sum(p.restarts), 0)::bigint AS restarts,
+       max(p.total) AS total, max(p.last_page_at) AS last_page_at,
+       array_agg(p.job_id ORDER BY p.part) AS job_ids,
+       array_agg(coalesce(j.status, CASE WHEN p.finished_at IS NULL THEN 'unknown' ELSE 'succeeded' END)
+                 ORDER BY p.part) AS statuses,
+       array_agg(j.last_error ORDER BY p.part) AS errors
+FROM (SELECT * FROM app.api_syncs
+      WHERE (%(owner_id)s::text IS NULL OR owner_id = %(owner_id)s::text)
+      ORDER BY id DESC LIMIT %(limit)s) AS s
+JOIN app.api_sync_parts AS p ON p.sync_id = s.id
+LEFT JOIN pgqueue.jobs AS j ON j.id = p.job_id
+GROUP BY s.id, s.source, s.target, s.owner_id, s.created_at
+ORDER BY s.id DESC;

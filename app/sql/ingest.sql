@@ -46,3 +46,14 @@ SELECT j.id AS job_id, j.kind, j.status, j.owner_id, j.attempts, j.max_attempts,
 FROM pgqueue.jobs AS j
 LEFT JOIN app.files AS f ON f.job_id = j.id
 WHERE j.id = %(job_id)s;
+
+-- name: list_files :many
+-- GET /api/v1/files: the newest uploads (one owner's, or everyone's for NULL) with their counts
+-- and their ingest job's status (NULL once the job was pruned). Served by files_owner_idx.
+SELECT f.id, f.name, f.size, f.bytes_read, f.lines_total, f.lines_valid, f.lines_invalid, f.lines_blank,
+       f.job_id, j.status AS job_status, f.owner_id, f.created_at, j.finished_at
+FROM app.files AS f
+LEFT JOIN pgqueue.jobs AS j ON j.id = f.job_id
+WHERE (%(owner_id)s::text IS NULL OR f.owner_id = %(owner_id)s::text)
+ORDER BY f.id DESC
+LIMIT %(limit)s;

@@ -108,3 +108,16 @@ SELECT array(SELECT count(*) FILTER (WHERE w.wait <= b.le)
              GROUP BY b.n ORDER BY b.n) AS bucket_counts,
        (SELECT coalesce(sum(wait), 0) FROM waits) AS sum,
        (SELECT count(*) FROM waits) AS count;
+
+-- name: schedule_recent_runs :many
+-- The schedules' latest fires, newest first, at most %(per_schedule)s each, with their jobs'
+-- statuses while the jobs are kept (the dashboard's Schedules page; served by schedule_fires' key).
+SELECT s.name, f.fire_at, f.job_id, j.status
+FROM pgqueue.schedules AS s
+CROSS JOIN LATERAL (
+    SELECT fire_at, job_id FROM pgqueue.schedule_fires
+    WHERE schedule_id = s.id ORDER BY fire_at DESC LIMIT %(per_schedule)s
+) AS f
+LEFT JOIN pgqueue.jobs AS j ON j.id = f.job_id
+WHERE s.name = ANY(%(names)s::text[])
+ORDER BY s.name, f.fire_at DESC;
