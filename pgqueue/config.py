@@ -52,6 +52,9 @@ class Settings(msgspec.Struct, kw_only=True):
     keep_succeeded_seconds: float = 24 * 3600
     keep_failed_seconds: float = 7 * 24 * 3600
     keep_events_seconds: float = 7 * 24 * 3600
+    # events are partitioned by UTC day; the maintenance leader keeps this many days of
+    # partitions ready ahead of today (README "History that grows for years")
+    event_partitions_ahead_days: int = 7
     # the largest payload enqueue accepts, measured as JSON (the REST layer's APP_MAX_BODY_BYTES
     # default): a job row is read by every claim, big inputs belong in storage (pgqueue/storage.py)
     max_payload_bytes: int = 1024 * 1024
@@ -103,6 +106,9 @@ def check_engine_settings(settings: Settings) -> None:
         raise ConfigError(f"PGQUEUE_POOLER must be one of {', '.join(POOLER_MODES)}, got {settings.pooler!r}")
     if isinstance(settings.max_payload_bytes, bool) or settings.max_payload_bytes < 1:
         raise ConfigError(f"PGQUEUE_MAX_PAYLOAD_BYTES must be an integer >= 1, got {settings.max_payload_bytes!r}")
+    ahead = settings.event_partitions_ahead_days
+    if isinstance(ahead, bool) or not isinstance(ahead, int) or not 1 <= ahead <= 366:
+        raise ConfigError(f"PGQUEUE_EVENT_PARTITIONS_AHEAD_DAYS must be an integer from 1 to 366, got {ahead!r}")
     for field in ("keep_succeeded_seconds", "keep_failed_seconds", "keep_events_seconds"):
         check_seconds(f"PGQUEUE_{field.upper()}", getattr(settings, field), 0.0)
     if settings.heartbeat_seconds * HEARTBEATS_PER_LEASE > settings.lease_seconds:

@@ -1,4 +1,5 @@
-"""Maintenance services run by one elected worker: the lease rescuer and the pruner.
+"""Maintenance services run by one elected worker: the lease rescuer, the pruner and the
+events partition keeper.
 
 Each has a `run_once()` that works in bounded batches (tests call it directly) and is
 driven by the worker's maintenance loop while that worker holds the leader lock.
@@ -39,7 +40,8 @@ class LeaseRescuer:
 
 
 class Pruner:
-    """Deletes finished jobs and old events past their retention (see README, "What we keep")."""
+    """Deletes finished jobs past their retention and has old events' partitions dropped (see
+    README, "What we keep"); returns the number of jobs deleted."""
 
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
@@ -57,13 +59,35 @@ class Pruner:
                 total += deleted
                 if deleted < BATCH:
                     break
-        for _ in range(MAX_BATCHES):
-            deleted = await self.store.prune_events(self.settings.keep_events_seconds, BATCH * 5, conn)
-            total += deleted
-            if deleted < BATCH * 5:
-                break
+        # events go by whole day partitions, not by DELETE (not counted here: partitions, not rows)
+        await EventPartitions(self.store, self.settings).run_once(conn)
         # a killed worker's row goes after max(10 of its heartbeats, 2 leases, 5 minutes): README "Workers"
         await self.store.prune_workers(max(300.0, self.settings.lease_seconds * 2), conn)
         if total:
             log.info("pruned %s rows", total)
         return total
+
+
+class EventPartitions:
+    """Keeps pgqueue.events partitioned by day (schema/0012): partitions for today and the days
+    ahead, strays moved out of the default partition, and whole days past keep_events_seconds
+    detached and dropped. Returns the names of the partitions dropped."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+
+    async def run_once(self, conn: AsyncConnection | None = None) -> list[str]:
+        # create first: it empties the default partition into day partitions, which the drop
+        # then sees as whole days (a stray row older than retention goes with its day)
+        default_rows, _ = await self.store.event_partition_health(conn)
+        if default_rows:
+            log.warning("%s events found in the default partition (no partition for their day): moving them",
+                        default_rows)
+        created = await self.store.create_event_partitions(self.settings.event_partitions_ahead_days, conn)
+        if created:
+            log.info("created events partitions %s", ", ".join(created))
+        dropped = await self.store.drop_event_partitions(self.settings.keep_events_seconds, conn)
+        if dropped:
+            log.info("dropped events partitions past retention: %s", ", ".join(dropped))
+        return dropped

@@ -392,8 +392,17 @@ class Store:
         params = {"statuses": list(statuses), "older_than_seconds": older_than_seconds, "limit": limit}
         return len(await self._many("prune_finished_jobs", params, conn))
 
-    async def prune_events(self, older_than_seconds: float, limit: int, conn: AsyncConnection | None = None) -> int:
-        return len(await self._many("prune_events", {"older_than_seconds": older_than_seconds, "limit": limit}, conn))
+    async def create_event_partitions(self, days_ahead: int, conn: AsyncConnection | None = None) -> list[str]:
+        return [row[0] for row in await self._many("create_event_partitions", {"days_ahead": days_ahead}, conn)]
+
+    async def drop_event_partitions(self, older_than_seconds: float, conn: AsyncConnection | None = None) -> list[str]:
+        return [row[0] for row in await self._many("drop_event_partitions", {"older_than_seconds": older_than_seconds},
+                                                   conn)]
+
+    async def event_partition_health(self, conn: AsyncConnection | None = None) -> tuple[int, datetime | None]:
+        """(rows in the default events partition, the end of the last partition)."""
+        default_rows, covered_until = await self._one("event_partition_health", {}, conn)
+        return int(default_rows), covered_until
 
     async def prune_workers(self, older_than_seconds: float, conn: AsyncConnection | None = None) -> int:
         return len(await self._many("prune_workers", {"older_than_seconds": older_than_seconds}, conn))

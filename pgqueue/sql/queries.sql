@@ -654,12 +654,19 @@ WITH doomed AS MATERIALIZED (
 )
 DELETE FROM pgqueue.jobs AS j WHERE j.id = ANY(ARRAY(SELECT id FROM doomed)) RETURNING j.id;
 
--- name: prune_events :many
--- Delete old events in bounded batches.
-DELETE FROM pgqueue.events
-WHERE id IN (SELECT id FROM pgqueue.events WHERE created_at < now() - make_interval(secs => %(older_than_seconds)s)
-             ORDER BY id LIMIT %(limit)s)
-RETURNING id;
+-- name: create_event_partitions :many
+-- Events partitions from today (UTC) to days_ahead days ahead, and for any day with rows in the
+-- default partition (moved out of it); the names of those created (schema/0012).
+SELECT name FROM pgqueue.create_event_partitions(%(days_ahead)s) AS name;
+
+-- name: drop_event_partitions :many
+-- Retention: detach and drop whole events partitions older than older_than_seconds; their names.
+SELECT name FROM pgqueue.drop_event_partitions(now() - make_interval(secs => %(older_than_seconds)s)) AS name;
+
+-- name: event_partition_health :one
+-- Rows in the default partition (0 unless maintenance fell behind) and how far ahead partitions reach.
+SELECT (SELECT count(*) FROM pgqueue.events_default) AS default_rows,
+       (SELECT max(range_to) FROM pgqueue.event_partitions) AS covered_until;
 
 -- name: prune_workers :many
 -- Forget workers silent for 10 of their own heartbeats, and at least older_than_seconds.
