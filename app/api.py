@@ -26,6 +26,16 @@ from app.errors import ApiError, ErrorInfo, field_errors, not_found, validation_
 from app.ingest import INGEST_KIND
 from app.jobs import TaskPayload
 from app.jobs import jobs as app_jobs
+from app.kinds.bulk import (
+    BULK_KIND,
+    INLINE_MAX,
+    BulkAction,
+    BulkActionPayload,
+    BulkResult,
+    apply_action,
+    matching_ids,
+    max_job_id,
+)
 from app.kinds.webhooks import (
     WEBHOOK_KIND,
     UnsafeWebhookUrl,
@@ -37,7 +47,7 @@ from app.openapi import operation
 from app.redact import event_for, exception_message
 from app.store import AppStore, JobFilter, User
 from app.validation import every_field_error, friendly
-from pgqueue.errors import InvalidTransition, JobNotFound, LeaseLost, WaitTimeout
+from pgqueue.errors import JobNotFound, LeaseLost, WaitTimeout
 from pgqueue.models import (
     FINISHED_STATUSES,
     PRIORITY_DEFAULT,
@@ -47,6 +57,7 @@ from pgqueue.models import (
     Event,
     Job,
     JobError,
+    JobStatus,
 )
 from pgqueue.queue import Queue
 
@@ -325,7 +336,7 @@ def job_create_type(kinds: dict[str, Any]) -> Any:
 
 # Kinds only the app itself enqueues: an ingest job's payload names a stored file, and only the
 # upload route checks that the file is the caller's.
-INTERNAL_KINDS = frozenset({INGEST_KIND})
+INTERNAL_KINDS = frozenset({INGEST_KIND, BULK_KIND})
 PUBLIC_KINDS = {name: spec for name, spec in app_jobs.kinds.items() if name not in INTERNAL_KINDS}
 JobCreate = job_create_type(PUBLIC_KINDS)
 KIND_NAMES = tuple(sorted(PUBLIC_KINDS))
@@ -362,6 +373,9 @@ class JobListQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     created_before: AwareDatetime | UnsetType = UNSET
     q: Annotated[str, msgspec.Meta(min_length=1, max_length=200,
                                    description="case-insensitive text search in payload and last error")] | UnsetType = UNSET
+    scheduled: Annotated[bool, msgspec.Meta(description="true: only jobs queued to run later; false: none of them")] | UnsetType = UNSET
+    has_error: Annotated[bool, msgspec.Meta(description="true: only jobs that failed at least once (a last error); "
+                                                        "false: only those that never did")] | UnsetType = UNSET
     sort: Annotated[SortKey, msgspec.Meta(description="a leading - sorts descending")] = "-created"
     limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 50
     offset: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 0
@@ -381,15 +395,8 @@ class JobDetail(msgspec.Struct, kw_only=True):
 
 
 class BulkRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    action: Literal["cancel", "retry", "delete"]
+    action: BulkAction
     ids: Annotated[list[JobId], msgspec.Meta(min_length=1, max_length=1000)]
-
-
-class BulkResult(msgspec.Struct, kw_only=True):
-    id: int
-    ok: bool
-    status: str | None = None  # the job's status afterwards (None once deleted)
-    error: ErrorInfo | None = None
 
 
 class BulkResponse(msgspec.Struct, kw_only=True):
@@ -397,6 +404,35 @@ class BulkResponse(msgspec.Struct, kw_only=True):
     succeeded: int
     failed: int
     results: list[BulkResult]
+
+
+class JobFilterIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """GET /jobs's filters as JSON (lists where the query string takes comma-separated values)."""
+
+    status: Annotated[list[JobStatus], msgspec.Meta(min_length=1)] | None = None
+    kind: Annotated[list[str], msgspec.Meta(min_length=1, max_length=100)] | None = None
+    queue: Annotated[list[str], msgspec.Meta(min_length=1, max_length=100)] | None = None
+    created_after: AwareDatetime | None = None
+    created_before: AwareDatetime | None = None
+    q: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    scheduled: bool | None = None
+    has_error: bool | None = None
+
+
+class BulkFilterRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    action: BulkAction
+    filter: JobFilterIn = msgspec.field(default_factory=JobFilterIn)
+
+
+class BulkFilterResponse(msgspec.Struct, kw_only=True):
+    action: str
+    matched: Annotated[int, msgspec.Meta(description="jobs matching the filter when asked")]
+    background: Annotated[bool, msgspec.Meta(description=f"more than {INLINE_MAX} matched: a `{BULK_KIND}` job "
+                                                         "does it; follow job_id (its progress and result)")]
+    job_id: int | None = None
+    succeeded: int = 0  # the counts when done inline
+    failed: int = 0
+    errors: dict[str, int] = {}  # refusals by error code (invalid_transition, unique_key_taken, ...)
 
 
 class MinuteOut(msgspec.Struct, kw_only=True):
@@ -529,6 +565,23 @@ def _escape_like(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+def job_filter(user: User, queue: Queue, *, statuses: list[str] | None, kinds: list[str] | None,
+               queues: list[str] | None, created_after: datetime | None, created_before: datetime | None,
+               q: str | None, scheduled: bool | None, has_error: bool | None,
+               message: str = "the query parameters are not valid", prefix: str = "") -> JobFilter:
+    """What GET /jobs and the filter-wide bulk action match: a non-admin only their own jobs."""
+    for kind in kinds or ():
+        if kind not in queue.registry.kinds:
+            raise validation_error([{"field": f"{prefix}kind", "message": f"unknown kind {kind!r}; expected one of "
+                                     f"{', '.join(sorted(queue.registry.kinds))}"}], message)
+    if created_after and created_before and created_after >= created_before:
+        raise validation_error([{"field": f"{prefix}created_before", "message": "must be later than created_after"}],
+                               message)
+    return JobFilter(owner_id=None if user.is_admin else user.owner_id, statuses=statuses, kinds=kinds, queues=queues,
+                     created_after=created_after, created_before=created_before,
+                     pattern=None if q is None else _escape_like(q), scheduled=scheduled, has_error=has_error)
+
+
 @operation(summary="List jobs", query=JobListQuery, response=JobPage,
            description="Filter, search, sort and paginate. Non-admins see only their own jobs. "
                        "`q` is a case-insensitive substring match (ILIKE) on the payload's JSON text and the last "
@@ -537,18 +590,10 @@ async def list_jobs(request: Request) -> Response:
     user = await authenticate(request)
     query = read_query(request, JobListQuery)
     queue, store = request.state.queue, lagging_reads(request)
-    kinds = split_list(query.kind, "kind")
-    for kind in kinds or ():
-        if kind not in queue.registry.kinds:
-            raise validation_error([{"field": "kind", "message": f"unknown kind {kind!r}; expected one of "
-                                     f"{', '.join(sorted(queue.registry.kinds))}"}], "the query parameters are not valid")
-    created_after, created_before = or_none(query.created_after), or_none(query.created_before)
-    if created_after and created_before and created_after >= created_before:
-        raise validation_error([{"field": "created_before", "message": "must be later than created_after"}],
-                               "the query parameters are not valid")
-    where = JobFilter(owner_id=None if user.is_admin else user.owner_id, statuses=_statuses(query.status),
-                      kinds=kinds, queues=split_list(query.queue, "queue"), created_after=created_after,
-                      created_before=created_before, pattern=None if query.q is UNSET else _escape_like(query.q))
+    where = job_filter(user, queue, statuses=_statuses(query.status), kinds=split_list(query.kind, "kind"),
+                       queues=split_list(query.queue, "queue"), created_after=or_none(query.created_after),
+                       created_before=or_none(query.created_before), q=or_none(query.q),
+                       scheduled=or_none(query.scheduled), has_error=or_none(query.has_error))
     total, jobs = await store.list_jobs(where, sort=query.sort.lstrip("-"), descending=query.sort.startswith("-"),
                                         limit=query.limit, offset=query.offset)
     return json_response(JobPage(total=total, limit=query.limit, offset=query.offset,
@@ -596,9 +641,6 @@ async def retry_job(request: Request) -> Response:
     return json_response(JobOut.of(await queue.retry(job.id), admin=user.is_admin))
 
 
-_BULK_ACTIONS = {"cancel": Queue.cancel, "retry": Queue.retry}
-
-
 @operation(summary="Cancel, retry or delete many jobs", body=BulkRequest, response=BulkResponse,
            description="Each id is handled on its own and reported in `results` (a job you may not see is "
                        "`not_found`). A request that fails validation changes nothing.")
@@ -612,22 +654,47 @@ async def bulk_jobs(request: Request) -> Response:
     for job_id in ids:
         if job_id not in owners or not may_see(user, owners[job_id][0]):
             results.append(BulkResult(id=job_id, ok=False, error=ErrorInfo("not_found", f"job {job_id} not found")))
-            continue
-        try:
-            if bulk.action == "delete":
-                await queue.delete(job_id)
-                results.append(BulkResult(id=job_id, ok=True))
-            else:
-                job = await _BULK_ACTIONS[bulk.action](queue, job_id)
-                results.append(BulkResult(id=job_id, ok=True, status=job.status))
-        except JobNotFound as exc:
-            results.append(BulkResult(id=job_id, ok=False, error=ErrorInfo("not_found", str(exc))))
-        except InvalidTransition as exc:
-            results.append(BulkResult(id=job_id, ok=False, status=exc.status,
-                                      error=ErrorInfo("invalid_transition", str(exc))))
+        else:
+            results.append(await apply_action(queue, bulk.action, job_id))
     succeeded = sum(result.ok for result in results)
     return json_response(BulkResponse(action=bulk.action, succeeded=succeeded, failed=len(results) - succeeded,
                                       results=results))
+
+
+@operation(summary="Cancel, retry or delete every job matching a filter", body=BulkFilterRequest,
+           response=BulkFilterResponse, errors=(422,),
+           extra_statuses={202: f"More than {INLINE_MAX} jobs matched: a `{BULK_KIND}` job does it (`job_id`)"},
+           description="The filter is GET /jobs's (JSON lists instead of comma-separated values); a non-admin's "
+                       f"action touches only their own jobs. Up to {INLINE_MAX} matches are handled before the "
+                       f"answer (200); more run as a background `{BULK_KIND}` job owned by you, with progress on "
+                       "its event stream and the counts in its result (202). Jobs enqueued after the request "
+                       "are never touched; each job follows the single-job rules (a running job is not deleted, "
+                       "a succeeded one not retried), refusals are counted by error code.")
+async def bulk_jobs_by_filter(request: Request) -> Response:
+    user = await authenticate(request)
+    bulk = await read_json(request, BulkFilterRequest)
+    queue, store = state(request)
+    f = bulk.filter
+    where = job_filter(user, queue, statuses=f.status, kinds=f.kind, queues=f.queue, created_after=f.created_after,
+                       created_before=f.created_before, q=f.q, scheduled=f.scheduled, has_error=f.has_error,
+                       message="the request is not valid", prefix="filter.")
+    max_id = await max_job_id(queue.pool)
+    matched, _ = await store.list_jobs(where, sort="created", descending=False, limit=1,
+                                       offset=0)
+    if matched > INLINE_MAX:
+        payload = BulkActionPayload(action=bulk.action, filter=where, max_id=max_id, matched=matched)
+        job = await queue.enqueue(BULK_KIND, msgspec.to_builtins(payload), owner_id=user.owner_id)
+        return json_response(BulkFilterResponse(action=bulk.action, matched=matched, background=True, job_id=job.id),
+                             202, {"Location": f"/jobs/{job.id}"})
+    errors: dict[str, int] = {}
+    succeeded = 0
+    for job_id in await matching_ids(queue.pool, where, after_id=0, max_id=max_id, limit=INLINE_MAX):
+        result = await apply_action(queue, bulk.action, job_id)
+        succeeded += result.ok
+        if result.error is not None:
+            errors[result.error.code] = errors.get(result.error.code, 0) + 1
+    return json_response(BulkFilterResponse(action=bulk.action, matched=matched, background=False,
+                                            succeeded=succeeded, failed=sum(errors.values()), errors=errors))
 
 
 @operation(summary="Job counts by status, kind and queue, and jobs finished per minute (last hour)",

@@ -33,6 +33,7 @@ from pgqueue.errors import (
     JobNotFound,
     LeaseLost,
     PgQueueError,
+    UniqueKeyTaken,
     UnknownKind,
 )
 
@@ -159,6 +160,8 @@ async def handle_engine_error(request: Request, exc: Exception) -> Response:
     """The engine's errors that reach a route untranslated map to their natural status."""
     if isinstance(exc, JobNotFound):
         return error_response(404, "not_found", str(exc))
+    if isinstance(exc, UniqueKeyTaken):
+        return error_response(409, "unique_key_taken", str(exc))
     if isinstance(exc, InvalidTransition):
         return error_response(409, "invalid_transition", str(exc))
     if isinstance(exc, LeaseLost):

@@ -19,6 +19,7 @@ import msgspec
 
 from app.ingest import ingest_jobs
 from app.kinds.api_ingest import api_ingest_jobs
+from app.kinds.bulk import bulk_jobs
 from app.kinds.webhooks import webhook_jobs
 from app.validation import describe_pattern
 from pgqueue import JobContext, JobRegistry
@@ -129,3 +130,6 @@ jobs.include(api_ingest_jobs)
 
 # Webhook delivery (app/kinds/webhooks.py): `webhook` on the `webhooks` queue.
 jobs.include(webhook_jobs)
+
+# Filter-wide bulk actions (app/kinds/bulk.py): `bulk_action` on the `maintenance` queue.
+jobs.include(bulk_jobs)

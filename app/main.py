@@ -43,6 +43,7 @@ ROUTES: list[BaseRoute] = [
     Route("/jobs", api.create_job, methods=["POST"]),
     Route("/jobs", api.list_jobs, methods=["GET"]),
     Route("/jobs/bulk", api.bulk_jobs, methods=["POST"]),
+    Route("/jobs/bulk/filter", api.bulk_jobs_by_filter, methods=["POST"]),
     Route("/jobs/{job_id}", api.get_job, methods=["GET"]),
     Route("/jobs/{job_id}", api.cancel_job, methods=["DELETE"]),
     Route("/jobs/{job_id}/retry", api.retry_job, methods=["POST"]),

@@ -56,6 +56,8 @@ class JobFilter(msgspec.Struct, kw_only=True):
     created_after: datetime | None = None
     created_before: datetime | None = None
     pattern: str | None = None  # an ILIKE pattern, already escaped
+    scheduled: bool | None = None  # queued to run later (run_at in the future), or not
+    has_error: bool | None = None  # has a last_error (failed at least once), or not
 
 
 class JobCount(msgspec.Struct):

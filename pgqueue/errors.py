@@ -51,6 +51,18 @@ class InvalidTransition(PgQueueError):
         self.action = action
 
 
+class UniqueKeyTaken(InvalidTransition):
+    """A retry would make a second live job with the same unique key (another job holds it now)."""
+
+    def __init__(self, job_id: int, unique_key: str, holder_id: int | None = None) -> None:
+        PgQueueError.__init__(self, f"cannot retry job {job_id}: its unique key {unique_key!r} is held by "
+                                    + (f"job {holder_id}, which is still live" if holder_id is not None
+                                       else "another live job"))
+        self.job_id, self.status, self.action = job_id, "", "retry"
+        self.unique_key = unique_key
+        self.holder_id = holder_id
+
+
 class LeaseLost(PgQueueError):
     """The caller no longer holds the job's lease (it expired and the job was rescued or cancelled)."""
 

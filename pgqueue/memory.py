@@ -38,7 +38,15 @@ from pgqueue.config import Settings
 from pgqueue.context import EventBuffer, JobContext, run_handler, settle_outcome
 from pgqueue.cron import load_zone, parse_cron
 from pgqueue.dependencies import check_parents, has_dependencies, plan_graph, split_options, with_dependencies
-from pgqueue.errors import InvalidTransition, JobNotFound, LeaseLost, ScheduleExists, ScheduleNotFound, WaitTimeout
+from pgqueue.errors import (
+    InvalidTransition,
+    JobNotFound,
+    LeaseLost,
+    ScheduleExists,
+    ScheduleNotFound,
+    UniqueKeyTaken,
+    WaitTimeout,
+)
 from pgqueue.limits import UNCHANGED, QueueInfo, Rate, check_queue_name, limit_params, unlimited
 from pgqueue.models import (
     DEFAULT_CATCH_UP_WINDOW,
@@ -403,6 +411,10 @@ class MemoryQueue:
         job = self._existing(job_id)
         if job.status not in RETRYABLE_STATUSES:
             raise InvalidTransition(job_id, job.status, "retry")
+        holder = next((other.id for other in self._jobs.values() if job.unique_key is not None and other.id != job_id
+                       and other.unique_key == job.unique_key and other.status in LIVE_STATUSES), None)
+        if holder is not None:
+            raise UniqueKeyTaken(job_id, job.unique_key or "", holder)
         now = self.now()
         job.status = "queued"
         job.attempts = 0

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from pgqueue.config import Settings
 from pgqueue.db import AsyncConnection, Connection, ConnectionPool, connect_sync, open_pool, transaction
 from pgqueue.dependencies import has_dependencies, plan_graph, recheck, split_options, with_dependencies
-from pgqueue.errors import ConfigError, InvalidTransition, JobNotFound, LeaseLost
+from pgqueue.errors import ConfigError, InvalidTransition, JobNotFound, LeaseLost, UniqueKeyTaken
 from pgqueue.limits import UNCHANGED, QueueInfo, check_queue_name, limit_params, unlimited
 from pgqueue.models import RETRYABLE_STATUSES, Event, Job, JobError, NewJob
 from pgqueue.registry import JobRegistry, check_payload_sizes
@@ -213,8 +213,15 @@ class Queue:
             job = await self.store.lock_job(job_id, conn)
             if job is None:
                 raise JobNotFound(job_id)
-            redriven = (await self.store.redrive_job(job_id, conn)
-                        if job.status in RETRYABLE_STATUSES else None)
+            if job.status not in RETRYABLE_STATUSES:
+                raise InvalidTransition(job_id, job.status, "retry")
+            # its unique key may have gone to a new live job since it ended: a 409, not a crash
+            if job.unique_key is not None and (holder := await self.store.unique_key_holder(job.unique_key, job_id, conn)):
+                raise UniqueKeyTaken(job_id, job.unique_key, holder)
+            try:
+                redriven = await self.store.redrive_job(job_id, conn)
+            except UniqueKeyTaken:  # the holder committed after our check
+                raise UniqueKeyTaken(job_id, job.unique_key or "") from None
             if redriven is None:
                 raise InvalidTransition(job_id, job.status, "retry")
             return redriven

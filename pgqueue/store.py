@@ -21,6 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from pgqueue.db import AsyncConnection, Connection, fetch, transaction, translate_errors
 from pgqueue.dependencies import GraphPlan, check_parents
+from pgqueue.errors import UniqueKeyTaken
 from pgqueue.limits import QueueInfo
 from pgqueue.models import Event, Job, JobError, NewJob, Schedule, ScheduleFire, ScheduleSpec
 from pgqueue.sql import QUERIES
@@ -434,7 +435,15 @@ class Store:
         return await self._one("request_cancel", {"id": job_id}, conn, kwargs_row(Job))
 
     async def redrive_job(self, job_id: int, conn: AsyncConnection | None = None) -> Job | None:
-        return await self._one("redrive_job", {"id": job_id}, conn, kwargs_row(Job))
+        try:
+            return await self._one("redrive_job", {"id": job_id}, conn, kwargs_row(Job))
+        except pg_errors.UniqueViolation as exc:  # a job with its unique key went live meanwhile
+            raise UniqueKeyTaken(job_id, "") from exc  # Queue.retry names the key
+
+    async def unique_key_holder(self, unique_key: str, job_id: int, conn: AsyncConnection | None = None) -> int | None:
+        """The id of another live job holding ``unique_key``, if there is one."""
+        holders = await self._many("live_jobs_by_unique_key", {"unique_keys": [unique_key]}, conn, kwargs_row(Job))
+        return next((holder.id for holder in holders if holder.id != job_id), None)
 
     async def delete_job(self, job_id: int, conn: AsyncConnection | None = None) -> bool:
         return await self._one("delete_job", {"id": job_id}, conn) is not None

@@ -30,7 +30,8 @@ SELECT id, name, is_admin, created_at FROM app.users WHERE id = %(id)s;
 -- index-friendly scans instead of copying every matching row. The LEFT JOIN keeps one row (with
 -- the total and NULL job columns) when the page is empty. Sort keys come from a fixed list
 -- (created, priority, status); status sorts by lifecycle, not alphabetically; id breaks ties.
--- Text search is a plain ILIKE over the payload's JSON text and the last error.
+-- Text search is a plain ILIKE over the payload's JSON text and the last error. `scheduled`:
+-- queued to run later; `has_error`: failed at least once. (app/sql/bulk.sql repeats this WHERE.)
 WITH matching AS NOT MATERIALIZED (
     SELECT * FROM pgqueue.jobs
     WHERE (%(owner_id)s::text IS NULL OR owner_id = %(owner_id)s::text)
@@ -41,6 +42,8 @@ WITH matching AS NOT MATERIALIZED (
       AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s::timestamptz)
       AND (%(pattern)s::text IS NULL
            OR payload::text ILIKE %(pattern)s::text OR last_error ILIKE %(pattern)s::text)
+      AND (%(scheduled)s::bool IS NULL OR (status = 'queued' AND run_at > now()) = %(scheduled)s::bool)
+      AND (%(has_error)s::bool IS NULL OR (last_error IS NOT NULL) = %(has_error)s::bool)
 )
 SELECT total.jobs AS total, page.*
 FROM (SELECT count(*) AS jobs FROM matching) AS total
