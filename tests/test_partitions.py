@@ -4,18 +4,22 @@ NOTIFY trigger on the partitioned table, and the migration of existing rows both
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
+from pgqueue import bench_history
 from pgqueue.config import Settings
 from pgqueue.errors import ConfigError
 from pgqueue.maintenance import EventPartitions
 from pgqueue.migrate import migrate, rollback
 from pgqueue.queue import Queue
+from tests.conftest import PgServer
 from tests.engine_fixtures import (
     fast_settings,
     fetch,
@@ -233,3 +237,26 @@ def test_the_migration_moves_existing_rows_and_the_rollback_brings_them_back(emp
     assert scalar(url, "SELECT to_regclass('pgqueue.event_partitions')") is None
     assert migrate(url) == ["0012.partitioned-events"]  # and forward again
     assert len(events_layout(url)["rows"]) == len(before["rows"]) + 2
+
+
+def test_a_small_history_bench_reports_every_figure(pg_server: PgServer, tmp_path: Path) -> None:
+    """python -m pgqueue.bench_history at a small size (the README's figures come from the full one)."""
+    output = tmp_path / "bench-results.json"
+    output.write_text(json.dumps({"other": {"kept": True}}))
+    assert bench_history.main(["--server-url", pg_server.url, "--day-events", "3000", "--kept-events", "300",
+                               "--history-events", "5000", "--jobs", "200", "--rounds", "1",
+                               "--output", str(output)]) == 0
+    results = json.loads(output.read_text())
+    assert results["other"] == {"kept": True}  # other benches' sections stay
+    pruning, history = results["history"]["pruning"], results["history"]["with_history"]
+    delete, drop = pruning["batched_delete"], pruning["drop_partition"]
+    assert delete["rows_deleted"] == drop["rows_deleted"] == 3000 and delete["rows_left"] == drop["rows_left"] == 300
+    assert delete["dead_tuples_after_delete"] == 3000
+    assert delete["table_bytes_after_delete"] >= delete["table_bytes_before"]  # DELETE gives no space back
+    assert drop["table_bytes_after"] < drop["table_bytes_before"] and len(drop["partitions_dropped"]) == 1
+    assert history["history_events"] == {"partitioned": 5000, "plain": 5000}
+    for name in ("partitioned", "plain"):
+        assert history["drain_jobs_per_s"][name]["median"] > 0
+        assert set(history["replay_median_ms"][name]) == {"job_events_after_id", "events_after_id"}
+    with pg_server.admin() as conn:  # its databases are gone
+        assert conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'history_%'").fetchone() == (0,)
