@@ -11,7 +11,9 @@ a private network). It has
   started with ``python -m pgqueue worker`` serve no HTTP and are not counted here;
 - ``pgqueue_queue_wait_seconds``: a histogram of how long the jobs started in the last hour
   waited between becoming runnable and being claimed, computed from the database at scrape
-  time (a sliding window, not an ever-growing counter).
+  time (a sliding window, not an ever-growing counter);
+- ``pgqueue_events_default_partition_rows`` / ``pgqueue_events_partitions_until_timestamp_seconds``:
+  the events partitions (README, "History that grows for years"); alert on rows > 0.
 """
 
 from __future__ import annotations
@@ -68,7 +70,20 @@ async def readyz(request: Request) -> Response:
                                         "message": f"{len(missing)} migration(s) not applied: {', '.join(missing)}",
                                         "details": []}}, 503)
     return json_response({"status": "ready", "database": "reachable", "pending_migrations": [],
-                          "api_ingest": await _api_ingest_detail(request)})
+                          "api_ingest": await _api_ingest_detail(request), "events": await _events_detail(request)})
+
+
+async def _events_detail(request: Request) -> dict[str, int | str | None]:
+    """The events partitions (schema/0012): rows in the default partition (0 unless maintenance
+    fell behind; the next pass moves them) and where the last partition ends. A detail: never
+    makes /readyz fail, no event is lost either way."""
+    try:
+        default_rows, covered_until = await request.state.queue.store.event_partition_health()
+    except (psycopg.Error, PgQueueError) as exc:
+        log.warning("readyz: events partitions detail unavailable: %s", exc)
+        return {"default_partition_rows": None, "partitions_until": None}
+    return {"default_partition_rows": default_rows,
+            "partitions_until": None if covered_until is None else covered_until.isoformat()}
 
 
 async def _api_ingest_detail(request: Request) -> dict[str, str | None]:
@@ -165,6 +180,16 @@ async def metrics(request: Request) -> Response:
         f"pgqueue_queue_wait_seconds_count {histogram.count}",
     ]
     lines += await _api_ingest_metrics(request)
+    default_rows, covered_until = await request.state.queue.store.event_partition_health()
+    lines += [
+        "# HELP pgqueue_events_default_partition_rows Events in the default partition: 0 unless the maintenance "
+        "leader fell behind creating partitions ahead (its next pass moves them).",
+        "# TYPE pgqueue_events_default_partition_rows gauge",
+        f"pgqueue_events_default_partition_rows {default_rows}",
+        "# HELP pgqueue_events_partitions_until_timestamp_seconds Where the last events partition ends.",
+        "# TYPE pgqueue_events_partitions_until_timestamp_seconds gauge",
+        f"pgqueue_events_partitions_until_timestamp_seconds {_number(covered_until.timestamp() if covered_until else 0.0)}",
+    ]
     hub = request.state.hub.metrics()
     lines += [
         "# HELP pgqueue_sse_subscribers Open event streams (SSE and WebSocket) on this process.",

@@ -30,6 +30,8 @@ from tests.engine_fixtures import (
     wait_for_status,
 )
 from tests.process_fixtures import empty_db, query, scalar  # noqa: F401 - a fixture
+from tests.web_fixtures import *  # noqa: F403
+from tests.web_fixtures import ApiUser, LiveServer
 
 
 @pytest.fixture
@@ -260,3 +262,31 @@ def test_a_small_history_bench_reports_every_figure(pg_server: PgServer, tmp_pat
         assert set(history["replay_median_ms"][name]) == {"job_events_after_id", "events_after_id"}
     with pg_server.admin() as conn:  # its databases are gone
         assert conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'history_%'").fetchone() == (0,)
+
+
+def _gauge(text: str, name: str) -> float:
+    [value] = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")]
+    return value
+
+
+async def test_readyz_and_metrics_report_rows_in_the_default_partition(live_server: LiveServer,
+                                                                       admin: ApiUser) -> None:
+    url = live_server.settings.database_url
+    assert url is not None
+    far = datetime.now(UTC) + timedelta(days=30)  # past the week of partitions ahead
+    query(url, "INSERT INTO pgqueue.events (job_id, type, created_at) VALUES (1, 'progress', %s) RETURNING id", (far,))
+    async with live_server.client(admin) as http:
+        ready, metrics = await http.get("/readyz"), await http.get("/metrics")
+        assert ready.status_code == 200  # still ready: the row is kept, only not where it belongs
+        assert ready.json()["events"]["default_partition_rows"] == 1
+        assert _gauge(metrics.text, "pgqueue_events_default_partition_rows") == 1
+        week_ahead = _gauge(metrics.text, "pgqueue_events_partitions_until_timestamp_seconds")
+        assert week_ahead == datetime.combine(today() + timedelta(days=8), datetime.min.time(), UTC).timestamp()
+
+        async with open_fast_queue(url) as queue:
+            await EventPartitions(queue.store, fast_settings(url)).run_once()
+        ready, metrics = await http.get("/readyz"), await http.get("/metrics")
+    events = ready.json()["events"]
+    assert events["default_partition_rows"] == 0
+    assert events["partitions_until"].startswith((far.date() + timedelta(days=1)).isoformat())  # its day made
+    assert _gauge(metrics.text, "pgqueue_events_default_partition_rows") == 0
