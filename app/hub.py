@@ -22,7 +22,7 @@ import contextlib
 import logging
 import random
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Final, Literal
 
 from pgqueue.db import CONNECTION_ERRORS, AsyncConnection, connect
@@ -54,6 +54,11 @@ class Subscription:
 
     A job subscription (`job_id`) sees that job's events; a global one sees everything
     (`see_all`, for admins) or the events of `owner_id`'s jobs.
+
+    This runs once per event per client, so it is kept cheap: a deque and one waiter future
+    instead of an asyncio.Queue, and a keep-alive timer that is not re-armed per event (it is set
+    once per quiet period, and when it fires early, because events came meanwhile, it moves
+    itself to the new deadline instead of waking the stream).
     """
 
     def __init__(self, *, job_id: int | None, owner_id: str | None, see_all: bool, capacity: int) -> None:
@@ -62,17 +67,20 @@ class Subscription:
         self.see_all = see_all
         self.capacity = capacity
         self.lagged = False
-        # One slot more than the capacity so the LAGGED marker always fits.
-        self._queue: asyncio.Queue[Event | Lagged] = asyncio.Queue(capacity + 1)
+        self._items: deque[Event | Lagged] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0  # loop time at which the current get() gives up and returns None
 
     def offer(self, event: Event) -> Offered:
         """Queue an event without ever waiting; on overflow become lagged."""
         if self.lagged:
             return "skipped"  # it will read this event from the table when it catches up
-        if self._queue.qsize() >= self.capacity:
+        if len(self._items) >= self.capacity:
             self.mark_lagged()
             return "overflowed"
-        self._queue.put_nowait(event)
+        self._items.append(event)
+        self._wake()
         return "queued"
 
     def mark_lagged(self) -> None:
@@ -80,31 +88,86 @@ class Subscription:
         if self.lagged:
             return
         self.lagged = True
-        while not self._queue.empty():
-            self._queue.get_nowait()
-        self._queue.put_nowait(LAGGED)
+        self._items.clear()
+        self._items.append(LAGGED)
+        self._wake()
 
     def resume(self) -> None:
         """Called by the reader right before it catches up from the table: queue live events again."""
         self.lagged = False
 
     def pending(self) -> int:
-        return self._queue.qsize()
+        return len(self._items)
 
     def get_nowait(self) -> Event | Lagged | None:
         """The next queued item, or None when the queue is empty."""
-        return None if self._queue.empty() else self._queue.get_nowait()
+        return self._items.popleft() if self._items else None
 
     async def get(self, timeout: float | None = None) -> Event | Lagged | None:
         """The next event or LAGGED; None when nothing came within `timeout` seconds."""
-        if not self._queue.empty():
-            return self._queue.get_nowait()
+        if self._items:
+            return self._items.popleft()
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        if timeout is not None:
+            self._deadline = loop.time() + timeout
+            if self._timer is None:
+                self._timer = loop.call_at(self._deadline, self._on_timer)
         try:
-            # asyncio.timeout, not wait_for: no task per call (this runs once per event per client)
-            async with asyncio.timeout(timeout):
-                return await self._queue.get()
-        except TimeoutError:
-            return None
+            await waiter
+        finally:
+            self._waiter = None
+        return self._items.popleft() if self._items else None
+
+    def close(self) -> None:
+        """The stream is over: drop the keep-alive timer (it holds a reference to us)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # the stream is busy sending; its next get() arms the timer again
+        loop = waiter.get_loop()
+        if self._deadline - loop.time() > 0.001:  # events came since it was set: not quiet yet
+            self._timer = loop.call_at(self._deadline, self._on_timer)
+        else:
+            waiter.set_result(None)  # quiet for the whole timeout: get() returns None
+
+
+class RenderCache:
+    """The bytes of recently routed events, rendered once per (event, variant) however many
+    streams send them: the hub hands the same Event object to all its subscribers, so a burst to
+    1,000 clients costs one JSON encode per audience (admin or not), not 1,000.
+
+    Entries are found by id and checked by identity, so an event read again from the table (a
+    replay) is rendered afresh rather than trusted to equal the cached one.
+    """
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._entries: dict[tuple[int, Hashable], tuple[Event, bytes]] = {}
+
+    def get(self, event: Event, variant: Hashable, render: Callable[[Event], bytes]) -> bytes:
+        key = (event.id, variant)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] is event:
+            return entry[1]
+        rendered = render(event)
+        self._entries[key] = (event, rendered)
+        if len(self._entries) > self.capacity:
+            del self._entries[next(iter(self._entries))]  # the oldest (dicts keep insertion order)
+        return rendered
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 class OwnerCache:
@@ -147,6 +210,8 @@ class EventHub:
         self._by_job: dict[int, set[Subscription]] = {}
         self._global: set[Subscription] = set()
         self._owners = OwnerCache(owner_cache_size)
+        # What streams send of the events routed here, rendered once per event and audience.
+        self.rendered = RenderCache()
         self._pending: deque[tuple[int, int]] = deque()  # (event_id, job_id) not yet dispatched
         self._pending_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -194,6 +259,7 @@ class EventHub:
         try:
             yield sub
         finally:
+            sub.close()
             if job_id is not None:
                 subs = self._by_job.get(job_id)
                 if subs is not None:

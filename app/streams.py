@@ -36,7 +36,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from app.api import parse_job_id, read_query
 from app.auth import authenticate_stream, may_see
 from app.errors import ApiError, not_found, validation_error
-from app.hub import LAGGED, EventHub, Subscription
+from app.hub import LAGGED, EventHub, RenderCache, Subscription
 from app.openapi import operation
 from app.redact import event_for
 from app.store import User
@@ -180,6 +180,24 @@ def sse_message(event: Event) -> bytes:
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.id, event.type.encode(), encode_event(event))
 
 
+def _sse_for_admin(event: Event) -> bytes:
+    return sse_message(event)
+
+
+def _sse_for_user(event: Event) -> bytes:
+    return sse_message(event_for(event, admin=False))
+
+
+def sse_messages(batch: list[Event], *, admin: bool, rendered: RenderCache | None = None) -> bytes:
+    """One write's worth of SSE messages, each rendered once for all streams (`rendered`)."""
+    render = _sse_for_admin if admin else _sse_for_user
+    if rendered is None:
+        return b"".join(render(event) for event in batch)
+    if len(batch) == 1:
+        return rendered.get(batch[0], admin, render)
+    return b"".join(rendered.get(event, admin, render) for event in batch)
+
+
 KEEPALIVE: Final = b": keep-alive\n\n"
 SSE_HEADERS: Final = {
     "Cache-Control": "no-cache",
@@ -242,14 +260,13 @@ class EventStreamResponse(Response):
 
 
 async def sse_body(batches: AsyncGenerator[list[Event] | None, None], retry_ms: int, *,
-                   admin: bool) -> AsyncIterator[bytes]:
+                   admin: bool, rendered: RenderCache | None = None) -> AsyncIterator[bytes]:
     """The event-stream bytes of `follow()`'s batches; closes the generator however the stream ends.
     Non-admins get each error as its message, not its traceback (app/redact.py)."""
     try:
         yield b"retry: %d\n\n" % retry_ms
         async for batch in batches:
-            yield KEEPALIVE if batch is None else b"".join(sse_message(event_for(event, admin=admin))
-                                                           for event in batch)
+            yield KEEPALIVE if batch is None else sse_messages(batch, admin=admin, rendered=rendered)
     finally:
         await batches.aclose()
 
@@ -282,7 +299,8 @@ async def job_events(request: Request) -> Response:
         with hub.subscribe(job_id=job_id) as sub:
             events = follow(sub, fetch_after, after_id, keepalive_seconds=settings.sse_keepalive_seconds,
                             ends_stream=is_terminal, finished=finished)
-            async for chunk in sse_body(events, settings.sse_retry_ms, admin=user.is_admin):
+            async for chunk in sse_body(events, settings.sse_retry_ms, admin=user.is_admin,
+                                        rendered=hub.rendered):
                 yield chunk
 
     return EventStreamResponse(body())
@@ -313,7 +331,8 @@ async def all_events(request: Request) -> Response:
             # Without a position the stream is live only: it starts at the newest event.
             after_id = requested if requested is not None else await store.latest_event_id()
             events = follow(sub, fetch_after, after_id, keepalive_seconds=settings.sse_keepalive_seconds)
-            async for chunk in sse_body(events, settings.sse_retry_ms, admin=user.is_admin):
+            async for chunk in sse_body(events, settings.sse_retry_ms, admin=user.is_admin,
+                                        rendered=hub.rendered):
                 yield chunk
 
     return EventStreamResponse(body())
