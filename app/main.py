@@ -18,7 +18,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route
 
-from app import api, dashboard, ops, queues, streams, uploads
+from app import api, dashboard, graphql_api, ops, queues, streams, uploads
 from app.dashboard import api as dashboard_api
 from app.dashboard import dashboard_page
 from app.errors import exception_handlers
@@ -78,6 +78,8 @@ ROUTES: list[BaseRoute] = [
     *queues.ROUTES,
     # periodic jobs: cron schedules (admins)
     *schedules.ROUTES,
+    # GraphQL (the optional extra pgqueue[graphql]): job(id), jobs(...)
+    Route("/graphql", graphql_api.graphql_endpoint, methods=["POST"]),
 ]
 
 
