@@ -641,6 +641,15 @@ async def retry_job(request: Request) -> Response:
     return json_response(JobOut.of(await queue.retry(job.id), admin=user.is_admin))
 
 
+@operation(summary="Run a job scheduled for later now", response=JobOut, path_params={"job_id": "the job's id"},
+           errors=(404, 409), description="Only a queued job whose scheduled time is still ahead; anything else is a 409.")
+async def run_job_now(request: Request) -> Response:
+    user = await authenticate(request)
+    job = await owned_job(request, user)
+    queue, _ = state(request)
+    return json_response(JobOut.of(await queue.run_now(job.id), admin=user.is_admin))
+
+
 @operation(summary="Cancel, retry or delete many jobs", body=BulkRequest, response=BulkResponse,
            description="Each id is handled on its own and reported in `results` (a job you may not see is "
                        "`not_found`). A request that fails validation changes nothing.")

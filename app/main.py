@@ -20,7 +20,6 @@ from starlette.routing import BaseRoute, Route
 
 from app import api, dashboard, graphql_api, ops, queues, streams, uploads
 from app.dashboard import api as dashboard_api
-from app.dashboard import dashboard_page
 from app.errors import exception_handlers
 from app.hub import EventHub
 from app.jobs import jobs as app_jobs
@@ -47,6 +46,7 @@ ROUTES: list[BaseRoute] = [
     Route("/jobs/{job_id}", api.get_job, methods=["GET"]),
     Route("/jobs/{job_id}", api.cancel_job, methods=["DELETE"]),
     Route("/jobs/{job_id}/retry", api.retry_job, methods=["POST"]),
+    Route("/jobs/{job_id}/run-now", api.run_job_now, methods=["POST"]),
     Route("/stats", api.stats, methods=["GET"]),
     # per-user tasks
     Route("/tasks", api.create_task, methods=["POST"]),
@@ -67,9 +67,9 @@ ROUTES: list[BaseRoute] = [
     Route("/docs", docs_page, methods=["GET"]),
     # live events (SSE, WebSocket) and the browser dashboard
     *streams.ROUTES,
-    Route("/", dashboard_page, methods=["GET"]),
     *dashboard.ROUTES,
     Route("/dashboard/api/overview", dashboard_api.overview, methods=["GET"]),
+    Route("/dashboard/api/jobs/{job_id}/related", dashboard_api.job_related, methods=["GET"]),
     # log files: upload, then ingestion status
     *uploads.ROUTES,
     # API ingest: start a sync (admin), follow it
@@ -135,8 +135,7 @@ def create_app(settings: AppSettings | None = None, *, queue: Queue | None = Non
                     "queue": engine,
                     "hub": hub,
                     "store": store,
-                    "read_store": (ReplicaStore(read_pool, store, max_lag_seconds=settings.read_max_lag_seconds)
-                                   if read_pool is not None else store),
+                    "read_store": ReplicaStore(read_pool, store) if read_pool is not None else store,
                     "metrics": ProcessMetrics(),
                     "worker": worker,
                     "expected_migrations": migrations,

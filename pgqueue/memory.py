@@ -424,6 +424,15 @@ class MemoryQueue:
         self._add_event(job_id, "retried", {}, now)
         return self._snapshot(job)
 
+    async def run_now(self, job_id: int) -> Job:
+        """Make a queued job scheduled for later runnable now."""
+        job = self._existing(job_id)
+        now = self.now()
+        if job.status != "queued" or job.run_at <= now:
+            raise InvalidTransition(job_id, job.status, "run now")
+        job.run_at = job.updated_at = now
+        return self._snapshot(job)
+
     async def delete(self, job_id: int) -> None:
         """Remove a job that is not running, with its errors and checkpoint (its events stay, and a
         'deleted' one ends any stream following it)."""

@@ -226,6 +226,13 @@ class Queue:
                 raise InvalidTransition(job_id, job.status, "retry")
             return redriven
 
+    async def run_now(self, job_id: int) -> Job:
+        """Make a queued job scheduled for later runnable now."""
+        job = await self.store.run_job_now(job_id)
+        if job is None:
+            raise InvalidTransition(job_id, (await self.get(job_id)).status, "run now")
+        return job
+
     async def delete(self, job_id: int) -> None:
         async with transaction(self.pool) as conn:
             job = await self.store.lock_job(job_id, conn)
@@ -355,6 +362,8 @@ class QueueBackend(Protocol):
     async def cancel(self, job_id: int) -> Job: ...
 
     async def retry(self, job_id: int) -> Job: ...
+
+    async def run_now(self, job_id: int) -> Job: ...
 
     async def delete(self, job_id: int) -> None: ...
 

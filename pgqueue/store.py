@@ -445,6 +445,9 @@ class Store:
         holders = await self._many("live_jobs_by_unique_key", {"unique_keys": [unique_key]}, conn, kwargs_row(Job))
         return next((holder.id for holder in holders if holder.id != job_id), None)
 
+    async def run_job_now(self, job_id: int, conn: AsyncConnection | None = None) -> Job | None:
+        return await self._one("run_job_now", {"id": job_id}, conn, kwargs_row(Job))
+
     async def delete_job(self, job_id: int, conn: AsyncConnection | None = None) -> bool:
         return await self._one("delete_job", {"id": job_id}, conn) is not None
 

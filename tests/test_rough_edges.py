@@ -111,8 +111,8 @@ async def test_a_cancelled_job_can_be_retried_over_http(live_server: LiveServer,
 
 async def test_the_dashboard_offers_only_kinds_the_api_accepts(live_server: LiveServer, alice: ApiUser) -> None:
     async with live_server.client(alice) as http:
-        page = (await http.get("/")).text
-        kinds = json.loads(re.search(r'<script id="kinds" type="application/json">(.*?)</script>', page).group(1))
+        page = (await http.get("/dashboard/new")).text
+        kinds = json.loads(re.search(r'<script id="pgq-data" type="application/json">(.*?)</script>', page).group(1))["kinds"]
         assert "ingest_file" not in kinds and "email" in kinds
         for kind in kinds:  # none of them is an unknown kind to POST /jobs (a bad payload is fine)
             response = await http.post("/jobs", json={"kind": kind, "payload": {"x": [1]}})

@@ -2,8 +2,7 @@
 and event streams as any client, with the API token the user pastes (kept in sessionStorage).
 
 Every page has its own URL (PAGES below): one shared frame (shell.html, static/shell.js: sign-in,
-navigation) and the page's module, static/pages/<page>.js. The legacy single page
-(dashboard.html) is still served at `/`."""
+navigation) and the page's module, static/pages/<page>.js. `/` redirects to /dashboard."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -21,28 +20,16 @@ from app.api import KIND_NAMES, parse_job_id
 from app.openapi import operation
 
 HERE = Path(__file__).parent
-PAGE_TEMPLATE = (HERE / "dashboard.html").read_text()
 SHELL_TEMPLATE = (HERE / "shell.html").read_text()
 
 # The page needs no API call to learn the kinds; `</` is escaped so no value can end the <script>.
-_KINDS_PLACEHOLDER, _NONCE_PLACEHOLDER = "__KINDS__", "__NONCE__"
+_NONCE_PLACEHOLDER = "__NONCE__"
 
 
-def render_dashboard(kinds: list[str], nonce: str) -> str:
-    kinds_json = msgspec.json.encode(sorted(kinds)).decode().replace("</", "<\\/")
-    return PAGE_TEMPLATE.replace(_NONCE_PLACEHOLDER, nonce).replace(_KINDS_PLACEHOLDER, kinds_json)
-
-
-@operation(summary="The browser dashboard", tag="docs", auth="none", media_type="text/html")
-async def dashboard_page(request: Request) -> Response:
-    nonce = secrets.token_urlsafe(16)
-    # the kinds POST /jobs accepts: not ingest_file, which only an upload may enqueue
-    html = render_dashboard(list(KIND_NAMES), nonce)
-    # Only our own inline script may run (a nonce per response); the page holds no secrets.
-    policy = (f"default-src 'self'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; "
-              "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
-    return HTMLResponse(html, headers={"Cache-Control": "no-cache", "Content-Security-Policy": policy,
-                                       "X-Content-Type-Options": "nosniff"})
+@operation(summary="The dashboard (redirects to /dashboard)", tag="docs", auth="none", media_type="text/html",
+           extra_statuses={307: "to /dashboard"})
+async def root_redirect(request: Request) -> Response:
+    return RedirectResponse("/dashboard", status_code=307)
 
 
 # page name (static/pages/<name>.js) -> (URL, title)
@@ -85,6 +72,7 @@ def _page_endpoint(name: str) -> Callable[[Request], Awaitable[Response]]:
 
 
 ROUTES: list[BaseRoute] = [
+    Route("/", root_redirect, methods=["GET"]),
     *(Route(url, _page_endpoint(name), methods=["GET"]) for name, (url, _title) in PAGES.items()),
     Mount("/dashboard/static", StaticFiles(directory=HERE / "static"), name="dashboard-static"),
 ]

@@ -1,6 +1,8 @@
-"""The dashboard's read endpoints (admin only: they show every user's queues and workers).
+"""The dashboard's read endpoints.
 
-    GET /dashboard/api/overview    status cards, throughput charts, queue depth, queues, workers
+    GET /dashboard/api/overview              (admins) status cards, throughput charts, queue depth, queues, workers
+    GET /dashboard/api/jobs/{job_id}/related an ingest job's file, counts and bad lines; an API
+                                             sync part's source and counts (the job's owner or an admin)
 
 Each statement (app/dashboard/queries.sql) runs in its own transaction under a
 ``statement_timeout`` of 2 s (STATEMENT_TIMEOUT_MS), so one slow
@@ -23,7 +25,9 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.auth import authenticate_admin
+from app.api import parse_job_id
+from app.auth import authenticate, authenticate_admin, may_see
+from app.errors import not_found
 from app.openapi import operation
 from pgqueue.limits import Rate
 from pgqueue.models import STATUSES
@@ -254,3 +258,73 @@ async def overview(request: Request) -> Response:
                     workers=[WorkerRow(**row) for row in workers], unavailable=sections.unavailable,
                     timings_ms=sections.timings_ms)
     return Response(msgspec.json.encode(body), media_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+BAD_LINES_SHOWN = 100
+
+
+class FileOut(msgspec.Struct, kw_only=True):
+    id: int
+    name: str
+    size: int
+    bytes_read: int
+    lines_total: int
+    lines_valid: int
+    lines_invalid: int
+    lines_blank: int
+    created_at: datetime
+
+
+class BadLine(msgspec.Struct, kw_only=True):
+    line_no: int
+    reason: str
+    excerpt: str
+
+
+class SyncPartOut(msgspec.Struct, kw_only=True):
+    sync_id: int
+    source: str
+    target: str
+    part: int
+    parts: int
+    pages: int
+    events: int
+    inserted: int
+    invalid: int
+    retries: int
+    rate_limited: int
+    bytes: int
+    restarts: int
+    total: int | None
+    last_page_at: datetime | None
+
+
+class JobRelated(msgspec.Struct, kw_only=True):
+    file: FileOut | None = None
+    bad_lines: list[BadLine] = []
+    bad_lines_shown: int = BAD_LINES_SHOWN
+    sync: SyncPartOut | None = None
+
+
+@operation(summary="What a job's page shows beside the job: an ingest job's file, counts and bad lines; an API "
+                   "sync's source and counts", response=JobRelated, tag="dashboard",
+           path_params={"job_id": "the job's id"}, errors=(404,),
+           description=f"The job's owner or an admin; another user's job is a 404. At most {BAD_LINES_SHOWN} bad lines, "
+                       "in line order.")
+async def job_related(request: Request) -> Response:
+    user = await authenticate(request)
+    job_id = parse_job_id(request.path_params["job_id"])
+    pool = request.state.store.pool
+    [owner] = await _rows(pool, "job_owner", {"job_id": job_id}) or [None]
+    if owner is None or not may_see(user, owner["owner_id"]):
+        raise not_found(f"job {job_id} not found")
+    related = JobRelated()
+    [file] = await _rows(pool, "job_file", {"job_id": job_id}) or [None]
+    if file is not None:
+        related.file = FileOut(**file)
+        related.bad_lines = [BadLine(**row) for row in
+                             await _rows(pool, "file_bad_lines", {"file_id": file["id"], "limit": BAD_LINES_SHOWN})]
+    [part] = await _rows(pool, "job_sync_part", {"job_id": job_id}) or [None]
+    if part is not None:
+        related.sync = SyncPartOut(**part)
+    return Response(msgspec.json.encode(related), media_type="application/json", headers={"Cache-Control": "no-store"})

@@ -169,3 +169,25 @@ SELECT w.id, w.hostname, w.pid, w.queues, w.concurrency, w.started_at, w.heartbe
        (SELECT count(*) FROM pgqueue.jobs AS j WHERE j.status = 'running' AND j.lease_owner = w.id) AS running
 FROM pgqueue.worker_status AS w
 ORDER BY w.alive DESC, w.started_at, w.id;
+
+-- name: job_owner :one
+-- Who owns a job (the job page's extra sections check it before showing anything).
+SELECT owner_id, kind FROM pgqueue.jobs WHERE id = %(job_id)s;
+
+-- name: job_file :one
+-- An ingest job's file and its line counts (files_job_idx).
+SELECT id, name, size, bytes_read, lines_total, lines_valid, lines_invalid, lines_blank, created_at
+FROM app.files WHERE job_id = %(job_id)s;
+
+-- name: file_bad_lines :many
+-- The first %(limit)s lines of a file that were not valid entries, with why (the primary key).
+SELECT line_no, reason, excerpt FROM app.ingest_errors
+WHERE file_id = %(file_id)s ORDER BY line_no LIMIT %(limit)s;
+
+-- name: job_sync_part :one
+-- An api_ingest job's sync and its part's counts (api_sync_parts_job_idx).
+SELECT s.id AS sync_id, s.source, s.target, p.part, p.pages, p.events, p.inserted, p.invalid, p.retries,
+       p.rate_limited, p.bytes, p.restarts, p.total, p.last_page_at,
+       (SELECT count(*) FROM app.api_sync_parts AS o WHERE o.sync_id = s.id) AS parts
+FROM app.api_sync_parts AS p JOIN app.api_syncs AS s ON s.id = p.sync_id
+WHERE p.job_id = %(job_id)s;

@@ -725,6 +725,18 @@ WITH redriven AS (
 )
 SELECT redriven.* FROM redriven, (SELECT count(*) FROM wake) AS w;
 
+-- name: run_job_now :one
+-- A queued job scheduled for later becomes runnable now (the dashboard's "run now"); the
+-- workers of its queue are woken.
+WITH moved AS (
+    UPDATE pgqueue.jobs SET run_at = now(), updated_at = now()
+    WHERE id = %(id)s AND status = 'queued' AND run_at > now()
+    RETURNING *
+), wake AS (
+    SELECT pg_notify('pgqueue_jobs', queue) FROM moved
+)
+SELECT moved.* FROM moved, (SELECT count(*) FROM wake) AS w;
+
 -- name: delete_job :one
 -- Remove a job that is not running (its errors and checkpoint go with it). A 'deleted' event
 -- ends any stream still following the job.

@@ -36,8 +36,19 @@ async function start() {
   $("who").textContent = `${me.name}${me.is_admin ? " (admin)" : ""}`;
   const root = $("page");
   root.classList.remove("hidden");
-  const module = await import(`./pages/${page}.js`);
-  await module.mount(root, { me, data, params: data.params || {} });
+  try {
+    const module = await import(`./pages/${page}.js`);
+    await module.mount(root, { me, data, params: data.params || {} });
+    document.body.dataset.mounted = page;
+  } catch (error) {
+    // a page that failed to draw says so instead of staying blank
+    document.body.dataset.error = String(error && error.message);
+    const box = document.createElement("p");
+    box.className = "error";
+    box.setAttribute("role", "alert");
+    box.textContent = `This page failed to load: ${error && error.message}`;
+    root.prepend(box);
+  }
 }
 
 $("login-form").addEventListener("submit", (event) => {
