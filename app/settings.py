@@ -59,6 +59,9 @@ class AppSettings(msgspec.Struct, kw_only=True):
     # APP_READ_DATABASE_URL: a read replica for the reads that may lag (GET /jobs, /stats, the
     # dashboard's overview); writes, single jobs and every event stream stay on the primary
     read_database_url: str | None = None
+    # APP_READ_MAX_LAG_SECONDS: past this replica lag (or while the replica is down) those reads
+    # go to the primary instead (app/replica.py)
+    read_max_lag_seconds: float = 10.0
     # largest JSON request body; read in chunks and refused (413) as soon as it is exceeded
     max_body_bytes: int = MIB
     # HMAC key of the short-lived stream tokens (SSE / WebSocket). Processes that serve the same
@@ -123,6 +126,7 @@ class AppSettings(msgspec.Struct, kw_only=True):
         check_concurrency(self.worker_concurrency, "APP_WORKER_CONCURRENCY")
         check_seconds("APP_WORKER_SHUTDOWN_GRACE", self.worker_shutdown_grace, 0.0)
         check_seconds("APP_SSE_KEEPALIVE_SECONDS", self.sse_keepalive_seconds, MIN_INTERVAL_SECONDS)
+        check_seconds("APP_READ_MAX_LAG_SECONDS", self.read_max_lag_seconds, 0.0)
         _check_range("APP_SSE_RETRY_MS", self.sse_retry_ms, 1, 24 * 3600 * 1000)
         _check_range("APP_SSE_QUEUE_SIZE", self.sse_queue_size, 1, 1_000_000)
         _check_range("APP_INGEST_BATCH_LINES", self.ingest_batch_lines, 1, 100_000)

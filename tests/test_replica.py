@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from pgqueue.db import behind_pooler
 from pgqueue.queue import Queue
 from pgqueue.scaleout import EmbeddedReplica
+from tests.helpers import wait_for
 from tests.scaleout_fixtures import replica_caught_up
 from tests.test_sse import claim, create_external_job, progress, sse
 from tests.web_fixtures import *  # noqa: F403
@@ -105,3 +107,78 @@ async def test_a_read_the_replica_cannot_answer_is_answered_by_the_primary(
     assert listed.status_code == 200, listed.text
     assert [job["id"] for job in listed.json()["jobs"]] == [job_id]
     assert server.state["read_store"].fallbacks == 1
+
+
+async def _queued_total(http: Any, path: str = "/jobs") -> int:
+    response = await http.get(path)
+    assert response.status_code == 200, response.text
+    return int(response.json()["total"])
+
+
+async def test_a_replica_lagging_past_the_bound_hands_lists_and_the_overview_to_the_primary(
+        replica: EmbeddedReplica, db_url: str, start_server: Callable[..., LiveServer], admin: ApiUser) -> None:
+    replica_url = replica.url_for(db_url)
+    replica_caught_up(db_url, replica_url)
+    server = start_server(read_database_url=replica_url, read_max_lag_seconds=0.5)
+    reads = server.state["read_store"]
+    async with server.client(admin) as http:
+        assert await _queued_total(http) == 0
+        assert reads.verdict.source == "replica"
+        with replay_paused(replica_url):
+            job_id = await create_external_job(server, admin)  # WAL the replica receives and does not apply
+
+            async def listed_from_the_primary() -> bool:
+                return await _queued_total(http) == 1  # the replica cannot have it: it replays nothing
+
+            await wait_for(listed_from_the_primary, timeout=30, message="the list to come from the primary")
+            assert reads.verdict.source == "primary" and "behind" in (reads.verdict.reason or ""), reads.verdict
+            overview = await http.get("/dashboard/api/overview")
+            assert overview.status_code == 200, overview.text
+            assert overview.json()["counts"]["queued"] == {"jobs": 1, "estimated": False}
+            stats = await http.get("/stats")
+            assert stats.status_code == 200 and stats.json()["by_status"]["queued"] == 1, stats.text
+        # replay resumed: once the replica has caught up, the reads go back to it
+        replica_caught_up(db_url, replica_url)
+
+        async def back_on_the_replica() -> bool:
+            return await _queued_total(http) == 1 and reads.verdict.source == "replica"
+
+        await wait_for(back_on_the_replica, timeout=30, message="reads to return to the replica")
+        assert [job["id"] for job in (await http.get("/jobs")).json()["jobs"]] == [job_id]
+
+
+async def test_a_stopped_replica_hands_lists_and_the_overview_to_the_primary_until_it_is_back(
+        replica: EmbeddedReplica, db_url: str, start_server: Callable[..., LiveServer], admin: ApiUser) -> None:
+    replica_url = replica.url_for(db_url)
+    replica_caught_up(db_url, replica_url)
+    server = start_server(read_database_url=replica_url)
+    reads = server.state["read_store"]
+    async with server.client(admin, timeout=20) as http:  # a hang fails the request, not the suite
+        assert await _queued_total(http) == 0
+        overview = await http.get("/dashboard/api/overview")
+        assert overview.status_code == 200 and reads.verdict.source == "replica", overview.text
+        replica.server.stop()  # fast shutdown: the app's replica connections die with it
+        try:
+            job_id = await create_external_job(server, admin)
+            # every lagging read, right after the stop and again while the replica stays down
+            for _ in range(3):
+                listed = await http.get("/jobs")
+                assert listed.status_code == 200, listed.text
+                assert [job["id"] for job in listed.json()["jobs"]] == [job_id]
+                overview = await http.get("/dashboard/api/overview")
+                assert overview.status_code == 200, overview.text
+                assert overview.json()["counts"]["queued"]["jobs"] == 1 and not overview.json()["unavailable"]
+                stats = await http.get("/stats")
+                assert stats.status_code == 200 and stats.json()["by_status"]["queued"] == 1, stats.text
+            assert reads.verdict.source == "primary" and reads.fallbacks >= 9, reads.verdict
+            ready = await http.get("/readyz")
+            assert ready.status_code == 200, ready.text  # the replica is not what the app needs to serve
+        finally:
+            replica.server.start()
+        reads.retry_seconds = 0.1  # look at the replica again soon (the default leaves it alone 5 s)
+        replica_caught_up(db_url, replica_url)
+
+        async def back_on_the_replica() -> bool:
+            return await _queued_total(http) == 1 and reads.verdict.source == "replica"
+
+        await wait_for(back_on_the_replica, timeout=60, message="reads to return to the restarted replica")
