@@ -146,14 +146,22 @@ async def test_a_schedule_added_and_paused_through_the_page(page_server: LiveSer
     async with devtools_page() as page:
         await open_page(page, page_server, admin, "/dashboard/schedules", "#schedule-form")
         await fill(page, {"schedule-name": "nightly-digest", "schedule-expression": "0 3 * * MON-FRY"})
-        await fill(page, {"schedule-payload-user": "ada", "schedule-payload-message": HOSTILE})
-        await js(page, "document.getElementById('schedule-form').requestSubmit()")
-        await wait_for(lambda: text_of(page, "#schedule-expression-error"), TIMEOUT, message="the cron error")
+        # while typing: the parse error at the field, before anything is submitted
+        await wait_for(lambda: text_of(page, "#schedule-expression-error"), TIMEOUT, message="the live cron error")
         error = await text_of(page, "#schedule-expression-error")
-        assert "day-of-week" in error and "position" in error, error
+        assert "day-of-week" in error and "position 13" in error, error
+        await fill(page, {"schedule-payload-user": "ada", "schedule-payload-message": HOSTILE})
+        await js(page, "document.getElementById('schedule-expression-error').textContent = ''")
+        await js(page, "document.getElementById('schedule-form').requestSubmit()")
+        await wait_for(lambda: text_of(page, "#schedule-expression-error"), TIMEOUT, message="the server's cron error")
+        assert await text_of(page, "#schedule-expression-error") == error
         assert query(page_server.database_url, "SELECT count(*) FROM pgqueue.schedules") == [(0,)]
 
         await fill(page, {"schedule-expression": "0 3 * * MON-FRI"})
+        await wait_for(lambda: text_of(page, "#schedule-preview"), TIMEOUT, message="the live preview")
+        preview = await text_of(page, "#schedule-preview")
+        assert preview.startswith("at 03:00, on Monday through Friday (UTC); next: in "), preview
+        assert await text_of(page, "#schedule-expression-error") == ""
         await js(page, "document.getElementById('schedule-form').requestSubmit()")
         await wait_for(lambda: js(page, "!!document.querySelector('tr[data-name=\"nightly-digest\"]')"), TIMEOUT,
                        message="the new schedule in the table")

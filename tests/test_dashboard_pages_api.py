@@ -122,3 +122,22 @@ async def test_the_sync_list_shows_an_admins_syncs_and_not_to_others(live_server
     assert bad.status_code == 422
     async with live_server.client(alice) as http:
         assert (await http.get("/api/v1/syncs")).json()["syncs"] == []
+
+
+async def test_cron_preview_says_what_an_expression_means_and_when_it_fires(live_server: LiveServer,
+                                                                          alice: ApiUser) -> None:
+    async with live_server.client(alice) as http:
+        good = await http.get("/cron", params={"expression": "0 9 * * MON-FRI", "timezone": "Europe/Paris"})
+        bad = await http.get("/cron", params={"expression": "0 9 * * MON-FRY", "timezone": "Mars/Olympus"})
+        missing = await http.get("/cron")
+        many = await http.get("/cron", params={"expression": "@daily", "count": 21})
+    assert good.status_code == 200, good.text
+    body = good.json()
+    assert body["meaning"] == "at 09:00, on Monday through Friday" and body["timezone"] == "Europe/Paris"
+    assert len(body["next_fire_times"]) == 5
+    assert bad.status_code == 422
+    assert {d["field"] for d in bad.json()["error"]["details"]} == {"expression", "timezone"}
+    assert "position 13" in bad.json()["error"]["details"][0]["message"]
+    assert missing.status_code == 422 and many.status_code == 422
+    async with live_server.client() as http:
+        assert (await http.get("/cron", params={"expression": "@daily"})).status_code == 401

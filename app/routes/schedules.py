@@ -6,6 +6,7 @@
     DELETE /schedules/{name}
     POST   /schedules/{name}/pause   no fire until resumed
     POST   /schedules/{name}/resume  goes on from the next fire time after now (missed ones are dropped)
+    GET    /cron?expression=&timezone=   an expression in words and its next fire times (nothing stored)
 
 The engine checks a definition as a whole before anything is written (registry.check_schedule):
 every bad field is listed in one 422, a cron error says where; a taken name is a 409.
@@ -23,8 +24,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from app.api import KIND_NAMES, json_response, read_json
-from app.auth import authenticate_admin
+from app.api import KIND_NAMES, json_response, read_json, read_query
+from app.auth import authenticate, authenticate_admin
 from app.cron_words import describe_cron
 from app.errors import ApiError, not_found, validation_error
 from app.kinds.webhooks import (
@@ -35,6 +36,7 @@ from app.kinds.webhooks import (
     resolve_webhook_url,
 )
 from app.openapi import operation
+from pgqueue.cron import CronError, load_zone, parse_cron
 from pgqueue.errors import InvalidSchedule, ScheduleExists, ScheduleNotFound
 from pgqueue.models import DEFAULT_CATCH_UP_WINDOW, MAX_CATCH_UP_WINDOW, Schedule
 from pgqueue.registry import check_schedule
@@ -245,7 +247,45 @@ async def resume_schedule(request: Request) -> Response:
         raise not_found(str(exc)) from None
 
 
+class CronQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    expression: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    timezone: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "UTC"
+    count: Annotated[int, msgspec.Meta(ge=1, le=20)] = 5
+
+
+class CronPreview(msgspec.Struct, kw_only=True):
+    expression: str
+    timezone: str
+    meaning: str
+    next_fire_times: list[datetime]
+
+
+@operation(summary="A cron expression in words, and its next fire times", query=CronQuery, response=CronPreview,
+           tag="schedules", errors=(422,),
+           description="A check before creating a schedule (the dashboard calls it as you type): nothing is stored. "
+                       "An expression that does not parse is a 422 saying where, as POST /schedules would answer.")
+async def preview_cron(request: Request) -> Response:
+    await authenticate(request)
+    query = read_query(request, CronQuery)
+    problems = []
+    try:
+        cron = parse_cron(query.expression)
+    except CronError as exc:
+        problems.append({"field": "expression", "message": str(exc)})
+    try:
+        zone = load_zone(query.timezone)
+    except ValueError as exc:
+        problems.append({"field": "timezone", "message": str(exc)})
+    if problems:
+        raise validation_error(problems, "the expression or time zone is not valid")
+    now = await request.state.queue.store.now()
+    return json_response(CronPreview(expression=query.expression, timezone=query.timezone,
+                                     meaning=describe_cron(query.expression),
+                                     next_fire_times=cron.next_times(now, zone, query.count)))
+
+
 ROUTES: list[BaseRoute] = [
+    Route("/cron", preview_cron, methods=["GET"]),
     Route("/schedules", list_schedules, methods=["GET"]),
     Route("/schedules", create_schedule, methods=["POST"]),
     Route("/schedules/{name}", get_schedule, methods=["GET"]),

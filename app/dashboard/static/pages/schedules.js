@@ -132,10 +132,45 @@ function addForm(doc, kinds, refresh) {
       }
     });
     holder.replaceChildren(node);
-    const zone = document.getElementById("schedule-timezone");
-    if (zone && !zone.value) zone.value = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+    livePreview(form, node);
   };
   picker.addEventListener("change", () => { kind = picker.value; draw(); });
   draw();
   return holder;
+}
+
+// As the expression or zone is typed: its meaning and next fire times (GET /cron), or the parse
+// error at the field, before anything is submitted.
+function livePreview(form, node) {
+  const expression = node.querySelector("#schedule-expression");
+  const zone = node.querySelector("#schedule-timezone");
+  if (!expression || !zone) return;
+  const preview = el("div", { class: "preview", id: "schedule-preview", "aria-live": "polite" });
+  expression.closest(".field").append(preview);
+  let timer = null;
+  let asked = 0;
+  const show = async () => {
+    const errors = { expression: form.fields.get("expression"), timezone: form.fields.get("timezone") };
+    if (!expression.value.trim()) { preview.replaceChildren(); return; }
+    const mine = ++asked;
+    const query = new URLSearchParams({ expression: expression.value, timezone: zone.value || "UTC", count: "3" });
+    try {
+      const answer = await api(`/cron?${query}`);
+      if (mine !== asked) return;
+      for (const field of Object.values(errors)) if (field) { field.error.textContent = ""; field.node.classList.remove("invalid"); }
+      preview.replaceChildren(el("b", {}, answer.meaning), ` (${answer.timezone}); next: `,
+        ...answer.next_fire_times.flatMap((t, i) => (i ? [", ", when(t)] : [when(t)])));
+    } catch (error) {
+      if (mine !== asked) return;
+      preview.replaceChildren();
+      const details = (error.body && error.body.error && error.body.error.details) || [];
+      for (const detail of details) {
+        const field = errors[detail.field];
+        if (field) { field.error.textContent = detail.message; field.node.classList.add("invalid"); }
+      }
+    }
+  };
+  const later = () => { clearTimeout(timer); timer = setTimeout(show, 300); };
+  expression.addEventListener("input", later);
+  zone.addEventListener("input", later);
 }
