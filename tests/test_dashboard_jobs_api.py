@@ -142,3 +142,45 @@ async def test_retry_with_its_unique_key_taken_is_a_409(live_server: LiveServer,
         conn.execute("UPDATE pgqueue.jobs SET status = 'succeeded', finished_at = now() WHERE id = %s", [live])
     async with live_server.client(alice) as http:
         assert (await http.post(f"/jobs/{dead}/retry")).status_code == 200
+
+
+async def test_run_now_makes_a_scheduled_job_runnable(live_server: LiveServer, alice: ApiUser, bob: ApiUser) -> None:
+    url = live_server.database_url
+    [later] = insert_jobs(url, alice, 1, "queued")
+    [dead] = insert_jobs(url, alice, 1, "dead")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE pgqueue.jobs SET run_at = now() + interval '1 day' WHERE id = %s", [later])
+    async with live_server.client(alice) as http, live_server.client(bob) as as_bob:
+        assert (await as_bob.post(f"/jobs/{later}/run-now")).status_code == 404
+        response = await http.post(f"/jobs/{later}/run-now")
+        again = await http.post(f"/jobs/{later}/run-now")
+        finished = await http.post(f"/jobs/{dead}/run-now")
+    assert response.status_code == 200, response.text
+    assert scalar(url, "SELECT run_at <= now() FROM pgqueue.jobs WHERE id = %s", [later]) is True
+    assert again.status_code == 409 and again.json()["error"]["code"] == "invalid_transition"
+    assert finished.status_code == 409
+
+
+async def test_a_jobs_related_sections_are_its_owners(live_server: LiveServer, alice: ApiUser, bob: ApiUser) -> None:
+    url = live_server.database_url
+    [job] = insert_jobs(url, alice, 1, "succeeded")
+    with psycopg.connect(url, autocommit=True) as conn:
+        file_id = conn.execute(
+            """INSERT INTO app.files (owner_id, name, content_type, size, sha256, storage_url, storage_key, job_id,
+                                      lines_total, lines_valid, lines_invalid)
+               VALUES (%s, 'app.jsonl', 'application/jsonl', 100, repeat('a', 64), 'file:///tmp', 'k1', %s, 3, 1, 2)
+               RETURNING id""", [str(alice.id), job]).fetchone()[0]
+        conn.execute("""INSERT INTO app.ingest_errors (file_id, line_no, job_id, reason, excerpt)
+                        VALUES (%s, 3, %s, 'not JSON', '<script>x</script>'), (%s, 2, %s, 'no ts', '{}')""",
+                     [file_id, job, file_id, job])
+    async with live_server.client(alice) as http, live_server.client(bob) as as_bob:
+        mine = await http.get(f"/dashboard/api/jobs/{job}/related")
+        theirs = await as_bob.get(f"/dashboard/api/jobs/{job}/related")
+        missing = await http.get("/dashboard/api/jobs/999999/related")
+        bad = await http.get("/dashboard/api/jobs/abc/related")
+    assert mine.status_code == 200, mine.text
+    body = mine.json()
+    assert body["file"]["name"] == "app.jsonl" and body["file"]["lines_invalid"] == 2
+    assert [line["line_no"] for line in body["bad_lines"]] == [2, 3] and body["sync"] is None
+    assert theirs.status_code == 404 and missing.status_code == 404 and bad.status_code == 404
+    assert theirs.json()["error"]["code"] == "not_found"
