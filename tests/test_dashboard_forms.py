@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,15 @@ async def screenshot(page: DevTools, name: str) -> None:
     (SCREENSHOTS / f"{name}.png").write_bytes(base64.b64decode(shot["data"]))
 
 
+async def assert_fits_narrow(page: DevTools, name: str, width: int = 420) -> None:
+    """Readable on a 420 px screen: nothing wider than the viewport (wide tables scroll in their box)."""
+    await page.call("Emulation.setDeviceMetricsOverride", width=width, height=900, deviceScaleFactor=1, mobile=True)
+    overflow = await js(page, "new Promise((ok) => requestAnimationFrame(() => ok(document.documentElement.scrollWidth)))")
+    shot = await page.call("Page.captureScreenshot", format="png")
+    Path(tempfile.gettempdir(), f"pgqueue-{name}-{width}.png").write_bytes(base64.b64decode(shot["data"]))
+    assert overflow <= width, f"{name} is {overflow} px wide at {width} px"
+
+
 async def assert_inert(page: DevTools) -> None:
     """Nothing hostile ran or became an element."""
     state = await js(page, "({pwned: window.pwned, images: document.querySelectorAll('main img').length, "
@@ -122,6 +132,7 @@ async def test_the_generated_form_refuses_a_bad_email_next_to_its_field(page_ser
         assert await js(page, "document.getElementById('job-payload-to').getAttribute('aria-invalid')") == "true"
         assert await js(page, "document.activeElement.id") == "job-payload-to", "focus goes to the first bad field"
         await screenshot(page, "create")
+        await assert_fits_narrow(page, "create")
         assert query(page_server.database_url, "SELECT count(*) FROM pgqueue.jobs") == [(0,)]
 
         await fill(page, {"job-payload-to": "ada@example.com", "job-payload-cc": "", "job-priority": "5"})
@@ -177,6 +188,7 @@ async def test_a_schedule_added_and_paused_through_the_page(page_server: LiveSer
                                         ".dataset.state === 'paused'"), TIMEOUT, message="the schedule paused")
         assert await text_of(page, "tr[data-name=\"nightly-digest\"] button.toggle") == "Resume"
         await screenshot(page, "schedules")
+        await assert_fits_narrow(page, "schedules")
     assert query(page_server.database_url, "SELECT name, paused, payload->>'message' FROM pgqueue.schedules") == [
         ("nightly-digest", True, HOSTILE)]
 
@@ -213,6 +225,7 @@ async def test_a_jsonl_upload_reaches_ingest_100_percent_and_its_name_is_text(pa
         assert "<img src=x onerror=" in shown, shown  # the name, as text
         await assert_inert(page)
         await screenshot(page, "uploads")
+        await assert_fits_narrow(page, "uploads")
     assert query(page_server.database_url, "SELECT lines_valid, lines_invalid FROM app.files") == [(2970, 30)]
 
 
@@ -239,4 +252,5 @@ async def test_an_api_sync_started_and_followed_through_the_page(page_server: Li
             await wait_for(lambda: js(page, "document.querySelectorAll('#syncs-table tr[data-id]').length === 1"),
                            TIMEOUT, message="the sync in the list")
             await screenshot(page, "syncs")
+            await assert_fits_narrow(page, "syncs")
     assert query(page_server.database_url, "SELECT source FROM app.api_syncs") == [("page-sim",)]
