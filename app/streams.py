@@ -121,10 +121,16 @@ async def follow(sub: Subscription, fetch_after: FetchAfter, after_id: int, *, k
             if item is LAGGED:
                 catching_up = True  # LAGGED is always alone in the queue: nothing is skipped here
                 break
-            if isinstance(item, Event) and sent.add(item.id):
-                # A live event may carry a smaller id than one already sent (transactions commit
-                # out of id order); it is still new, so it is sent, and last_id only moves up.
-                last_id = max(last_id, item.id)
+            if isinstance(item, Event):
+                if item.id > last_id:
+                    # Newer than anything sent: no duplicate (the hub queues an event once, and a
+                    # replay reads only ids above last_id), so it need not be remembered either.
+                    last_id = item.id
+                elif not sent.add(item.id):
+                    item = sub.get_nowait()  # the replay sent it already
+                    continue
+                # else: an older id not sent yet (transactions commit out of id order): still new,
+                # so it is sent, and last_id only moves up.
                 batch.append(item)
                 if ends_stream(item):
                     yield batch
@@ -259,16 +265,22 @@ class EventStreamResponse(Response):
                 await aclose()  # runs the stream's `finally` blocks: unsubscribe from the hub
 
 
-async def sse_body(batches: AsyncGenerator[list[Event] | None, None], retry_ms: int, *,
-                   admin: bool, rendered: RenderCache | None = None) -> AsyncIterator[bytes]:
-    """The event-stream bytes of `follow()`'s batches; closes the generator however the stream ends.
-    Non-admins get each error as its message, not its traceback (app/redact.py)."""
-    try:
-        yield b"retry: %d\n\n" % retry_ms
-        async for batch in batches:
-            yield KEEPALIVE if batch is None else sse_messages(batch, admin=admin, rendered=rendered)
-    finally:
-        await batches.aclose()
+async def sse_body(subscription: contextlib.AbstractContextManager[Subscription],
+                   follow_from: Callable[[Subscription], Awaitable[AsyncGenerator[list[Event] | None, None]]],
+                   retry_ms: int, *, admin: bool, rendered: RenderCache | None = None) -> AsyncIterator[bytes]:
+    """The event-stream bytes of a stream: subscribe, let `follow_from` start `follow()` on the
+    subscription, send the `retry:` hint, then each batch; unsubscribes and closes the generator
+    however the stream ends. Non-admins get each error as its message, not its traceback
+    (app/redact.py). One generator between `follow()` and the response, not two: this runs once
+    per event per client."""
+    with subscription as sub:
+        batches = await follow_from(sub)
+        try:
+            yield b"retry: %d\n\n" % retry_ms
+            async for batch in batches:
+                yield KEEPALIVE if batch is None else sse_messages(batch, admin=admin, rendered=rendered)
+        finally:
+            await batches.aclose()
 
 
 # -- routes -------------------------------------------------------------------------------------
@@ -295,15 +307,12 @@ async def job_events(request: Request) -> Response:
     async def fetch_after(after: int, limit: int) -> list[Event]:
         return await queue.events(job_id, after, limit)
 
-    async def body() -> AsyncIterator[bytes]:
-        with hub.subscribe(job_id=job_id) as sub:
-            events = follow(sub, fetch_after, after_id, keepalive_seconds=settings.sse_keepalive_seconds,
-                            ends_stream=is_terminal, finished=finished)
-            async for chunk in sse_body(events, settings.sse_retry_ms, admin=user.is_admin,
-                                        rendered=hub.rendered):
-                yield chunk
+    async def follow_from(sub: Subscription) -> AsyncGenerator[list[Event] | None, None]:
+        return follow(sub, fetch_after, after_id, keepalive_seconds=settings.sse_keepalive_seconds,
+                      ends_stream=is_terminal, finished=finished)
 
-    return EventStreamResponse(body())
+    return EventStreamResponse(sse_body(hub.subscribe(job_id=job_id), follow_from, settings.sse_retry_ms,
+                                        admin=user.is_admin, rendered=hub.rendered))
 
 
 @operation(summary="Every event you may see, as Server-Sent Events", tag="streams", auth="stream",
@@ -325,17 +334,14 @@ async def all_events(request: Request) -> Response:
         async def fetch_after(after: int, limit: int) -> list[Event]:
             return await store.owner_events_after(user.owner_id, after, limit)
 
-    async def body() -> AsyncIterator[bytes]:
-        subscription = hub.subscribe(see_all=True) if user.is_admin else hub.subscribe(owner_id=user.owner_id)
-        with subscription as sub:
-            # Without a position the stream is live only: it starts at the newest event.
-            after_id = requested if requested is not None else await store.latest_event_id()
-            events = follow(sub, fetch_after, after_id, keepalive_seconds=settings.sse_keepalive_seconds)
-            async for chunk in sse_body(events, settings.sse_retry_ms, admin=user.is_admin,
-                                        rendered=hub.rendered):
-                yield chunk
+    async def follow_from(sub: Subscription) -> AsyncGenerator[list[Event] | None, None]:
+        # Subscribed first; without a position the stream is live only: it starts at the newest event.
+        after_id = requested if requested is not None else await store.latest_event_id()
+        return follow(sub, fetch_after, after_id, keepalive_seconds=settings.sse_keepalive_seconds)
 
-    return EventStreamResponse(body())
+    subscription = hub.subscribe(see_all=True) if user.is_admin else hub.subscribe(owner_id=user.owner_id)
+    return EventStreamResponse(sse_body(subscription, follow_from, settings.sse_retry_ms, admin=user.is_admin,
+                                        rendered=hub.rendered))
 
 
 async def job_events_ws(websocket: WebSocket) -> None:

@@ -259,3 +259,71 @@ async def test_follow_sends_events_in_both_replay_and_live_queue_once(hub: Event
         seen += [event async for batch in batches for event in batch or ()]
     assert [e.type for e in seen] == ["progress"] * 3 + ["succeeded"]
     assert [e.id for e in seen] == [e.id for e in await queue.events(job.id)]
+
+
+def _event(event_id: int, job_id: int = 1) -> Event:
+    from datetime import UTC, datetime
+
+    return Event(id=event_id, job_id=job_id, type="progress", data={"percent": 1}, created_at=datetime.now(UTC))
+
+
+async def test_a_quiet_subscription_times_out_at_its_own_deadline_after_events_moved_it() -> None:
+    import asyncio
+
+    sub = Subscription(job_id=1, owner_id=None, see_all=False, capacity=4)
+    loop = asyncio.get_running_loop()
+    waiting = asyncio.ensure_future(sub.get(0.3))  # arms the keep-alive timer for now + 0.3 s
+    await asyncio.sleep(0)
+    sub.offer(_event(1))
+    first = await waiting
+    assert isinstance(first, Event) and first.id == 1
+    # the timer armed above is still pending at the old deadline (0.3 s after the start); this
+    # get's deadline is 0.15 s later, so when the old timer fires it must move itself instead of
+    # waking this get early
+    await asyncio.sleep(0.15)  # not a wait for anything: the gap between the two deadlines
+    deadline = loop.time() + 0.3
+    assert await sub.get(0.3) is None
+    assert loop.time() >= deadline - 0.002
+    sub.offer(_event(2))
+    got = await sub.get(0.3)
+    assert isinstance(got, Event) and got.id == 2
+    sub.close()
+    assert sub._timer is None
+
+
+async def test_a_subscription_returns_an_event_offered_while_it_waits(hub: EventHub) -> None:
+    import asyncio
+
+    with hub.subscribe(job_id=7) as sub:
+        waiting = asyncio.ensure_future(sub.get(TIMEOUT))
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        sub.offer(_event(5, job_id=7))
+        got = await waiting
+        assert isinstance(got, Event) and got.id == 5
+        assert sub.get_nowait() is None
+    assert sub._timer is None, "leaving the subscription drops its keep-alive timer"
+
+
+def test_render_cache_renders_each_live_event_once_per_variant_and_a_replayed_copy_afresh() -> None:
+    from app.hub import RenderCache
+
+    calls: list[tuple[int, str]] = []
+
+    def render(variant: str):  # type: ignore[no-untyped-def]
+        def inner(event: Event) -> bytes:
+            calls.append((event.id, variant))
+            return f"{variant}:{event.id}".encode()
+        return inner
+
+    cache = RenderCache(capacity=2)
+    live = _event(1)
+    for _ in range(1000):  # one burst to 1,000 subscribers: one render per audience
+        assert cache.get(live, True, render("admin")) == b"admin:1"
+        assert cache.get(live, False, render("user")) == b"user:1"
+    assert calls == [(1, "admin"), (1, "user")]
+    replayed = _event(1)  # the same id read again from the table: a different object
+    assert cache.get(replayed, True, render("admin")) == b"admin:1"
+    assert calls[-1] == (1, "admin") and len(calls) == 3
+    cache.get(_event(2), True, render("admin"))
+    assert len(cache) == 2, "bounded: the oldest entry goes"
