@@ -36,7 +36,7 @@ from pgqueue.models import STATUSES
 
 MAX_QUERY_CHARS = 10_000
 MAX_TOKENS = 2_000
-MAX_DEPTH = 12  # GraphiQL's introspection query is 12 deep; job and jobs need 4
+MAX_DEPTH = 15  # graphql-core's standard introspection query is 15 deep; job and jobs need 4
 MAX_FIELDS = 500  # with fragments expanded
 MAX_QUERIES = 10  # job / jobs fields (aliases included): each is a database query
 MAX_PAGE = 100

@@ -172,3 +172,10 @@ async def test_without_the_extra_the_route_says_so(live_server: LiveServer, alic
     status, body = await gql(live_server, alice, "{ jobs { totalCount } }")
     assert status == 501 and body["error"]["code"] == "graphql_not_installed", body
     assert "pgqueue[graphql]" in body["error"]["message"]
+
+
+async def test_the_standard_introspection_query_fits_the_limits(live_server: LiveServer, alice: ApiUser) -> None:
+    from graphql import get_introspection_query
+    status, body = await gql(live_server, alice, get_introspection_query())
+    assert status == 200 and "errors" not in body, body
+    assert {t["name"] for t in body["data"]["__schema"]["types"]} >= {"Job", "JobConnection", "JobStatus", "Query"}
