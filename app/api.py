@@ -379,13 +379,17 @@ class JobListQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     sort: Annotated[SortKey, msgspec.Meta(description="a leading - sorts descending")] = "-created"
     limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 50
     offset: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 0
+    total_max: Annotated[int, msgspec.Meta(ge=1, le=10_000_000, description=(
+        "count matches only up to this many (fast on a large table); past it `total` is this number "
+        "and `total_capped` is true"))] | UnsetType = UNSET
 
 
-class JobPage(msgspec.Struct, kw_only=True):
+class JobPage(msgspec.Struct, kw_only=True, omit_defaults=True):
     total: int
     limit: int
     offset: int
     jobs: list[JobOut]
+    total_capped: Annotated[bool, msgspec.Meta(description="more than `total_max` jobs match (left out when not)")] = False
 
 
 class JobDetail(msgspec.Struct, kw_only=True):
@@ -594,9 +598,13 @@ async def list_jobs(request: Request) -> Response:
                        queues=split_list(query.queue, "queue"), created_after=or_none(query.created_after),
                        created_before=or_none(query.created_before), q=or_none(query.q),
                        scheduled=or_none(query.scheduled), has_error=or_none(query.has_error))
+    total_max = or_none(query.total_max)
     total, jobs = await store.list_jobs(where, sort=query.sort.lstrip("-"), descending=query.sort.startswith("-"),
-                                        limit=query.limit, offset=query.offset)
-    return json_response(JobPage(total=total, limit=query.limit, offset=query.offset,
+                                        limit=query.limit, offset=query.offset,
+                                        count_limit=None if total_max is None else total_max + 1)
+    capped = total_max is not None and total > total_max
+    return json_response(JobPage(total=min(total, total_max) if total_max is not None else total, limit=query.limit,
+                                 offset=query.offset, total_capped=capped,
                                  jobs=[JobOut.of(job, admin=user.is_admin) for job in jobs]))
 
 

@@ -126,10 +126,10 @@ class AppStore:
         return await self._one("user_by_id", {"id": user_id}, kwargs_row(User))
 
     async def list_jobs(self, where: JobFilter, *, sort: str, descending: bool, limit: int,
-                        offset: int) -> tuple[int, list[Job]]:
-        """(total matches, one page of jobs)."""
+                        offset: int, count_limit: int | None = None) -> tuple[int, list[Job]]:
+        """(total matches, counted up to ``count_limit`` when given; one page of jobs)."""
         params = {**msgspec.structs.asdict(where), "sort": sort, "descending": descending, "limit": limit,
-                  "offset": offset}
+                  "offset": offset, "count_limit": count_limit}
         rows = await self._many("list_jobs", params, dict_row)
         total = rows[0]["total"] if rows else 0
         page = [Job(**{k: v for k, v in row.items() if k in _JOB_FIELDS}) for row in rows if row["id"] is not None]

@@ -357,7 +357,7 @@ async def test_list_searches_the_last_error(live_server: LiveServer, alice: ApiU
         ({"kind": "fax"}, [{"field": "kind", "message":
                             "unknown kind 'fax'; expected one of api_ingest, bulk_action, email, external, ingest_file, notification, report, task, webhook"}]),
         ({"colour": "red"}, [{"field": "colour", "message": "unknown query parameter; allowed: status, kind, queue, "
-                              "created_after, created_before, q, scheduled, has_error, sort, limit, offset"}]),
+                              "created_after, created_before, q, scheduled, has_error, sort, limit, offset, total_max"}]),
         ({"status": ","}, [{"field": "status", "message": "must name at least one value"}]),
         ({"created_after": "null"}, [{"field": "created_after", "message": "Invalid RFC3339 encoded datetime"}]),
         ({"created_after": "yesterday"}, [{"field": "created_after", "message": "Invalid RFC3339 encoded datetime"}]),
@@ -856,7 +856,7 @@ async def test_openapi_document_is_valid_and_generated_from_the_types(live_serve
     assert set(create["responses"]) == {"201", "400", "401", "403", "413", "415", "422"}
     listed = {p["name"] for p in document["paths"]["/jobs"]["get"]["parameters"]}
     assert listed == {"status", "kind", "queue", "created_after", "created_before", "q", "scheduled", "has_error", "sort",
-                      "limit", "offset"}
+                      "limit", "offset", "total_max"}
     assert document["paths"]["/worker/claim"]["post"]["security"] == [{"bearer": []}]
     assert "/jobs/{job_id}" in document["paths"] and "/tasks" in document["paths"]
 

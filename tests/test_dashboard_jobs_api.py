@@ -184,3 +184,16 @@ async def test_a_jobs_related_sections_are_its_owners(live_server: LiveServer, a
     assert [line["line_no"] for line in body["bad_lines"]] == [2, 3] and body["sync"] is None
     assert theirs.status_code == 404 and missing.status_code == 404 and bad.status_code == 404
     assert theirs.json()["error"]["code"] == "not_found"
+
+
+async def test_total_max_caps_the_count_and_says_so(live_server: LiveServer, alice: ApiUser) -> None:
+    insert_jobs(live_server.database_url, alice, 5, "dead")
+    async with live_server.client(alice) as http:
+        capped = (await http.get("/jobs", params={"total_max": "3"})).json()
+        exact = (await http.get("/jobs", params={"total_max": "5"})).json()
+        plain = (await http.get("/jobs")).json()
+        bad = await http.get("/jobs", params={"total_max": "0"})
+    assert (capped["total"], capped["total_capped"], len(capped["jobs"])) == (3, True, 5)
+    assert (exact["total"], exact.get("total_capped")) == (5, None), "left out unless capped"
+    assert (plain["total"], plain.get("total_capped")) == (5, None)
+    assert bad.status_code == 422 and bad.json()["error"]["details"][0]["field"] == "total_max"

@@ -30,7 +30,8 @@ SELECT id, name, is_admin, created_at FROM app.users WHERE id = %(id)s;
 -- index-friendly scans instead of copying every matching row. The LEFT JOIN keeps one row (with
 -- the total and NULL job columns) when the page is empty. Sort keys come from a fixed list
 -- (created, priority, status); status sorts by lifecycle, not alphabetically; id breaks ties.
--- Text search is a plain ILIKE over the payload's JSON text and the last error. `scheduled`:
+-- %(count_limit)s (NULL: no limit) stops the count early: a dashboard shows "1,000+" instead of
+-- counting a million rows on every page. Text search is a plain ILIKE over the payload's JSON text and the last error. `scheduled`:
 -- queued to run later; `has_error`: failed at least once. (app/sql/bulk.sql repeats this WHERE.)
 WITH matching AS NOT MATERIALIZED (
     SELECT * FROM pgqueue.jobs
@@ -46,7 +47,7 @@ WITH matching AS NOT MATERIALIZED (
       AND (%(has_error)s::bool IS NULL OR (last_error IS NOT NULL) = %(has_error)s::bool)
 )
 SELECT total.jobs AS total, page.*
-FROM (SELECT count(*) AS jobs FROM matching) AS total
+FROM (SELECT count(*) AS jobs FROM (SELECT 1 FROM matching LIMIT %(count_limit)s) AS counted) AS total
 LEFT JOIN LATERAL (
     SELECT * FROM matching
     ORDER BY

@@ -11,6 +11,7 @@ const FILTERS = ["status", "kind", "queue", "q", "created_after", "created_befor
 const SORTS = { created: "Created", priority: "Priority", status: "Status" };
 const LIMITS = [20, 50, 100];
 const IDS_MAX = 1000;  // POST /jobs/bulk takes at most this many ids
+const COUNT_MAX = 1000;  // the list counts matches up to this many ("1,000+"); "all matching" counts them all
 
 function readState() {
   const params = new URLSearchParams(location.search);
@@ -133,11 +134,26 @@ export async function mount(root, { me, data }) {
     fill(bar,
       el("span", { id: "selection", "data-count": count }, count ? `${number(count)} selected${allMatching ? " (all matching this filter)" : ""}` : "Select jobs to act on them"),
       wholePage && page.total > pageIds.length && !allMatching
-        ? el("button", { type: "button", class: "link", id: "select-all-matching", onclick: () => { allMatching = true; drawBar(); } },
-            `Select all ${number(page.total)} matching this filter`) : null,
+        ? el("button", { type: "button", class: "link", id: "select-all-matching", onclick: selectAllMatching },
+            `Select all ${number(page.total)}${page.total_capped ? "+" : ""} matching this filter`) : null,
       allMatching ? el("button", { type: "button", class: "link", onclick: () => { allMatching = false; selected.clear(); draw(); } }, "Clear selection") : null,
       ["retry", "cancel", "delete"].map((action) => el("button", { type: "button", "data-bulk": action, disabled: !count,
         class: action === "delete" ? "danger" : "", onclick: () => confirmBulk(action, count) }, action[0].toUpperCase() + action.slice(1))));
+  }
+
+  async function selectAllMatching() {
+    if (page.total_capped) {  // the confirmation names the real count: count them all once
+      const query = toQuery({ ...state, offset: 0, limit: 1 });
+      try {
+        const exact = await api(`/jobs?${query}`);
+        page = { ...page, total: exact.total, total_capped: false };
+      } catch (error) {
+        fill(outcome, errorBox(error));
+        return;
+      }
+    }
+    allMatching = true;
+    draw();
   }
 
   function confirmBulk(action, count) {
@@ -231,14 +247,14 @@ export async function mount(root, { me, data }) {
       el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: 10, class: "muted" }, "No jobs match.")))));
     const first = page.total ? state.offset + 1 : 0;
     const last = Math.min(state.offset + page.jobs.length, page.total);
-    summary.textContent = `${number(first)}–${number(last)} of ${number(page.total)} jobs`;
+    summary.textContent = `${number(first)}–${number(last)} of ${number(page.total)}${page.total_capped ? "+" : ""} jobs`;
     summary.dataset.total = page.total;
     fill(pager,
       el("button", { type: "button", id: "prev", disabled: state.offset <= 0,
         onclick: () => go({ ...state, offset: Math.max(0, state.offset - state.limit) }) }, "← Newer"),
       el("label", {}, "per page ", el("select", { id: "limit", onchange: (event) => go({ ...state, limit: Number(event.target.value), offset: 0 }) },
         LIMITS.map((n) => el("option", { value: n, selected: n === state.limit }, n)))),
-      el("button", { type: "button", id: "next", disabled: last >= page.total,
+      el("button", { type: "button", id: "next", disabled: last >= page.total && !page.total_capped,
         onclick: () => go({ ...state, offset: state.offset + state.limit }) }, "Older →"));
     drawBar();
   }
@@ -247,7 +263,9 @@ export async function mount(root, { me, data }) {
     drawForm();
     const query = toQuery(state);
     try {
-      page = await api(`/jobs${query ? `?${query}` : ""}`);
+      const counted = new URLSearchParams(query);
+      counted.set("total_max", String(Math.max(COUNT_MAX, state.offset + state.limit)));
+      page = await api(`/jobs?${counted}`);
       root.dataset.loaded = query;
       draw();
     } catch (error) {
