@@ -4,7 +4,7 @@ run, taking turns, median and spread of the rounds (README "Queues").
 
 Scenarios: plain; a concurrency limit of 100,000 on the queue; a rate limit of 10^9 starts per
 second; 1,000 distinct concurrency keys under a per-key limit of 1,000. Each claim then goes
-through its slots (upserting one slot row per job), its buckets, or both per key.
+through pgqueue.claim's limited path (the queue lock, its slots, its buckets, or both per key).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ SCENARIOS: tuple[tuple[str, dict[str, Any], int], ...] = (
 ROUNDS = 3
 TARGET = 0.8  # of the plain drain
 
-BENCH_RESET_QUEUES = "TRUNCATE pgqueue.queues, pgqueue.slots, pgqueue.rate_buckets"
+BENCH_RESET_QUEUES = "TRUNCATE pgqueue.queues, pgqueue.rate_buckets"
 BENCH_ANALYZE = "ANALYZE pgqueue.jobs"
 BENCH_DRAIN = """
 SELECT count(*), extract(epoch FROM max(finished_at) - min(started_at))::float8, count(DISTINCT started_at)

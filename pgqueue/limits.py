@@ -1,7 +1,7 @@
 """Queue flow control as data: a queue's state and limits (`QueueInfo`), rate parsing (`10/s`,
 `600/1m`) and the validation shared by both backends, the CLI and the REST layer.
 
-The limits themselves are enforced in the claim statement (pgqueue/sql/queries.sql, claim_jobs)
+The limits themselves are enforced in the claim (pgqueue.claim, schema/0013.claim-function.sql)
 and, for the in-memory backend, in MemoryQueue.claim. Imports nothing of ours but errors.
 """
 

@@ -63,6 +63,8 @@ class Pruner:
         await EventPartitions(self.store, self.settings).run_once(conn)
         # a killed worker's row goes after max(10 of its heartbeats, 2 leases, 5 minutes): README "Workers"
         await self.store.prune_workers(max(300.0, self.settings.lease_seconds * 2), conn)
+        # token buckets that are full again (no row reads as a full bucket): README "Queues"
+        total += await self.store.prune_rate_buckets(conn)
         if total:
             log.info("pruned %s rows", total)
         return total

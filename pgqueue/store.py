@@ -317,13 +317,7 @@ class Store:
         params = {"queues": list(queues), "limit": limit, "worker_id": worker_id, "lease_seconds": lease_seconds,
                   "record_started": record_started, "async_commit": conn is None, "charged": charged,
                   "include_suspects": include_suspects}
-        # unlimited queues first, with the cheap statement; limited ones (if any) with claim_jobs
-        claimed, limited = await self._one("claim_unlimited_jobs", params, conn)
-        jobs = await self._readable_claims(claimed, conn)
-        if limited and len(jobs) < limit:
-            params.update(queues=limited, limit=limit - len(jobs))
-            jobs += await self._readable_claims((await self._one("claim_jobs", params, conn))[0], conn)
-        return jobs
+        return await self._readable_claims((await self._one("claim_jobs", params, conn))[0], conn)
 
     async def claim_suspect_job(self, queues: Sequence[str], worker_id: str, lease_seconds: float,
                                 conn: AsyncConnection | None = None) -> list[Job]:
@@ -407,6 +401,9 @@ class Store:
 
     async def prune_workers(self, older_than_seconds: float, conn: AsyncConnection | None = None) -> int:
         return len(await self._many("prune_workers", {"older_than_seconds": older_than_seconds}, conn))
+
+    async def prune_rate_buckets(self, conn: AsyncConnection | None = None) -> int:
+        return len(await self._many("prune_rate_buckets", {}, conn))
 
     async def listen(self, conn: AsyncConnection, *channels: str) -> None:
         """LISTEN on each of our channels. Not a named query: LISTEN takes no parameters and

@@ -96,6 +96,7 @@ class Worker:
                          "isolated": 0, "beats_skipped": 0}
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
+        self._empty_claims = 0  # claims in a row that found nothing (see _idle)
         self._completions: list[tuple[int, uuid.UUID, Any]] = []
         # finished jobs whose completion is not written yet: still heartbeated (their lease must
         # not expire while a slow flush runs), and they hold back claiming once they pile up
@@ -246,6 +247,7 @@ class Worker:
                 continue
             for job in jobs:
                 self._start(job)
+            self._empty_claims = 0 if jobs else self._empty_claims + 1
             if len(jobs) < free:
                 await self._idle()
 
@@ -268,9 +270,12 @@ class Worker:
             if next_at is not None and next_at > now:
                 timeout = min(timeout, (next_at - now).total_seconds())
             elif next_at is not None and len(self.running) < self.concurrency:
-                # something is runnable already (rows another worker just released, or crash
-                # suspects the plain claim skips): fetch again soon, asking for suspects too
-                timeout = min(timeout, 0.05)
+                # something is runnable already (rows another worker just released, crash suspects
+                # the plain claim skips, or a queue at its limit): fetch again soon, asking for
+                # suspects too; 50 ms, doubling while claims keep coming back empty (a queue full
+                # under its concurrency or rate limit), up to the poll interval
+                retry = 0.05 * 2 ** min(max(self._empty_claims - 1, 0), 8)
+                timeout = min(timeout, retry)
                 self._suspects_checked_at = 0.0
         if not self._marked_idle:
             timeout = min(timeout, 0.05)  # an insert was under way (or the mark failed): no NOTIFY is sure to come

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -94,3 +95,29 @@ async def notifications_so_far(listener: psycopg.AsyncConnection[Any], url: str,
             return seen
         seen.append(note.payload)
     raise AssertionError(f"marker notification not received on {channel} (saw {seen})")
+
+
+async def nested_plans(queue: Queue, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
+    """The plans of every statement `sql` runs, functions' inner statements included (auto_explain,
+    nested statements, sent to this client as notices), in a transaction rolled back afterwards."""
+    plans: list[Any] = []
+
+    def on_notice(diag: psycopg.errors.Diagnostic) -> None:
+        text = diag.message_primary or ""
+        if "plan:" in text:
+            plans.append(json.loads(text.split("plan:", 1)[1])["Plan"])
+
+    async with queue.pool.connection() as conn:
+        conn.add_notice_handler(on_notice)
+        try:
+            async with conn.transaction(force_rollback=True):
+                for setting in ("LOAD 'auto_explain'", "SET LOCAL auto_explain.log_min_duration = 0",
+                                "SET LOCAL auto_explain.log_nested_statements = on",
+                                "SET LOCAL auto_explain.log_format = json", "SET LOCAL auto_explain.log_level = notice",
+                                "SET LOCAL client_min_messages = notice"):
+                    await conn.execute(setting)
+                await conn.execute(sql, params)
+                await conn.execute("SET LOCAL auto_explain.log_min_duration = -1")
+        finally:
+            conn.remove_notice_handler(on_notice)
+    return plans

@@ -19,7 +19,7 @@ from pgqueue import MemoryQueue, Queue, QueueBackend
 from pgqueue.errors import InvalidQueueSettings
 from pgqueue.limits import Rate, parse_rate
 from pgqueue.sql import QUERIES
-from tests.engine_fixtures import fetch
+from tests.engine_fixtures import fetch, nested_plans
 from tests.helpers import wait_for_sync
 from tests.jobs import jobs
 from tests.process_fixtures import WorkerProcess, query, run_cli, scalar
@@ -163,16 +163,6 @@ def test_rate_syntax() -> None:
 # -- PostgreSQL: the claim statement ------------------------------------------------------------
 
 
-def test_both_claim_statements_share_the_limits() -> None:
-    """claim_suspect_job repeats claim_jobs' limits word for word (SQL has no include)."""
-    def part(name: str, start: str, end: str) -> str:
-        sql = QUERIES[name].sql
-        return sql[sql.index(start):sql.index(end)]
-
-    assert part("claim_jobs", "WITH limits", "), candidates") == part("claim_suspect_job", "WITH limits", "), candidates")
-    assert part("claim_jobs", "), ranked", "), claimed") == part("claim_suspect_job", "), ranked", "), claimed")
-
-
 async def test_limited_claim_stays_on_the_claim_index(queue: Queue) -> None:
     await fetch(queue, """
         INSERT INTO pgqueue.jobs (queue, kind, status, finished_at, priority, concurrency_key)
@@ -183,10 +173,11 @@ async def test_limited_claim_stays_on_the_claim_index(queue: Queue) -> None:
     await fetch(queue, "ANALYZE pgqueue.jobs")
     params = {"queues": ["q0"], "limit": 10, "worker_id": "explain", "lease_seconds": 30.0, "record_started": True,
               "async_commit": False, "charged": False, "include_suspects": False}
-    [(plan,)] = await fetch(queue, "EXPLAIN (FORMAT JSON) " + QUERIES["claim_jobs"].sql, params)
-    text = str(plan)
-    assert "jobs_claim_idx" in text, plan
-    assert "'Seq Scan', 'Relation Name': 'jobs'" not in text.replace('"', "'"), plan
+    # the plans inside pgqueue.claim (auto_explain): every scan of jobs by an index
+    plans = await nested_plans(queue, QUERIES["claim_jobs"].sql, params)
+    text = str(plans)
+    assert "jobs_claim_idx" in text, plans
+    assert "'Seq Scan', 'Relation Name': 'jobs'" not in text.replace('"', "'"), plans
     claimed = await queue.claim(["q0"], 10, "w1")
     assert len(claimed) == 10 and all(job.queue_slot is not None and job.key_slot is not None for job in claimed)
 
@@ -362,3 +353,31 @@ async def test_pause_notifies_the_control_channel(queue: Queue, db_url: str) -> 
         await queue.resume_queue("mail")
         assert await notifications_so_far(listener, db_url, "pgqueue_control") == ["pause mail", "limits mail",
                                                                                   "resume mail"]
+
+
+async def test_full_and_orphaned_token_buckets_are_pruned(queue: Queue) -> None:
+    """A bucket refilled to capacity is the same as no row (a claim reads a missing bucket as
+    full), so the maintenance pass deletes it; one still short of tokens stays, and the buckets of
+    a limit since removed go."""
+    from pgqueue.maintenance import Pruner
+
+    await queue.enqueue_many([("noop", {"n": n}, {"concurrency_key": f"k{n % 2}"}) for n in range(6)])
+    await queue.set_queue_limits("default", rate="2/h", key_rate="5/h")
+    assert len(await queue.claim(["default"], 10, "w1")) == 2  # the queue's bucket allows 2
+    buckets = dict(await fetch(queue, "SELECT key, tokens FROM pgqueue.rate_buckets ORDER BY key"))
+    assert buckets == {"": 0.0, "k0": 4.0, "k1": 4.0}
+    pruner = Pruner(queue.store, queue.settings)
+    await pruner.run_once()
+    assert len(await fetch(queue, "SELECT 1 FROM pgqueue.rate_buckets")) == 3  # none full yet
+
+    # the key buckets refill (an hour ago), the queue's does not: only the keys' go
+    await fetch(queue, "UPDATE pgqueue.rate_buckets SET refilled_at = now() - interval '1 hour' WHERE key <> ''")
+    await pruner.run_once()
+    assert [key for (key,) in await fetch(queue, "SELECT key FROM pgqueue.rate_buckets")] == [""]
+    # a pruned bucket reads as full: the next claim may take the keys' tokens again, not more
+    assert len(await queue.claim(["default"], 10, "w1")) == 0  # the queue's bucket is still empty
+
+    await queue.set_queue_limits("default", rate=None)
+    await pruner.run_once()
+    assert await fetch(queue, "SELECT 1 FROM pgqueue.rate_buckets") == []
+    assert len(await queue.claim(["default"], 10, "w1")) == 4  # only the per-key limit (5/h) is left
