@@ -26,6 +26,7 @@ from app.errors import ApiError, ErrorInfo, field_errors, not_found, validation_
 from app.ingest import INGEST_KIND
 from app.jobs import TaskPayload
 from app.jobs import jobs as app_jobs
+from app.kinds.api_ingest import KIND as API_INGEST_KIND
 from app.kinds.bulk import (
     BULK_KIND,
     INLINE_MAX,
@@ -520,8 +521,8 @@ async def _check_webhook(request: Request, user: User, hook: WebhookPayload) -> 
 
 @operation(summary="Enqueue a job", body=JobCreate, response=JobOut, status=201, errors=(403,),
            description="The payload is validated against the kind's type; every bad field is listed in a 422. "
-                       "`webhook` jobs are for admins only (403), and their URL must resolve to public "
-                       "addresses only, unless APP_WEBHOOK_ALLOW_HOSTS names it (422).")
+                       "`webhook` and `api_ingest` jobs are for admins only (403); a webhook's URL must resolve to "
+                       "public addresses only, unless APP_WEBHOOK_ALLOW_HOSTS names it (422).")
 async def create_job(request: Request) -> Response:
     user = await authenticate(request)
     try:
@@ -551,6 +552,9 @@ async def create_job(request: Request) -> Response:
     kind = new.__struct_config__.tag
     if kind == WEBHOOK_KIND:
         await _check_webhook(request, user, new.payload)
+    if kind == API_INGEST_KIND and not user.is_admin:  # it fetches any URL and writes a table of the app
+        raise forbidden("only admins may enqueue api_ingest jobs (they call out to the configured URL and write "
+                        "tables); admins start a sync with POST /api/v1/syncs")
     job = await queue.enqueue(kind, msgspec.to_builtins(new.payload), **options)
     return json_response(JobOut.of(job, admin=user.is_admin), 201, {"Location": f"/jobs/{job.id}"})
 

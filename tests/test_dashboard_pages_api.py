@@ -141,3 +141,16 @@ async def test_cron_preview_says_what_an_expression_means_and_when_it_fires(live
     assert missing.status_code == 422 and many.status_code == 422
     async with live_server.client() as http:
         assert (await http.get("/cron", params={"expression": "@daily"})).status_code == 401
+
+
+async def test_only_admins_may_enqueue_api_ingest_jobs(live_server: LiveServer, alice: ApiUser) -> None:
+    """An api_ingest job fetches the URL of its config and writes a table: a user's POST /jobs must
+    not get one past the admin-only POST /api/v1/syncs (the create page does not offer the kind)."""
+    body = {"kind": "api_ingest", "payload": {"sync_id": 1, "config": {"url": "http://127.0.0.1:9/internal",
+                                                                       "target": "stolen"}}}
+    async with live_server.client(alice) as http:
+        response = await http.post("/jobs", json=body)
+    assert response.status_code == 403, response.text
+    assert "POST /api/v1/syncs" in response.json()["error"]["message"]
+    from tests.process_fixtures import scalar
+    assert scalar(live_server.database_url, "SELECT count(*) FROM pgqueue.jobs") == 0
