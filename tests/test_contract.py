@@ -26,6 +26,7 @@ from pgqueue import (
     UnknownKind,
 )
 from pgqueue.config import Settings
+from pgqueue.errors import UniqueKeyTaken
 from pgqueue.registry import MAX_PAYLOAD_DEPTH
 from tests.engine_fixtures import fetch
 from tests.helpers import wait_for
@@ -457,6 +458,29 @@ async def test_retry_re_drives_a_cancelled_job_as_river_and_oban_do(backend: Que
     with pytest.raises(InvalidTransition) as refused:
         await backend.retry(job.id)  # a succeeded job stays succeeded
     assert refused.value.status == "succeeded"
+
+
+async def test_retry_refuses_while_another_live_job_holds_its_unique_key(backend: QueueBackend) -> None:
+    first = await backend.enqueue("noop", {}, unique_key="nightly")
+    assert (await backend.cancel(first.id)).status == "cancelled"
+    holder = await backend.enqueue("noop", {}, unique_key="nightly")  # the key is free again: a new job
+    assert holder.id != first.id
+    with pytest.raises(UniqueKeyTaken) as refused:
+        await backend.retry(first.id)
+    assert refused.value.holder_id == holder.id and isinstance(refused.value, InvalidTransition)
+    assert (await backend.get(first.id)).status == "cancelled"
+    await backend.cancel(holder.id)
+    assert (await backend.retry(first.id)).status == "queued"
+
+
+async def test_run_now_makes_a_job_scheduled_for_later_runnable(backend: QueueBackend) -> None:
+    later = await backend.enqueue("noop", {}, delay=3600)
+    assert await backend.claim(["default"], 1, "w") == []
+    moved = await backend.run_now(later.id)
+    assert moved.run_at <= await backend_now(backend)
+    assert (await claim_one(backend)).id == later.id
+    with pytest.raises(InvalidTransition):
+        await backend.run_now(later.id)  # running now
 
 
 async def test_delete(backend: QueueBackend) -> None:
