@@ -13,7 +13,7 @@
 -- which stay the guarantee that no two running jobs ever share a slot. A slot no longer needs a
 -- row of its own: pgqueue.slots goes, and with it the upsert per claimed job that doubled the
 -- cost of a limited claim. Token buckets are read and written under the same lock.
--- depends: 0011.idle-wakeups
+-- depends: 0012.partitioned-events
 
 DROP TABLE pgqueue.slots;
 ALTER TABLE pgqueue.rate_buckets DROP COLUMN granted;

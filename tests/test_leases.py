@@ -150,6 +150,9 @@ async def test_a_job_claimed_again_by_its_worker_keeps_its_new_run(db_url: str) 
         task = asyncio.create_task(worker.run())
         try:
             first = await wait_for(lambda: _run_of(worker, job.id, attempt=1), message="the first run")
+            # the worker's first heartbeat (at start-up, then every 20 s) has extended the lease:
+            # one landing after the take-away below would stop the old run before it can finish
+            await wait_for(lambda: _extended_once(queue, job.id), message="the first heartbeat")
             # the job is taken away from this run (as a rescue would) and queued again
             await fetch(queue, "UPDATE pgqueue.jobs SET status = 'queued', lease_token = NULL, "
                                "lease_expires_at = NULL WHERE id = %s", [job.id])
@@ -182,6 +185,12 @@ async def _run_of(worker: Worker, job_id: int, attempt: int) -> Any:
         if run.job.id == job_id and run.job.attempts == attempt:
             return run.job
     return None
+
+
+async def _extended_once(queue: Queue, job_id: int) -> bool:
+    [(extended,)] = await fetch(queue, "SELECT lease_expires_at > started_at + interval '60 seconds' "
+                                       "FROM pgqueue.jobs WHERE id = %s", [job_id])
+    return bool(extended)
 
 
 async def _true(value: bool) -> bool:
