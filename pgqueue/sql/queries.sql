@@ -433,8 +433,9 @@ ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), heartbeat_seconds = EXCLUDE
 -- now: the worker stays unmarked and looks again shortly. One statement, so the locks last
 -- until its commit.
 WITH locks AS MATERIALIZED (
-    SELECT bool_and(pg_try_advisory_xact_lock(1885827447, hashtext(q.name))) AS taken
-    FROM unnest(%(queues)s::text[]) AS q(name)
+    -- all 16 stripes of each queue (schema/0014: an insert holds one of them, shared)
+    SELECT bool_and(pg_try_advisory_xact_lock(1885827447, pgqueue.wakeup_stripe(q.name, s.stripe))) AS taken
+    FROM unnest(%(queues)s::text[]) AS q(name) CROSS JOIN generate_series(0, 15) AS s(stripe)
 ), marked AS (
     UPDATE pgqueue.workers SET idle = true WHERE id = %(id)s AND (SELECT taken FROM locks)
     RETURNING id
