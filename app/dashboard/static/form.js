@@ -148,11 +148,12 @@ export class Form {
       input = el("input", { id, name: path, type: "datetime-local", step: 1, "aria-describedby": describedBy });
       read = () => (input.value ? isoFromLocal(input.value) : undefined);
     } else if (type === "string") {
-      const long = schema.maxLength !== undefined && schema.maxLength > 500;
+      const isUrl = /(^|_)url$/.test(name);
+      const long = schema.maxLength !== undefined && schema.maxLength > 500 && !isUrl;
       const secret = name === "api_key" || /secret|password|token/.test(name);
       input = long
         ? el("textarea", { id, name: path, rows: 3, "aria-describedby": describedBy })
-        : el("input", { id, name: path, type: secret ? "password" : schema.format === "email" ? "email" : "text",
+        : el("input", { id, name: path, type: secret ? "password" : schema.format === "email" ? "email" : isUrl ? "url" : "text",
           maxlength: schema.maxLength, autocomplete: "off", "aria-describedby": describedBy });
       if (typeof schema.default === "string") input.value = schema.default;
       if (required) input.required = true;
