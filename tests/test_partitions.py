@@ -17,7 +17,7 @@ from pgqueue import bench_history
 from pgqueue.config import Settings
 from pgqueue.errors import ConfigError
 from pgqueue.maintenance import EventPartitions
-from pgqueue.migrate import migrate, rollback
+from pgqueue.migrate import migrate, rollback, shipped_migrations
 from pgqueue.queue import Queue
 from tests.conftest import PgServer
 from tests.engine_fixtures import (
@@ -201,14 +201,12 @@ def events_layout(url: str) -> dict[str, Any]:
     }
 
 
-# the migrations after 0012, rolled back and applied again around it
-LATER = ["0013.claim-function", "0014.wakeup-lock-stripes"]
-
-
 def test_the_migration_moves_existing_rows_and_the_rollback_brings_them_back(empty_db: str) -> None:  # noqa: F811
     url = empty_db
+    shipped = shipped_migrations()
+    later = shipped[shipped.index("0012.partitioned-events") + 1:]  # rolled back and applied again around it
     migrate(url)
-    assert rollback(url, len(LATER) + 1) == [*LATER[::-1], "0012.partitioned-events"]
+    assert rollback(url, len(later) + 1) == [*later[::-1], "0012.partitioned-events"]
     with psycopg.connect(url, autocommit=True) as conn:  # history under the old, plain table
         conn.execute("""INSERT INTO pgqueue.events (job_id, type, data, created_at)
                         SELECT g % 5, 'progress', jsonb_build_object('n', g), now() - g * interval '3 hours'
@@ -217,7 +215,7 @@ def test_the_migration_moves_existing_rows_and_the_rollback_brings_them_back(emp
     before = events_layout(url)
     assert before["relkind"] == "r"
 
-    assert migrate(url) == ["0012.partitioned-events", *LATER]
+    assert migrate(url) == ["0012.partitioned-events", *later]
     after = events_layout(url)
     assert after["relkind"] == "p" and after["rows"] == before["rows"]
     assert after["triggers"] == ["events_inserted_notify"]
@@ -235,13 +233,13 @@ def test_the_migration_moves_existing_rows_and_the_rollback_brings_them_back(emp
         scalar(url, "INSERT INTO pgqueue.events (id, job_id, type) VALUES (1, 1, 'progress') RETURNING id")
 
     partitioned = events_layout(url)
-    assert rollback(url, len(LATER) + 1) == [*LATER[::-1], "0012.partitioned-events"]
+    assert rollback(url, len(later) + 1) == [*later[::-1], "0012.partitioned-events"]
     back = events_layout(url)
     assert back["relkind"] == "r" and back["rows"] == partitioned["rows"]
     assert len(back["rows"]) == len(before["rows"]) + 1 and back["triggers"] == ["events_inserted_notify"]
     assert scalar(url, "INSERT INTO pgqueue.events (job_id, type) VALUES (1, 'progress') RETURNING id") == last + 2
     assert scalar(url, "SELECT to_regclass('pgqueue.event_partitions')") is None
-    assert migrate(url) == ["0012.partitioned-events", *LATER]  # and forward again
+    assert migrate(url) == ["0012.partitioned-events", *later]  # and forward again
     assert len(events_layout(url)["rows"]) == len(before["rows"]) + 2
 
 
