@@ -254,3 +254,27 @@ async def test_an_api_sync_started_and_followed_through_the_page(page_server: Li
             await screenshot(page, "syncs")
             await assert_fits_narrow(page, "syncs")
     assert query(page_server.database_url, "SELECT source FROM app.api_syncs") == [("page-sim",)]
+
+
+async def test_the_create_page_sends_the_engine_options(page_server: LiveServer, alice: ApiUser) -> None:
+    async with page_server.client(alice) as http:
+        parent = (await http.post("/jobs", json={"kind": "task", "payload": {"title": "parent", "duration_seconds": 30},
+                                                 "scheduled_for": "2100-01-01T00:00:00Z"})).json()["id"]
+    async with devtools_page() as page:
+        await open_page(page, page_server, alice, "/dashboard/new?kind=notification", "#create-form[data-kind=notification]")
+        assert await js(page, "[...document.querySelectorAll('#job-payload-channel option')].map((o) => o.value)") == [
+            "push", "slack", "sms"], "an enum is a select"
+        await fill(page, {"job-payload-user": "ada", "job-payload-message": "later", "job-payload-channel": "sms",
+                          "job-when": "delay"})
+        await fill(page, {"job-when-delay": "3600", "job-priority": "4", "job-max_attempts": "7",
+                          "job-unique_key": "digest-1", "job-depends_on": str(parent), "job-concurrency_key": "tenant-a"})
+        await js(page, "document.getElementById('create-form').requestSubmit()")
+        await wait_for(lambda: js(page, "!!document.getElementById('created-link')"), TIMEOUT, message="the new job")
+        created = int((await js(page, "document.getElementById('created-link').getAttribute('href')")).rsplit("/", 1)[1])
+    rows = query(page_server.database_url,
+                 "SELECT status, priority, max_attempts, unique_key, concurrency_key, payload->>'channel', "
+                 "run_at > now() + interval '50 minutes' AND run_at < now() + interval '70 minutes' "
+                 "FROM pgqueue.jobs WHERE id = %s", [created])
+    assert rows == [("waiting", 4, 7, f"user:{alice.id}:digest-1", "tenant-a", "sms", True)], rows
+    assert query(page_server.database_url, "SELECT depends_on FROM pgqueue.job_dependencies WHERE job_id = %s",
+                 [created]) == [(parent,)]
