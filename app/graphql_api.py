@@ -108,9 +108,10 @@ async def _resolve_job(_root: Any, info: Any, id: str) -> dict[str, Any] | None:
     return _job_fields(JobOut.of(job, admin=user.is_admin))
 
 
-async def _resolve_jobs(_root: Any, info: Any, first: int = DEFAULT_PAGE, after: str | None = None,
+async def _resolve_jobs(_root: Any, info: Any, first: int | None = DEFAULT_PAGE, after: str | None = None,
                         status: list[str] | None = None, kind: list[str] | None = None) -> dict[str, Any]:
     gql = info.context["graphql"]
+    first = DEFAULT_PAGE if first is None else first  # an explicit null is the default
     request: Request = info.context["request"]
     user: User = info.context["user"]
     if not 1 <= first <= MAX_PAGE:

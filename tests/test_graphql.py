@@ -149,6 +149,9 @@ async def test_size_limits(live_server: LiveServer, alice: ApiUser) -> None:
 async def test_bad_arguments_and_bodies(live_server: LiveServer, alice: ApiUser) -> None:
     status, body = await gql(live_server, alice, "{ jobs(first: 0) { totalCount } }")
     assert status == 200 and body["data"] is None and "first" in body["errors"][0]["message"], body
+    status, body = await gql(live_server, alice, "{ jobs(first: null, after: null, status: null, kind: null) "
+                                                 "{ totalCount } }")
+    assert status == 200 and body == {"data": {"jobs": {"totalCount": 0}}}, "null is the default"
     status, body = await gql(live_server, alice, '{ jobs(after: "bm9wZQ==") { totalCount } }')
     assert "cursor" in body["errors"][0]["message"], body
     status, body = await gql(live_server, alice, '{ jobs(kind: ["fax"]) { totalCount } }')
