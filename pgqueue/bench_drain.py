@@ -126,10 +126,12 @@ def raw_round(url: str, count: int, meter: Meter, execute: Execute) -> dict[str,
 
 
 def library_round(url: str, count: int, processes: int, log_dir: Path, meter: Meter, execute: Execute,
-                  say: Callable[[str], None], label: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+                  say: Callable[[str], None], label: str, env: dict[str, str] | None = None,
+                  concurrency: int | None = None) -> dict[str, Any]:
     from pgqueue.bench import (
         BENCH_DRAIN_STATS,
         BENCH_QUEUE,
+        WORKER_CONCURRENCY,
         WorkerProcesses,
         _enqueue_and_analyze,
         reset_engine,
@@ -139,7 +141,8 @@ def library_round(url: str, count: int, processes: int, log_dir: Path, meter: Me
     reset_engine(url)
     execute(url, PAUSE, {"queue": BENCH_QUEUE, "paused": True})
     try:
-        with WorkerProcesses(url, processes, log_dir, env=env) as workers:
+        with WorkerProcesses(url, processes, log_dir, env=env,
+                             concurrency=concurrency or WORKER_CONCURRENCY) as workers:
             workers.wait_ready()
             asyncio.run(_enqueue_and_analyze(url, count))
             execute(url, "CHECKPOINT")
@@ -173,11 +176,12 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 def measure(url: str, log_dir: Path, *, execute: Execute, say: Callable[[str], None], quick: bool = False,
             sizes: tuple[int, ...] | None = None, rounds: int | None = None,
-            processes: tuple[int, ...] = PROCESSES) -> dict[str, Any]:
+            processes: tuple[int, ...] = PROCESSES, concurrency: int | None = None) -> dict[str, Any]:
     sizes = sizes or (QUICK_SIZES if quick else SIZES)
     rounds = rounds or (1 if quick else ROUNDS)
     meter = Meter(url, execute, ServerCpu.find(url, execute))
-    result: dict[str, Any] = {"rounds": rounds, "sizes": list(sizes), "method": __doc__.split("\n\n")[1].strip()}
+    result: dict[str, Any] = {"rounds": rounds, "sizes": list(sizes), "concurrency": concurrency,
+                              "method": __doc__.split("\n\n")[1].strip()}
     for size in sizes:
         samples: dict[str, list[dict[str, Any]]] = {"raw": [], **{f"{p}_process": [] for p in processes}}
         for index in range(rounds):
@@ -187,7 +191,7 @@ def measure(url: str, log_dir: Path, *, execute: Execute, say: Callable[[str], N
                 f"Postgres {raw['postgres_cpu_us_per_job'] or 0:.1f} us/job")
             for p in processes:
                 label = f"{size:,} jobs, {p} worker process{'es' if p > 1 else ''}, round {index + 1}/{rounds}"
-                lib = library_round(url, size, p, log_dir, meter, execute, say, label)
+                lib = library_round(url, size, p, log_dir, meter, execute, say, label, concurrency=concurrency)
                 lib["vs_raw_same_round"] = lib["jobs_per_s"] / raw["jobs_per_s"]
                 samples[f"{p}_process"].append(lib)
                 say(f"    {label}: {lib['jobs_per_s']:,.0f} jobs/s ({lib['vs_raw_same_round']:.0%} of raw), "
@@ -248,6 +252,7 @@ def main() -> int:
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--processes", default=",".join(map(str, PROCESSES)))
+    parser.add_argument("--concurrency", type=int, default=None, help="each worker's --concurrency (default: the bench's 100)")
     parser.add_argument("--output", default="bench-results.json")
     args = parser.parse_args()
     sizes = tuple(int(n) for n in args.sizes.split(","))
@@ -259,7 +264,7 @@ def main() -> int:
         try:
             load = os.getloadavg()
             result = measure(url, log_dir, execute=run_sql, say=say, sizes=sizes, rounds=args.rounds,
-                             processes=tuple(int(n) for n in args.processes.split(",")))
+                             processes=tuple(int(n) for n in args.processes.split(",")), concurrency=args.concurrency)
             result["loadavg_before_after"] = [load[0], os.getloadavg()[0]]
         finally:
             run_sql(url, RAW_DROP_SCRATCH)
@@ -268,7 +273,7 @@ def main() -> int:
         print("  ".join(row).rstrip())
     print(f"load {result['loadavg_before_after'][0]:.1f} -> {result['loadavg_before_after'][1]:.1f}")
     if args.output:
-        write_section(args.output, "drain", result)
+        write_section(args.output, "drain" if args.concurrency is None else f"drain_concurrency_{args.concurrency}", result)
     return 0
 
 

@@ -49,6 +49,6 @@ def test_quick_bench_reports_every_figure(db_url: str, tmp_path: Path) -> None:
     assert periodic["fires_per_round"] == 5 and len(periodic["samples"]) == 1
     assert periodic["samples"][0]["fires"] == 5 and periodic["start_after_fire_p50_ms"]["median"] > 0
     assert "periodic: job start - fire time p99" in result.stdout
-    assert "drain, 1 worker process" in result.stdout
+    assert "fresh worker process(es)" in result.stdout and engine["library"]["drain"]["sizes"] == [500]
     assert "queues: limits never reached" in result.stdout
     assert "PASS" in result.stdout or "MISS" in result.stdout
