@@ -364,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     def worker_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--app", help="module (or module:attribute) holding your JobRegistry")
         p.add_argument("--queues", help="comma-separated queues (default: the queues of the app's kinds)")
-        p.add_argument("--concurrency", type=int, default=10, help="job slots (default 10)")
+        p.add_argument("--concurrency", type=int, default=50, help="job slots (default 50; README \"Tuning --concurrency\")")
         p.add_argument("--grace", type=float, default=30.0, help="seconds running jobs get on SIGTERM (default 30)")
 
     p = sub.add_parser("migrate", help="apply the schema migrations (idempotent, safe to run concurrently)")

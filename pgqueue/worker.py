@@ -63,7 +63,7 @@ class _Running:
 
 
 class Worker:
-    def __init__(self, queue: Queue, queues: Sequence[str] = ("default",), concurrency: int = 10, *,
+    def __init__(self, queue: Queue, queues: Sequence[str] = ("default",), concurrency: int = 50, *,
                  url: str | None = None, shutdown_grace: float = 30.0, maintenance: bool = True,
                  maintenance_interval: float | None = None, worker_id: str | None = None) -> None:
         self.queue = queue
