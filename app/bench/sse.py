@@ -564,7 +564,10 @@ def _figures(plan: Plan, committed: dict[int, tuple[float, int]],
         "emit_s": round(emit_seconds, 2),
         "server_cpu_cores": round(server_cpu / emit_seconds, 3),
         "server_cpu_cores_per_process": server_cpu_per_process[:plan.workers + 1],
-        "machine_cpu_while_emitting": machine_cpu,
+        # busy cores not accounted for by the app processes and the clients (PostgreSQL, the
+        # emitter, and whatever else shares the machine): how contended the round was
+        "machine_cpu_while_emitting": {**machine_cpu, "other_than_app_and_clients_cores": round(
+            machine_cpu["busy_cores"] - server_cpu / emit_seconds - sum(client_cpu) / emit_seconds, 2)},
         "server_open_files_per_process": server_open_files,
         "client_cpu_cores": round(sum(client_cpu) / emit_seconds, 3),
         "client_cpu_busiest_process": round(max(client_cpu) / emit_seconds, 3),
@@ -607,6 +610,9 @@ def run_scenario(database_url: str, plan: Plan, rounds: int) -> dict[str, Any]:
         "server_cpu_cores": _spread([r["server_cpu_cores"] for r in results]),
         "client_cpu_cores": _spread([r["client_cpu_cores"] for r in results]),
         "client_cpu_busiest_process": max(r["client_cpu_busiest_process"] for r in results),
+        "machine_busy_cores": _spread([r["machine_cpu_while_emitting"]["busy_cores"] for r in results]),
+        "other_busy_cores": _spread([r["machine_cpu_while_emitting"]["other_than_app_and_clients_cores"]
+                                     for r in results]),
         "target_p99_ms": TARGET_P99_MS,
         "target_met": p99["median"] <= TARGET_P99_MS,
         "load_before": load_before,
@@ -652,6 +658,8 @@ def render(result: dict[str, Any]) -> str:
             ("server CPU while emitting", spread(scenario["server_cpu_cores"], " cores")),
             ("client CPU while emitting", spread(scenario["client_cpu_cores"], " cores")
              + f" over {plan['client_processes']} processes (busiest {scenario['client_cpu_busiest_process']:g})"),
+            ("machine busy while emitting", spread(scenario["machine_busy_cores"], " cores")
+             + f", of which not the app or the clients {spread(scenario['other_busy_cores'], ' cores')}"),
             ("machine load", f"{scenario['load_before']} -> {scenario['load_after']}"),
         ]
         width = max(len(label) for label, _ in rows)
