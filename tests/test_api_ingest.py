@@ -255,6 +255,38 @@ def test_full_run_of_20000_events_matches_the_simulator_exactly(db_url: str) -> 
         assert status.inserted == 20_000
 
 
+
+@pytest.mark.parametrize("pagination", ["cursor", "range"])
+def test_a_page_that_fails_rolls_back_the_pages_written_after_it(db_url: str, pagination: str) -> None:
+    """Two pages are written at once (writers=2); when one's transaction fails, the one after
+    it (already staged and inserted on the other connection) must not commit its checkpoint,
+    or the retry would resume past the failed page and leave a gap."""
+    query(db_url, """
+        CREATE SEQUENCE app.fail_once;
+        CREATE FUNCTION app.fail_once() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            -- the sequence advances even though the raise rolls the transaction back: once only
+            IF split_part(NEW.id, '-', 3)::int = 2650 THEN
+                IF nextval('app.fail_once') = 1 THEN
+                    RAISE EXCEPTION 'injected failure on %', NEW.id;
+                END IF;
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER fail_once BEFORE INSERT ON app.api_events FOR EACH ROW EXECUTE FUNCTION app.fail_once();
+    """)
+    with SimulatedApi(SimConfig(events=6000, page_max=250, export_max=250, overlap=2)) as api:
+        if pagination == "cursor":
+            cfg = source(api, page_size=250, writers=2)
+        else:
+            cfg = SourceConfig(url=api.url + "/export", source="sim-export", pagination="range", page_size=250,
+                               in_flight=3, writers=2, **FAST)
+        status = run(db_url, cfg)
+        assert status.status == "succeeded"
+        assert_complete(db_url, api)
+    assert scalar(db_url, "SELECT attempts FROM pgqueue.jobs WHERE id = %s", [status.job_ids[0]]) == 2
+    assert scalar(db_url, "SELECT nextval('app.fail_once')") == 3  # it fired, once
+
 # -- kill -9 ---------------------------------------------------------------------------------------
 
 def test_kill_9_mid_run_resumes_from_the_checkpoint_with_no_gap_and_no_duplicate(

@@ -18,6 +18,8 @@ The source (`SourceConfig`, msgspec-typed) is paged one of two ways:
 Each page is one transaction under the job's lease (``ctx.transaction()``): binary COPY into a
 temporary staging table, ``INSERT … SELECT DISTINCT ON (id) … ON CONFLICT (id) DO NOTHING``
 into the target, the part's counts, and the checkpoint (next cursor, or the ranges done).
+``writers`` (2) pages are written at once on their own connections and commit in page order
+(`Committer`), so a checkpoint never runs ahead of the rows it covers.
 A killed worker's job is rescued and resumes at its checkpoint; the primary key makes any
 overlap harmless. A cursor the API refuses on resume (expired, invalid: a 4xx other than
 401/403/429 on a request that carried a cursor) restarts the chain at ``since_param=<the largest
@@ -119,6 +121,8 @@ class SourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     range_start: Annotated[int, msgspec.Meta(ge=0)] = 0
     range_end: Annotated[int, msgspec.Meta(ge=1)] | None = None
     in_flight: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
+    # pages written at once, each in its own transaction on its own connection, committed in order
+    writers: Annotated[int, msgspec.Meta(ge=1, le=8)] = 2
     count_header: str = "X-Event-Count"
     total_header: str = "X-Total-Count"
     # several jobs: range mode splits [range_start, range_end) in `parts`; cursor mode runs one
@@ -251,6 +255,18 @@ def _epoch(number: int | float | decimal.Decimal) -> datetime:
 def parse_instant(value: Any, naive: tzinfo = UTC) -> datetime:
     """An item's timestamp as an aware UTC datetime; ValueError with the reason otherwise."""
     if value.__class__ is str:
+        if value[4:5] == "-":  # ISO 8601 or "YYYY-MM-DD HH:MM:SS", the common case: straight to it
+            try:
+                when = datetime.fromisoformat(value)
+            except ValueError:
+                pass  # the slow path below says why
+            else:
+                if when.tzinfo is None:
+                    when = when.replace(tzinfo=naive)
+                try:
+                    return when.astimezone(UTC)
+                except OverflowError:
+                    raise ValueError(f"timestamp {value[:60]!r} is out of range in UTC") from None
         text = value.strip()
         if not text:
             raise ValueError("empty timestamp")
@@ -391,35 +407,37 @@ class PageReader:
                                    f"{response.text()[:200]!r}")
         return response
 
-    def _rows(self, raws: list[Any], page: Page) -> None:
+    def _rows(self, raws: list[Any], page: Page, body: bytes) -> None:
         decode_item = self._item.decode
         naive = self.naive
+        since_field = self.cfg.since_field
+        nul_possible = b"\\u0000" in body  # looked for per item only when the page has one
+        rows_append = page.rows.append
         since_max = None
         for raw in raws:
-            data = bytes(raw)
             try:
-                item = decode_item(data)
+                item = decode_item(raw)
             except msgspec.DecodeError as exc:
-                page.errors.append((None, f"not a JSON object: {exc}", _error_json(data)))
+                page.errors.append((None, f"not a JSON object: {exc}", _error_json(bytes(raw))))
                 continue
             item_id = item.item_id
             if item_id.__class__ is not str:
                 if item_id.__class__ is int:
                     item_id = str(item_id)
                 else:
-                    page.errors.append((None, f"no usable id at {self.cfg.id_field!r}", _error_json(data)))
+                    page.errors.append((None, f"no usable id at {self.cfg.id_field!r}", _error_json(bytes(raw))))
                     continue
-            if b"\\u0000" in data:
+            if nul_possible and b"\\u0000" in bytes(raw):
                 page.errors.append((item_id, "contains \\u0000, which PostgreSQL jsonb cannot store",
-                                    _error_json(data)))
+                                    _error_json(bytes(raw))))
                 continue
             try:
                 ts = parse_instant(item.item_ts, naive)
             except ValueError as exc:
-                page.errors.append((item_id, f"{self.cfg.ts_field}: {exc}", data.decode("utf-8", "replace")))
+                page.errors.append((item_id, f"{self.cfg.ts_field}: {exc}", bytes(raw).decode("utf-8", "replace")))
                 continue
-            page.rows.append((item_id, ts, JSONB_VERSION + data))
-            if self.cfg.since_field is not None:
+            rows_append((item_id, ts, JSONB_VERSION + raw))
+            if since_field is not None:
                 since = item.item_since
                 with contextlib.suppress(TypeError):
                     if since is not msgspec.UNSET and (since_max is None or since > since_max):
@@ -458,7 +476,7 @@ class PageReader:
         self.paths = paths
         raws = decoded["raws"]
         page = Page(rows=[], errors=[], events=len(raws), bytes=len(response.body))
-        self._rows(raws, page)
+        self._rows(raws, page, response.body)
         cursor_value = self._dig(top, paths.cursor) if paths.cursor else None
         more_value = self._dig(top, paths.has_more) if paths.has_more else None
         page.next_cursor = None if cursor_value in (None, "", msgspec.UNSET) else str(cursor_value)
@@ -517,7 +535,7 @@ class PageReader:
         lines = decoded["lines"]
         page = Page(rows=[], errors=[], events=len(lines), bytes=len(response.body), range_start=start,
                     range_count=len(lines))
-        self._rows(lines, page)
+        self._rows(lines, page, response.body)
         total = response.headers.get(self.cfg.total_header)
         page.total = int(total) if total is not None and total.isdigit() else None
         return page
@@ -585,56 +603,157 @@ class PartProgress(msgspec.Struct, kw_only=True):
     restarts: int = 0
 
 
+class EarlierPageFailed(Exception):
+    """A page's transaction rolled back because the one before it did not commit."""
+
+
 class Committer:
-    def __init__(self, ctx: JobContext, payload: ApiIngestJob, metrics: OutboundMetrics) -> None:
+    """Writes pages, ``writers`` transactions at once, committed in the order they were submitted.
+
+    Each page is one transaction under the job's lease, on a connection of its own: its COPY
+    into staging runs while the page before is still inserting or committing (two backends
+    share the work); its insert runs after the earlier page's insert; then it waits for the
+    earlier page to commit, and writes the part's counts and the checkpoint. So a committed
+    checkpoint never covers a page whose rows are not committed: if a transaction fails, every
+    later one rolls back too, and the attempt resumes at the last committed checkpoint.
+    """
+
+    def __init__(self, ctx: JobContext, payload: ApiIngestJob, metrics: OutboundMetrics,
+                 progress: PartProgress) -> None:
         self.ctx = ctx
         self.payload = payload
         self.cfg = payload.config
         self.metrics = metrics
+        self.progress = progress
         self.seen = metrics.snapshot()
         self.started = time.monotonic()
-        self.lock = asyncio.Lock()
         self.last_report = 0.0
         self.total: int | None = None
+        self.slots = asyncio.Semaphore(self.cfg.writers)
+        self.tail: asyncio.Future[None] | None = None  # the last page's commit
+        self.insert_tail: asyncio.Future[None] | None = None  # the last page's insert statements
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.failure: BaseException | None = None
 
-    async def commit(self, page: Page, progress: PartProgress) -> int:
-        """One transaction: stage, insert what is new, errors, counts, checkpoint. Returns rows new."""
-        cfg = self.cfg
-        now = self.metrics.snapshot()
-        retries = int(now["retries"] - self.seen["retries"])
-        limited = int(now["rate_limited"] - self.seen["rate_limited"])
-        async with self.ctx.transaction() as conn:
-            inserted = 0
-            if page.rows:
-                await conn.execute(statement("create_stage"))
-                async with conn.cursor().copy(statement("copy_stage")) as copy:
-                    copy.set_types(STAGE_TYPES)
-                    for row in page.rows:
-                        await copy.write_row(row)
-                cursor = await conn.execute(statement("insert_from_stage", cfg.target), {"source": cfg.source})
-                inserted = (await cursor.fetchone())[0]
-            if page.errors:
-                await conn.execute(statement("create_error_stage"))
-                async with conn.cursor().copy(statement("copy_errors")) as copy:
-                    for row in page.errors:
-                        await copy.write_row(row)
-                await conn.execute(statement("insert_errors_from_stage"),
-                                   {"sync_id": self.payload.sync_id, "part": self.payload.part.part})
-            progress.pages += 1
-            progress.events += page.events
-            progress.inserted += inserted
-            progress.invalid += len(page.errors)
-            await conn.execute(statement("record_part_progress"), {
-                "sync_id": self.payload.sync_id, "part": self.payload.part.part, "pages": 1, "events": page.events,
-                "inserted": inserted, "invalid": len(page.errors), "retries": retries, "rate_limited": limited,
-                "bytes": page.bytes, "restarts": progress.restarts, "total": page.total,
-                "finished": progress.finished})
-            await self.ctx.save_checkpoint(msgspec.to_builtins(progress), conn=conn)
-        self.seen = now
-        if page.total is not None:
-            self.total = page.total
-        self.report(progress)
+    async def submit(self, page: Page, advance: Callable[[PartProgress], None]) -> None:
+        """Start writing ``page``; returns once it has a writer (at most ``writers`` pages in
+        flight). ``advance`` moves the checkpoint past the page: it runs in commit order, inside
+        the page's transaction, after every earlier page has committed."""
+        self.raise_failure()
+        await self.slots.acquire()
+        self.raise_failure()
+        loop = asyncio.get_running_loop()
+        previous, done = self.tail, loop.create_future()
+        previous_insert, inserted = self.insert_tail, loop.create_future()
+        self.tail, self.insert_tail = done, inserted
+        task = asyncio.create_task(self._write(page, advance, (previous, previous_insert), (done, inserted)),
+                                   name="api-ingest-page")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for every submitted page; raises the first failure."""
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.raise_failure()
+
+    async def abort(self) -> None:
+        """Roll back whatever is still being written (the attempt is ending with an error)."""
+        for task in self.tasks:
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    async def _write(self, page: Page, advance: Callable[[PartProgress], None],
+                     before: tuple[asyncio.Future[None] | None, asyncio.Future[None] | None],
+                     mine: tuple[asyncio.Future[None], asyncio.Future[None]]) -> None:
+        # Inserts run in page order too: were a later page's insert first, an id both pages
+        # hold (overlap) would make the earlier page wait in Postgres for the later one, which
+        # waits here for the earlier one's commit: a deadlock Postgres cannot see. In page
+        # order every wait points at an older transaction, which never waits for a newer one.
+        (previous, previous_insert), (done, insert_done) = before, mine
+        try:
+            async with self.ctx.transaction() as conn:
+                await self._stage(conn, page)
+                if previous_insert is not None:
+                    await asyncio.wait([previous_insert])
+                try:
+                    inserted = await self._insert(conn, page)
+                finally:
+                    insert_done.set_result(None)
+                if previous is not None:
+                    await asyncio.wait([previous])
+                    if previous.exception() is not None:
+                        raise EarlierPageFailed("an earlier page did not commit")
+                progress, seen = await self._checkpoint(conn, page, inserted, advance)
+            # committed: this is now the checkpoint the next page builds on
+            for field in msgspec.structs.fields(PartProgress):
+                setattr(self.progress, field.name, getattr(progress, field.name))
+            self.seen = seen
+            if page.total is not None:
+                self.total = page.total
+        except BaseException as exc:
+            if not insert_done.done():
+                insert_done.set_result(None)
+            if self.failure is None or isinstance(self.failure, EarlierPageFailed):
+                self.failure = exc
+            done.set_exception(EarlierPageFailed(str(exc)))
+            done.exception()  # marked retrieved: the next page reads it after wait()
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            done.set_result(None)
+            self.report(self.progress)
+        finally:
+            self.slots.release()
+
+    async def _stage(self, conn: Any, page: Page) -> None:
+        """COPY the page's rows (and its bad items) into the staging tables."""
+        if page.rows:
+            await conn.execute(statement("create_stage"))
+            async with conn.cursor().copy(statement("copy_stage")) as copy:
+                copy.set_types(STAGE_TYPES)
+                for row in page.rows:
+                    await copy.write_row(row)
+        if page.errors:
+            await conn.execute(statement("create_error_stage"))
+            async with conn.cursor().copy(statement("copy_errors")) as copy:
+                for row in page.errors:
+                    await copy.write_row(row)
+
+    async def _insert(self, conn: Any, page: Page) -> int:
+        """Insert what is new from the staging tables; returns the rows new."""
+        inserted = 0
+        if page.rows:
+            cursor = await conn.execute(statement("insert_from_stage", self.cfg.target), {"source": self.cfg.source})
+            inserted = cursor.rowcount
+        if page.errors:
+            await conn.execute(statement("insert_errors_from_stage"),
+                               {"sync_id": self.payload.sync_id, "part": self.payload.part.part})
         return inserted
+
+    async def _checkpoint(self, conn: Any, page: Page, inserted: int,
+                          advance: Callable[[PartProgress], None]) -> tuple[PartProgress, dict[str, float]]:
+        """In commit order: the part's counts and the checkpoint past this page (returned, with
+        the metrics it counted, to become the committed state once the transaction commits)."""
+        progress = msgspec.structs.replace(self.progress)
+        advance(progress)
+        progress.pages += 1
+        progress.events += page.events
+        progress.inserted += inserted
+        progress.invalid += len(page.errors)
+        now = self.metrics.snapshot()
+        await conn.execute(statement("record_part_progress"), {
+            "sync_id": self.payload.sync_id, "part": self.payload.part.part, "pages": 1, "events": page.events,
+            "inserted": inserted, "invalid": len(page.errors), "retries": int(now["retries"] - self.seen["retries"]),
+            "rate_limited": int(now["rate_limited"] - self.seen["rate_limited"]), "bytes": page.bytes,
+            "restarts": progress.restarts, "total": page.total, "finished": progress.finished})
+        await self.ctx.save_checkpoint(msgspec.to_builtins(progress), conn=conn)
+        return progress, now
 
     def report(self, progress: PartProgress, force: bool = False) -> None:
         now = time.monotonic()
@@ -662,6 +781,8 @@ async def _run_cursor(ctx: JobContext, reader: PageReader, committer: Committer,
         return asyncio.ensure_future(asyncio.to_thread(reader.cursor_page, cursor, since))
 
     fetching = fetch(progress.cursor, progress.since if progress.cursor is None and progress.started else None)
+    since_seen = progress.since  # the largest since_field fetched (committed or still being written)
+    restarts = 0
     try:
         while True:
             try:
@@ -671,11 +792,13 @@ async def _run_cursor(ctx: JobContext, reader: PageReader, committer: Committer,
                 if refusals > MAX_CURSOR_REFUSALS:
                     raise SourceUnavailable(f"the API refused {refusals} cursors in a row ({exc}); "
                                             "retrying the job later") from exc
-                progress.restarts += 1
-                if reader.cfg.since_param and progress.since is not None:
+                restarts += 1  # counted in the checkpoint of the next page
+                # since is what was fetched, not only committed: a page still being written
+                # either commits or fails the whole attempt (and every page after it)
+                if reader.cfg.since_param and since_seen is not None:
                     ctx.log(f"the API refused the saved cursor ({exc}); resuming at "
-                            f"{reader.cfg.since_param}={progress.since}", level="warning")
-                    fetching = fetch(None, progress.since)
+                            f"{reader.cfg.since_param}={since_seen}", level="warning")
+                    fetching = fetch(None, since_seen)
                 else:
                     ctx.log(f"the API refused the saved cursor ({exc}); restarting the chain from the beginning "
                             "(rows already stored are skipped by their id)", level="warning")
@@ -684,18 +807,29 @@ async def _run_cursor(ctx: JobContext, reader: PageReader, committer: Committer,
             refusals = 0
             if page.more:
                 fetching = fetch(page.next_cursor, None)  # the next page comes in while this one is written
-            progress.cursor = page.next_cursor if page.more else None
-            progress.started = True
-            if page.since is not None and (progress.since is None or page.since > progress.since):
-                progress.since = page.since
-            progress.finished = not page.more
-            await committer.commit(page, progress)
+            if page.since is not None and (since_seen is None or page.since > since_seen):
+                since_seen = page.since
+            await committer.submit(page, _cursor_advance(page, restarts))
+            restarts = 0
             if not page.more:
-                return
+                break
             ctx.raise_if_cancelled()
+        await committer.drain()
     finally:
+        await committer.abort()
         with contextlib.suppress(BaseException):
             await fetching
+
+
+def _cursor_advance(page: Page, restarts: int) -> Callable[[PartProgress], None]:
+    def advance(progress: PartProgress) -> None:
+        progress.restarts += restarts
+        progress.cursor = page.next_cursor if page.more else None
+        progress.started = True
+        if page.since is not None and (progress.since is None or page.since > progress.since):
+            progress.since = page.since
+        progress.finished = not page.more
+    return advance
 
 
 def _next_gap(position: int, done: list[tuple[int, int]]) -> int:
@@ -748,18 +882,27 @@ async def _run_range(ctx: JobContext, reader: PageReader, committer: Committer, 
                 covered = (lo, lo + count) if got == 0 or got >= count else (lo, lo + got)
                 if 0 < got < count and (end is None or lo + got < end):
                     pending.append((lo + got, count - got))
-                progress.done = _merge([*progress.done, covered], progress.frontier or 0)
-                progress.frontier, progress.done = _advance(progress.frontier or 0, progress.done)
-                progress.end = end
-                progress.finished = not pending and end is not None and progress.frontier >= end
-                await committer.commit(page, progress)
+                await committer.submit(page, _range_advance(covered, end, pending))
             ctx.raise_if_cancelled()
+        await committer.drain()
         if not progress.finished:  # cannot happen: every range below the end is committed by now
             raise SourceUnavailable(f"range ingest stopped at {progress.frontier} before its end {end}")
     finally:
+        await committer.abort()
         for future in in_flight:
             with contextlib.suppress(BaseException):
                 await future
+
+
+def _range_advance(covered: tuple[int, int], end: int | None,
+                   pending: list[tuple[int, int]]) -> Callable[[PartProgress], None]:
+    def advance(progress: PartProgress) -> None:
+        progress.done = _merge([*progress.done, covered], progress.frontier or 0)
+        progress.frontier, progress.done = _advance(progress.frontier or 0, progress.done)
+        progress.end = end
+        # pending as it is when this page commits: a remainder still to fetch is not finished
+        progress.finished = not pending and end is not None and progress.frontier >= end
+    return advance
 
 
 def _merge(ranges: list[tuple[int, int]], frontier: int) -> list[tuple[int, int]]:
@@ -808,7 +951,7 @@ async def api_ingest(ctx: JobContext, payload: ApiIngestJob) -> dict[str, Any]:
     metrics = OutboundMetrics()
     reader = PageReader(cfg, payload.part, metrics)
     reader.cancel = ctx.cancelled
-    committer = Committer(ctx, payload, metrics)
+    committer = Committer(ctx, payload, metrics, progress)
     try:
         if cfg.pagination == "cursor":
             await _run_cursor(ctx, reader, committer, progress)

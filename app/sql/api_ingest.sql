@@ -38,16 +38,13 @@ CREATE TEMPORARY TABLE IF NOT EXISTS api_ingest_stage (id text, ts timestamptz, 
 -- A page's items, binary COPY (column types: STAGE_TYPES in app/kinds/api_ingest.py).
 COPY api_ingest_stage (id, ts, data) FROM STDIN (FORMAT BINARY);
 
--- name: insert_from_stage :one
+-- name: insert_from_stage :none
 -- What is new of the page: one row per id (an id repeated within the page keeps its first
--- copy by ctid, the order COPY wrote them), ids already stored are skipped.
-WITH inserted AS (
-    INSERT INTO {target} (id, ts, data, source)
-    SELECT DISTINCT ON (id) id, ts, data, %(source)s FROM api_ingest_stage ORDER BY id, ctid
-    ON CONFLICT (id) DO NOTHING
-    RETURNING 1
-)
-SELECT count(*) FROM inserted;
+-- copy by ctid, the order COPY wrote them), ids already stored are skipped; the rows new are
+-- the statement's row count (no RETURNING: nothing to collect per row).
+INSERT INTO {target} (id, ts, data, source)
+SELECT DISTINCT ON (id) id, ts, data, %(source)s FROM api_ingest_stage ORDER BY id, ctid
+ON CONFLICT (id) DO NOTHING;
 
 -- name: copy_errors :copy
 -- Items that cannot be stored, with the reason (text COPY into a staging-free insert below).
