@@ -8,6 +8,7 @@ import contextlib
 import http.server
 import ipaddress
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -416,6 +417,136 @@ async def test_refused_connection_is_retried(webhook_queue: Queue) -> None:
         failed = await wait_for_status(webhook_queue, job.id, "failed", "dead", "succeeded")
     assert failed.status == "failed" and failed.last_error is not None and "POST http://127.0.0.1" in failed.last_error
 
+
+
+async def test_several_secrets_sign_every_delivery_for_a_rotation(webhook_queue: Queue, receiver: Receiver,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """APP_WEBHOOK_SECRET="new old": one v1 signature per secret, so receivers verify with either."""
+    old_secret, new_secret = SECRET, new_webhook_secret()
+    monkeypatch.setenv("APP_WEBHOOK_SECRET", f"{new_secret} {old_secret}")
+    url = receiver.on("/rotating")
+    async with worker_for(webhook_queue):
+        job = await webhook_queue.enqueue("webhook", {"url": url, "body": {"n": 1}})
+        done = await wait_for_status(webhook_queue, job.id, "succeeded", "failed", "dead")
+    assert done.status == "succeeded", done.last_error
+    [request] = receiver.requests_to("/rotating")
+    assert [sig.partition(",")[0] for sig in request.headers["Webhook-Signature"].split()] == ["v1", "v1"]
+    for secrets in ([old_secret], [new_secret], [new_webhook_secret(), old_secret]):
+        assert verify_webhook(secrets, request.headers, request.body) == f"msg_{job.id}"
+    with pytest.raises(WebhookVerificationError):
+        verify_webhook([new_webhook_secret()], request.headers, request.body)
+
+
+def _certificate(directory: Any, name: str) -> tuple[str, str]:
+    """A self-signed certificate (and its key) for the DNS name ``name``."""
+    cert, key = str(directory / f"{name}.crt"), str(directory / f"{name}.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+@contextlib.contextmanager
+def _rebinding_dns(monkeypatch: pytest.MonkeyPatch, name: str) -> Iterator[list[str]]:
+    """``name`` resolves to 127.0.0.1 while the URL guard checks it, and to a private address
+    (10.255.255.1, refused and unroutable) for anyone else: DNS rebinding with TTL 0. Yields
+    the lookups made outside the check (a pinned connection makes none)."""
+    import app.kinds.webhooks as webhooks_module
+
+    real_getaddrinfo, checking, elsewhere = socket.getaddrinfo, threading.local(), []
+    check = webhooks_module.resolve_webhook_url
+
+    def resolve_and_check(*args: Any, **kwargs: Any) -> Any:
+        checking.on = True
+        try:
+            return check(*args, **kwargs)
+        finally:
+            checking.on = False
+
+    def getaddrinfo(host: str, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != name:
+            return real_getaddrinfo(host, port, *args, **kwargs)
+        if not getattr(checking, "on", False):
+            elsewhere.append(host)
+        address = "127.0.0.1" if getattr(checking, "on", False) else "10.255.255.1"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, int(port)))]
+
+    monkeypatch.setattr(webhooks_module, "resolve_webhook_url", resolve_and_check)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield elsewhere
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+async def test_the_checked_address_is_the_one_connected_to_despite_dns_rebinding(
+        webhook_queue: Queue, monkeypatch: pytest.MonkeyPatch, tmp_path: Any, scheme: str) -> None:
+    """The guard resolves the host once and the request goes to that address (allowed here:
+    127.0.0.1), though the name now resolves to a private one; for https the TLS handshake
+    still names the host (SNI) and the certificate is checked against the host name."""
+    import ssl
+
+    import app.kinds.webhooks as webhooks_module
+    from app.outbound import NO_RETRY, OutboundClient
+
+    name = "rebind.test"
+    server = Receiver()
+    server_names: list[str | None] = []
+    if scheme == "https":
+        cert, key = _certificate(tmp_path, name)
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(cert, key)
+        tls.sni_callback = lambda _sock, server_name, _ctx: server_names.append(server_name)
+        server.server.socket = tls.wrap_socket(server.server.socket, server_side=True)
+        client = OutboundClient(retry=NO_RETRY, ca_certs=cert)  # trusts our test certificate
+        monkeypatch.setattr(webhooks_module, "_clients", [client])
+    server.on("/pinned")
+    server.thread.start()
+    try:
+        with _rebinding_dns(monkeypatch, name) as lookups_elsewhere:
+            async with worker_for(webhook_queue):
+                job = await webhook_queue.enqueue("webhook", {
+                    "url": f"{scheme}://{name}:{server.port}/pinned", "body": {"x": 1}, "timeout_seconds": 5})
+                done = await wait_for_status(webhook_queue, job.id, "succeeded", "failed", "dead")
+    finally:
+        server.release.set()
+        server.server.shutdown()
+        server.server.server_close()
+    assert done.status == "succeeded", done.last_error
+    assert lookups_elsewhere == []  # nobody resolved the name again after the check
+    [request] = server.requests_to("/pinned")
+    assert request.headers["Host"] == f"{name}:{server.port}"
+    assert verify_webhook(SECRET, request.headers, request.body) == f"msg_{job.id}"
+    if scheme == "https":
+        assert server_names == [name]
+
+
+async def test_a_pinned_https_connection_still_checks_the_certificate_name(
+        webhook_queue: Queue, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """Connecting to the checked address does not relax TLS: a certificate for another name fails."""
+    import ssl
+
+    import app.kinds.webhooks as webhooks_module
+    from app.outbound import NO_RETRY, OutboundClient
+
+    cert, key = _certificate(tmp_path, "other.test")
+    server = Receiver()
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    server.server.socket = tls.wrap_socket(server.server.socket, server_side=True)
+    monkeypatch.setattr(webhooks_module, "_clients", [OutboundClient(retry=NO_RETRY, ca_certs=cert)])
+    server.thread.start()
+    try:
+        with _rebinding_dns(monkeypatch, "rebind.test"):
+            async with worker_for(webhook_queue):
+                job = await webhook_queue.enqueue("webhook", {
+                    "url": f"https://rebind.test:{server.port}/x", "body": {}, "timeout_seconds": 5})
+                failed = await wait_for_status(webhook_queue, job.id, "failed", "dead", "succeeded")
+    finally:
+        server.release.set()
+        server.server.shutdown()
+        server.server.server_close()
+    assert failed.status == "failed" and failed.last_error is not None
+    assert "certificate" in failed.last_error.lower() or "hostname" in failed.last_error.lower(), failed.last_error
+    assert server.requests_to("/x") == []
 
 # -- REST ------------------------------------------------------------------------------------------
 

@@ -15,7 +15,13 @@ How an attempt ends
 - a URL that is malformed or resolves to a refused address, or no APP_WEBHOOK_SECRET: dead at once.
 
 The same ``Webhook-Id`` (``msg_<job id>``) is sent on every attempt, so the receiver can drop
-repeats; the timestamp and signatures are made anew for each attempt.
+repeats; the timestamp and signatures are made anew for each attempt, one ``v1`` signature per
+secret in APP_WEBHOOK_SECRET (several during a rotation).
+
+Before each attempt the host is resolved once and every address checked; the request then
+connects to the first checked address (http and https alike; the Host header, TLS SNI and the
+certificate check keep the host name), so DNS rebinding between check and connect cannot
+reach an internal address.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import socket
 import threading
 from collections.abc import Iterable
 from typing import Annotated, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -231,18 +237,14 @@ def _excerpt(body: bytes) -> str:
     return text.replace("\x00", "\ufffd")
 
 
-def _pinned_url(url: str, target: WebhookTarget) -> tuple[str, dict[str, str]]:
-    """For http://, the URL with the host replaced by the address just checked, and the Host
-    header naming the host: a DNS answer that changes between our check and the connection
-    (DNS rebinding) cannot send the request elsewhere. https:// keeps the name, which its
-    certificate check needs (see the README on what that leaves open)."""
-    if target.scheme != "http" or target.host == target.addresses[0]:
-        return url, {}
-    parts = urlsplit(url)
-    address = target.addresses[0].partition("%")[0]
-    shown = f"[{address}]" if ":" in address else address
-    netloc = f"{shown}:{parts.port}" if parts.port is not None else shown
-    return urlunsplit(parts._replace(netloc=netloc)), {"Host": parts.netloc}
+def _pinned_address(target: WebhookTarget) -> str | None:
+    """The address just checked, for the client to connect to (``connect_to``) instead of
+    resolving the host again: a DNS answer that changes between our check and the connection
+    (DNS rebinding) cannot send the request elsewhere. The Host header, TLS SNI and the https
+    certificate check keep the host name. None when the URL names an address itself."""
+    if target.host == target.addresses[0]:
+        return None
+    return target.addresses[0].partition("%")[0]
 
 
 def _retry_after_seconds(response: Response) -> float | None:
@@ -268,12 +270,11 @@ def deliver_webhook(ctx: JobContext, hook: WebhookPayload) -> dict[str, Any]:
     shown = target.display(hook.url)
     body = msgspec.json.encode(hook.body)
     msg_id = f"msg_{ctx.job.id}"
-    url, pin = _pinned_url(hook.url, target)
-    headers = {"Content-Type": "application/json", **pin, **webhook_headers(config.secrets, msg_id, body)}
+    headers = {"Content-Type": "application/json", **webhook_headers(config.secrets, msg_id, body)}
     timeout = hook.timeout_seconds or config.timeout_seconds
     try:
-        response = _client().request("POST", url, headers=headers, body=body, timeout=timeout, retry=NO_RETRY,
-                                     cancel=ctx.cancelled)
+        response = _client().request("POST", hook.url, headers=headers, body=body, timeout=timeout, retry=NO_RETRY,
+                                     cancel=ctx.cancelled, connect_to=_pinned_address(target))
     except OutboundError as exc:
         ctx.raise_if_cancelled()
         raise WebhookDeliveryError(f"POST {shown} failed: {exc} (timeout {timeout:g} s)") from None

@@ -15,12 +15,17 @@ API (stable; everything else is private):
   retry=RetryPolicy(), pacer=None, metrics=None, max_body_bytes=256 MiB, user_agent=...)``.
   Thread-safe: share one per API (its keep-alive pool and its pacer are per client).
 - ``request(method, url, *, headers=None, body=None, timeout=None, retry=None, validate=None,
-  rate_key=None, cancel=None) -> Response``. ``timeout`` is the total deadline of this call in
+  rate_key=None, cancel=None, connect_to=None) -> Response``. ``timeout`` is the total deadline of this call in
   seconds (every attempt, backoff and rate-limit wait included; default: the client's
   ``deadline``); ``body`` is bytes or str; ``validate(response)`` may raise `BadResponse` to have
   an answer that looks fine but is not (a JSON body that does not parse, fewer items than the
   response announced) retried like a truncated body; ``rate_key`` names the pacer's bucket (default:
-  scheme://host:port); ``cancel`` (a threading.Event) cuts every wait short.
+  scheme://host:port); ``cancel`` (a threading.Event) cuts every wait short; ``connect_to`` (an
+  IP address) connects there instead of resolving the URL's host again, while the Host header,
+  TLS SNI and the certificate check still use the host name (webhooks: the address that was
+  checked is the address reached, so DNS rebinding cannot redirect the request).
+- ``ca_certs`` (constructor): a CA bundle file to verify https servers with instead of the
+  system's.
 - ``Response(status, headers, body, url, attempts, elapsed)`` with ``json()`` and ``text()``;
   ``headers`` is case-insensitive.
 - ``RetryPolicy(attempts=5, backoff_base=0.25, backoff_max=30.0, rate_limited_attempts=20,
@@ -49,7 +54,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import urllib3
@@ -155,7 +160,7 @@ class OutboundClient:
     def __init__(self, *, pool_size: int = 10, connect_timeout: float = 5.0, read_timeout: float = 30.0,
                  deadline: float = 120.0, retry: RetryPolicy | None = None, pacer: Pacer | None = None,
                  metrics: OutboundMetrics | None = None, max_body_bytes: int = 256 * 1024 * 1024,
-                 user_agent: str = DEFAULT_USER_AGENT) -> None:
+                 user_agent: str = DEFAULT_USER_AGENT, ca_certs: str | None = None) -> None:
         for name, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout),
                             ("deadline", deadline)):
             if not value > 0:
@@ -172,7 +177,8 @@ class OutboundClient:
         self.user_agent = user_agent
         # retries=False: we retry ourselves (with the deadline, the pacer and the metrics);
         # block=False: a burst past pool_size opens extra connections instead of waiting
-        self._pool = urllib3.PoolManager(num_pools=16, maxsize=pool_size, block=False, retries=False)
+        tls = {"ca_certs": ca_certs} if ca_certs else {}
+        self._pool = urllib3.PoolManager(num_pools=16, maxsize=pool_size, block=False, retries=False, **tls)
 
     def close(self) -> None:
         self._pool.clear()
@@ -186,7 +192,7 @@ class OutboundClient:
     def request(self, method: str, url: str, *, headers: Mapping[str, str] | None = None,
                 body: bytes | str | None = None, timeout: float | None = None, retry: RetryPolicy | None = None,
                 validate: Callable[[Response], None] | None = None, rate_key: str | None = None,
-                cancel: threading.Event | None = None) -> Response:
+                cancel: threading.Event | None = None, connect_to: str | None = None) -> Response:
         policy = retry or self.retry
         started = time.monotonic()
         deadline = started + (timeout if timeout is not None else self.deadline)
@@ -215,7 +221,7 @@ class OutboundClient:
             attempts += 1
             self.metrics.add("requests")
             try:
-                response = self._attempt(method, url, send_headers, payload, deadline)
+                response = self._attempt(method, url, send_headers, payload, deadline, connect_to)
             except TransportError as exc:
                 if ticket is not None:
                     self.pacer.observe(ticket, None)  # type: ignore[union-attr]
@@ -299,15 +305,35 @@ class OutboundClient:
         else:
             time.sleep(seconds)
 
+    def _pinned(self, url: str, address: str,
+                headers: dict[str, str]) -> tuple[Any, str, dict[str, str]]:
+        """The pool that connects to ``address`` for ``url``, the request target, and headers
+        with the URL's Host. For https the pool's TLS name is the URL's host, so SNI and the
+        certificate check are those of the name, not of the address."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise TransportError(f"cannot pin a connection for {url[:100]!r}")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        tls = {"server_hostname": parts.hostname, "assert_hostname": parts.hostname} if parts.scheme == "https" else {}
+        pool = self._pool.connection_from_host(address.strip("[]"), port, parts.scheme, pool_kwargs=tls)
+        target = urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        return pool, target, {**headers, "Host": parts.netloc.rpartition("@")[2]}
+
     def _attempt(self, method: str, url: str, headers: dict[str, str], body: bytes | None,
-                 deadline: float) -> Response:
+                 deadline: float, connect_to: str | None = None) -> Response:
         left = deadline - time.monotonic()
         if left <= 0:
             raise TransportError("the request's deadline passed")
         timeout = urllib3.Timeout(connect=min(self.connect_timeout, left), read=min(self.read_timeout, left))
         try:
-            raw = self._pool.request(method, url, body=body, headers=headers, timeout=timeout,
-                                     preload_content=False, decode_content=True, redirect=False, retries=False)
+            if connect_to is None:
+                raw = self._pool.request(method, url, body=body, headers=headers, timeout=timeout,
+                                         preload_content=False, decode_content=True, redirect=False, retries=False)
+            else:
+                pool, target, headers = self._pinned(url, connect_to, headers)
+                raw = pool.urlopen(method, target, body=body, headers=headers, timeout=timeout,
+                                   preload_content=False, decode_content=True, redirect=False, retries=False,
+                                   assert_same_host=False)
         except Urllib3Error as exc:
             raise TransportError(f"{type(exc).__name__}: {exc}") from None
         except OSError as exc:
