@@ -5,7 +5,7 @@ COPY pyproject.toml README.md ./
 COPY pgqueue ./pgqueue
 COPY app ./app
 COPY schema ./schema
-RUN pip install --no-cache-dir ".[web,s3]"
+RUN pip install --no-cache-dir ".[web,s3,graphql]"
 ENV PYTHONUNBUFFERED=1
 EXPOSE 8000
 CMD ["python", "-m", "app", "serve", "--host", "0.0.0.0", "--port", "8000"]
