@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -29,7 +29,8 @@ _NONCE_PLACEHOLDER = "__NONCE__"
 @operation(summary="The dashboard (redirects to /dashboard)", tag="docs", auth="none", media_type="text/html",
            extra_statuses={307: "to /dashboard"})
 async def root_redirect(request: Request) -> Response:
-    return RedirectResponse("/dashboard", status_code=307)
+    # a body of its own, so the answer has a Content-Type like the one documented
+    return HTMLResponse('<a href="/dashboard">/dashboard</a>', status_code=307, headers={"Location": "/dashboard"})
 
 
 # page name (static/pages/<name>.js) -> (URL, title)

@@ -29,7 +29,7 @@ SELECT id, name, is_admin, created_at FROM app.users WHERE id = %(id)s;
 -- number of matches. The CTE is NOT MATERIALIZED so the count and the page are planned as two
 -- index-friendly scans instead of copying every matching row. The LEFT JOIN keeps one row (with
 -- the total and NULL job columns) when the page is empty. Sort keys come from a fixed list
--- (created, priority, status); status sorts by lifecycle, not alphabetically; id breaks ties.
+-- (created = id order, priority, status); status sorts by lifecycle, not alphabetically; id breaks ties.
 -- %(count_limit)s (NULL: no limit) stops the count early: a dashboard shows "1,000+" instead of
 -- counting a million rows on every page. Text search is a plain ILIKE over the payload's JSON text and the last error. `scheduled`:
 -- queued to run later; `has_error`: failed at least once. (app/sql/bulk.sql repeats this WHERE.)
@@ -49,10 +49,17 @@ WITH matching AS NOT MATERIALIZED (
 SELECT total.jobs AS total, page.*
 FROM (SELECT count(*) AS jobs FROM (SELECT 1 FROM matching LIMIT %(count_limit)s) AS counted) AS total
 LEFT JOIN LATERAL (
-    SELECT * FROM matching
+    -- Sorted by creation (the default), the primary key walks the table in order and stops after
+    -- one page: ids are handed out at insert, so id order is creation order. Only the branch
+    -- whose constant condition holds runs (the others are a one-time filter that is false).
+    (SELECT * FROM matching WHERE %(sort)s::text = 'created' AND %(descending)s::bool
+     ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s)
+    UNION ALL
+    (SELECT * FROM matching WHERE %(sort)s::text = 'created' AND NOT %(descending)s::bool
+     ORDER BY id LIMIT %(limit)s OFFSET %(offset)s)
+    UNION ALL
+    (SELECT * FROM matching WHERE %(sort)s::text <> 'created'
     ORDER BY
-        CASE WHEN %(sort)s::text = 'created' AND NOT %(descending)s::bool THEN created_at END ASC,
-        CASE WHEN %(sort)s::text = 'created' AND %(descending)s::bool THEN created_at END DESC,
         CASE WHEN %(sort)s::text = 'priority' AND NOT %(descending)s::bool THEN priority END ASC,
         CASE WHEN %(sort)s::text = 'priority' AND %(descending)s::bool THEN priority END DESC,
         CASE WHEN %(sort)s::text = 'status' AND NOT %(descending)s::bool
@@ -63,7 +70,7 @@ LEFT JOIN LATERAL (
         END DESC,
         CASE WHEN NOT %(descending)s::bool THEN id END ASC,
         CASE WHEN %(descending)s::bool THEN id END DESC
-    LIMIT %(limit)s OFFSET %(offset)s
+    LIMIT %(limit)s OFFSET %(offset)s)
 ) AS page ON true;
 
 -- name: job_owners :many
