@@ -130,7 +130,7 @@ def bare_loop(database_url: str, api_url: str, page_size: int) -> tuple[float, i
     no checkpoint, no counts, no progress, one transaction at a time."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from app.kinds.api_ingest import STAGE_TYPES, PageReader, PartSpec, SourceConfig, check_config, statement
+    from app.kinds.api_ingest import PageReader, PartSpec, SourceConfig, check_config, statement
 
     target = "bench_bare"
     cfg = check_config(SourceConfig(url=api_url + "/events", source="bare", target=target, page_size=page_size))
@@ -149,9 +149,7 @@ def bare_loop(database_url: str, api_url: str, page_size: int) -> tuple[float, i
                 if page.more:
                     future = pool.submit(reader.cursor_page, page.next_cursor)
                 with conn.cursor().copy(statement("copy_stage")) as copy:
-                    copy.set_types(STAGE_TYPES)
-                    for row in page.rows:
-                        copy.write_row(row)
+                    copy.write(page.stage)
                 events += conn.execute(statement("insert_from_stage", target), {"source": "bare"}).rowcount
                 conn.commit()
                 if not page.more:

@@ -42,6 +42,7 @@ import contextlib
 import decimal
 import email.utils
 import re
+import struct
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -81,8 +82,16 @@ TARGET_COLUMNS = [("id", "text"), ("ts", "timestamp with time zone"), ("data", "
 ITEM_PATHS = ("data", "items", "results", "events", "records")
 CURSOR_PATHS = ("nextCursor", "next_cursor", "next", "cursor_next", "nextPageToken", "next_page_token")
 HAS_MORE_PATHS = ("hasMore", "has_more", "more")
-STAGE_TYPES = ("text", "timestamptz", "bytea")  # bytea: jsonb's binary form is a version byte + the JSON text
-JSONB_VERSION = b"\x01"
+# A page goes to the staging table as one binary COPY stream built in the fetching thread (the
+# event loop then sends it in one write): per row 3 fields, each a length and its bytes; the id
+# as UTF-8, ts as microseconds since 2000-01-01 UTC, data as jsonb's binary form (a version byte
+# 1 and the JSON text as received). PostgreSQL's "COPY ... FORMAT BINARY" documents the layout.
+COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, header extension length
+COPY_TRAILER = b"\xff\xff"
+_ROW_AND_ID = struct.Struct(">hi")  # 3 fields; the id's length
+_TS_AND_DATA = struct.Struct(">iqib")  # ts: 8 bytes, microseconds; data: length, jsonb version 1
+PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+ONE_MICROSECOND = timedelta(microseconds=1)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_CURSOR_REFUSALS = 5
 _NUMERIC = re.compile(r"^-?\d+(?:\.\d+)?$")
@@ -299,7 +308,8 @@ def parse_instant(value: Any, naive: tzinfo = UTC) -> datetime:
 # -- pages ---------------------------------------------------------------------------------------
 
 class Page(msgspec.Struct, kw_only=True):
-    rows: list[tuple[str, datetime, bytes]]  # (id, ts, jsonb) for the staging table
+    stage: bytes  # the binary COPY stream of the rows for the staging table (signature to trailer)
+    row_count: int
     errors: list[tuple[str | None, str, str]]  # (item id, reason, JSON text)
     events: int
     bytes: int
@@ -412,7 +422,9 @@ class PageReader:
         naive = self.naive
         since_field = self.cfg.since_field
         nul_possible = b"\\u0000" in body  # looked for per item only when the page has one
-        rows_append = page.rows.append
+        parts: list[Any] = [COPY_SIGNATURE]
+        add = parts.extend
+        row_and_id, ts_and_data = _ROW_AND_ID.pack, _TS_AND_DATA.pack
         since_max = None
         for raw in raws:
             try:
@@ -436,13 +448,18 @@ class PageReader:
             except ValueError as exc:
                 page.errors.append((item_id, f"{self.cfg.ts_field}: {exc}", bytes(raw).decode("utf-8", "replace")))
                 continue
-            rows_append((item_id, ts, JSONB_VERSION + raw))
+            id_bytes = item_id.encode()
+            add((row_and_id(3, len(id_bytes)), id_bytes,
+                 ts_and_data(8, (ts - PG_EPOCH) // ONE_MICROSECOND, len(raw) + 1, 1), raw))
             if since_field is not None:
                 since = item.item_since
                 with contextlib.suppress(TypeError):
                     if since is not msgspec.UNSET and (since_max is None or since > since_max):
                         since_max = since
         page.since = since_max
+        page.row_count = (len(parts) - 1) // 4
+        parts.append(COPY_TRAILER)
+        page.stage = b"".join(parts)
 
     # cursor mode -------------------------------------------------------------------------------
 
@@ -475,7 +492,7 @@ class PageReader:
         top = decoded["top"]
         self.paths = paths
         raws = decoded["raws"]
-        page = Page(rows=[], errors=[], events=len(raws), bytes=len(response.body))
+        page = Page(stage=b"", row_count=0, errors=[], events=len(raws), bytes=len(response.body))
         self._rows(raws, page, response.body)
         cursor_value = self._dig(top, paths.cursor) if paths.cursor else None
         more_value = self._dig(top, paths.has_more) if paths.has_more else None
@@ -533,7 +550,7 @@ class PageReader:
             raise PermanentFailure(f"the API answered range {start}+{count} with HTTP {response.status}: "
                                    f"{response.text()[:200]!r}")
         lines = decoded["lines"]
-        page = Page(rows=[], errors=[], events=len(lines), bytes=len(response.body), range_start=start,
+        page = Page(stage=b"", row_count=0, errors=[], events=len(lines), bytes=len(response.body), range_start=start,
                     range_count=len(lines))
         self._rows(lines, page, response.body)
         total = response.headers.get(self.cfg.total_header)
@@ -713,12 +730,10 @@ class Committer:
 
     async def _stage(self, conn: Any, page: Page) -> None:
         """COPY the page's rows (and its bad items) into the staging tables."""
-        if page.rows:
+        if page.row_count:
             await conn.execute(statement("create_stage"))
             async with conn.cursor().copy(statement("copy_stage")) as copy:
-                copy.set_types(STAGE_TYPES)
-                for row in page.rows:
-                    await copy.write_row(row)
+                await copy.write(page.stage)
         if page.errors:
             await conn.execute(statement("create_error_stage"))
             async with conn.cursor().copy(statement("copy_errors")) as copy:
@@ -728,7 +743,7 @@ class Committer:
     async def _insert(self, conn: Any, page: Page) -> int:
         """Insert what is new from the staging tables; returns the rows new."""
         inserted = 0
-        if page.rows:
+        if page.row_count:
             cursor = await conn.execute(statement("insert_from_stage", self.cfg.target), {"source": self.cfg.source})
             inserted = cursor.rowcount
         if page.errors:
@@ -994,7 +1009,7 @@ def probe(cfg: SourceConfig, timeout: float = 15.0) -> None:
     finally:
         reader.close()
     missing = [reason for item_id, reason, _ in page.errors if item_id is None]
-    if missing and not page.rows:
+    if missing and not page.row_count:
         raise ConfigProblem("id_field", f"the first page's items have no id at {cfg.id_field!r}")
 
 

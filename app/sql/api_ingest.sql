@@ -35,7 +35,7 @@ INSERT INTO app.api_sync_parts (sync_id, part, job_id) VALUES (%(sync_id)s, %(pa
 CREATE TEMPORARY TABLE IF NOT EXISTS api_ingest_stage (id text, ts timestamptz, data jsonb) ON COMMIT DELETE ROWS;
 
 -- name: copy_stage :copy
--- A page's items, binary COPY (column types: STAGE_TYPES in app/kinds/api_ingest.py).
+-- A page's items, binary COPY (the stream is built by PageReader._rows in app/kinds/api_ingest.py).
 COPY api_ingest_stage (id, ts, data) FROM STDIN (FORMAT BINARY);
 
 -- name: insert_from_stage :none
