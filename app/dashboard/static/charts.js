@@ -48,8 +48,8 @@ export function stackedBars(points, series, { height = 160, ariaLabel = "chart" 
 }
 
 // lines: [{name, color, values: [n per point]}], labels: [string per point]
-export function lineChart(labels, lines, { height = 160, ariaLabel = "chart" } = {}) {
-  const width = 600, left = 40, bottom = 18, top = 6;
+export function lineChart(labels, lines, { height = 160, width = 600, ariaLabel = "chart" } = {}) {
+  const left = 40, bottom = 18, top = 6;
   const max = niceMax(Math.max(0, ...lines.flatMap((l) => l.values)));
   const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": ariaLabel, class: "chart" });
   const plotHeight = height - bottom - top;
@@ -61,7 +61,8 @@ export function lineChart(labels, lines, { height = 160, ariaLabel = "chart" } =
                     String(max * fraction)));
   }
   labels.forEach((label, i) => {
-    if (label) root.append(svg("text", { x: x(i), y: height - 4, class: "axis" }, label));
+    const anchor = i === labels.length - 1 ? "end" : "start";
+    if (label) root.append(svg("text", { x: x(i), y: height - 4, class: "axis", "text-anchor": anchor }, label));
   });
   for (const line of lines) {
     const path = line.values.map((v, i) => `${i ? "L" : "M"}${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" ");

@@ -259,16 +259,21 @@ export async function mount(root, { me, data }) {
     drawBar();
   }
 
+  let latest = 0;  // a slower answer to an older view must not replace the newer one
   async function load() {
     drawForm();
     const query = toQuery(state);
+    const mine = ++latest;
     try {
       const counted = new URLSearchParams(query);
       counted.set("total_max", String(Math.max(COUNT_MAX, state.offset + state.limit)));
-      page = await api(`/jobs?${counted}`);
+      const answer = await api(`/jobs?${counted}`);
+      if (mine !== latest) return;
+      page = answer;
       root.dataset.loaded = query;
       draw();
     } catch (error) {
+      if (mine !== latest) return;
       page = { total: 0, jobs: [] };
       draw();
       table.prepend(errorBox(error));

@@ -60,7 +60,7 @@ function depthChart(depth) {
   const lines = queues.map((queue, i) => ({ name: queue, color: LINE_COLORS[i % LINE_COLORS.length],
                                             values: depth.points.map((p) => p.waiting[queue] || 0) }));
   const labels = depth.points.map((p, i) => (i % 3 === 0 ? hhmm(p.at) : ""));
-  return el("figure", {}, lineChart(labels, lines, { ariaLabel: "jobs waiting per queue, last hour (estimate)" }),
+  return el("figure", {}, lineChart(labels, lines, { width: 900, ariaLabel: "jobs waiting per queue, last hour (estimate)" }),
     legend(lines.map((l) => ({ name: l.name, color: l.color }))),
     el("figcaption", { class: "muted", id: "depth-note" },
       "Estimate: rebuilt from the jobs' timestamps every 5 minutes (the waits before a retried job's earlier attempts are not kept)",
