@@ -103,15 +103,25 @@ async def test_overview_shows_what_the_database_holds(live_server: LiveServer, a
         })""")
         await screenshot(page, "overview.png")
         await screenshot(page, "overview-420.png", width=420)
+        # live: a cancellation's event on GET /events redraws the cards (no reload, well before the 30 s poll)
+        queued_id, cancelled_queue = query(url, "SELECT id, queue FROM pgqueue.jobs WHERE status = 'queued' "
+                                                "ORDER BY id LIMIT 1")[0]
+        async with live_server.client(admin) as http:
+            assert (await http.delete(f"/jobs/{queued_id}")).status_code == 200
+        await wait_for(lambda: page.evaluate(
+            "document.querySelector('#status-cards [data-status=cancelled]').dataset.count === '41'"), 15,
+            message="the cards to follow the cancellation live")
         # pause and resume from the queues table
         await click(page, "button[data-action=resume][data-queue=mail]")
         await wait_for(lambda: page.evaluate("!!document.querySelector('button[data-action=pause][data-queue=mail]')"), TIMEOUT,
                        message="the queue to show as active")
     by_status = dict(query(url, "SELECT status, count(*) FROM pgqueue.jobs GROUP BY status"))
+    by_status["queued"] += 1  # the cards were read before the cancellation
+    by_status["cancelled"] -= 1
     assert {status: n for status, n in shown["cards"].items() if n} == by_status
     for name in ("mail", "reports"):
         expected = dict(query(url, "SELECT status, count(*) FROM pgqueue.jobs WHERE queue = %s GROUP BY status", [name]))
-        assert shown["queues"][name]["queued"] == expected["queued"]
+        assert shown["queues"][name]["queued"] == expected["queued"] + (name == cancelled_queue)
         assert shown["queues"][name]["failed"] == expected["failed"]
     assert shown["queues"]["mail"]["state"] == "paused" and "3 at once" in shown["queues"]["mail"]["limits"]
     assert shown["queues"]["reports"]["state"] == "active"
@@ -254,6 +264,8 @@ async def test_an_xss_payload_renders_as_text(live_server: LiveServer, alice: Ap
         await wait_for(lambda: page.evaluate("document.querySelectorAll('#jobs tbody tr[data-id]').length === 1"), TIMEOUT,
                        message="the job in the list")
         listed = await page.evaluate("({pwned: String(window.__pwned), images: document.querySelectorAll('#page img').length})")
+        cookies = await page.evaluate("document.cookie")
+    assert cookies == "", "the token lives in sessionStorage and goes out as a header, never a cookie"
     assert shown["pwned"] == "undefined" and shown["images"] == 0 and shown["scripts"] == 0
     assert evil.replace('"', '\\"') in shown["text"], "the payload is shown as its characters"
     assert str(big) in shown["text"], "a big integer keeps every digit"
