@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
@@ -77,6 +78,77 @@ class Simulator:
         self.process.wait(10)
 
 
+class CpuMeter:
+    """CPU seconds of the simulator and of the whole PostgreSQL server (postmaster and every
+    child: backends, WAL writer, checkpointer; sampled every 50 ms so backends that exit are
+    counted up to their last sample) between ``start()`` and ``stop()``. Linux /proc and a
+    server on this machine only; the figures are None otherwise."""
+
+    def __init__(self, url: str, simulator_pid: int) -> None:
+        self.simulator_pid = simulator_pid
+        self.postmaster: int | None = None
+        with contextlib.suppress(Exception):
+            ((data_dir,),) = _query(url, "SELECT current_setting('data_directory')")
+            self.postmaster = int(Path(data_dir, "postmaster.pid").read_text().split()[0])
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    @staticmethod
+    def _cpu(pid: int) -> float | None:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def _server_pids(self) -> list[int]:
+        assert self.postmaster is not None
+        pids = [self.postmaster]
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    if int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]) == self.postmaster:
+                        pids.append(int(entry))
+        return pids
+
+    def _sample(self, first: bool = False) -> None:
+        while True:
+            for pid in self._server_pids() if self.postmaster else []:
+                if (value := self._cpu(pid)) is not None:
+                    self.last[pid] = value
+                    self.first.setdefault(pid, value if first else 0.0)
+            if first or self.stopping.wait(0.05):
+                return
+
+    def start(self) -> CpuMeter:
+        self.simulator_start = self._cpu(self.simulator_pid)
+        self._sample(first=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> dict[str, float | None]:
+        self.stopping.set()
+        self.thread.join()
+        simulator = self._cpu(self.simulator_pid)
+        postgres = sum(self.last[pid] - self.first[pid] for pid in self.last) if self.postmaster else None
+        return {"simulator_cpu_s": None if simulator is None or self.simulator_start is None
+                else round(simulator - self.simulator_start, 2),
+                "postgres_cpu_s": None if postgres is None else round(postgres, 2)}
+
+
+def _per_event(cpu: dict[str, float | None], events: int) -> dict[str, float | None]:
+    """CPU microseconds per event of each process, and the rate two cores could give at most."""
+    out = {name.replace("_cpu_s", "_us_per_event"): None if value is None else round(value * 1e6 / events, 2)
+           for name, value in cpu.items()}
+    if all(value is not None for value in cpu.values()):
+        total = sum(value for value in cpu.values() if value is not None)
+        out["total_us_per_event"] = round(total * 1e6 / events, 2)
+        out["two_core_bound_events_per_s"] = round(2 * events / total) if total else None
+    return out
+
+
 def _fresh_target(url: str, target: str) -> None:
     _query(url, sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier("app", target)))
     _query(url, "DELETE FROM app.api_syncs WHERE target = %s", [target])
@@ -96,11 +168,14 @@ async def _enqueue(url: str, config: dict[str, Any]) -> tuple[int, list[int]]:
         await queue.close()
 
 
-def run_job(url: str, config: dict[str, Any], log_dir: Path) -> dict[str, Any]:
-    """One sync through a fresh worker process: events/s between the job's start and end, peak RSS."""
+def run_job(url: str, config: dict[str, Any], log_dir: Path, simulator: Simulator | None = None) -> dict[str, Any]:
+    """One sync through a fresh worker process: events/s between the job's start and end, peak RSS,
+    and (given the simulator) the CPU each process used per event."""
     _fresh_target(url, config["target"])
     sync_id, (job_id,) = asyncio.run(_enqueue(url, config))
+    meter = CpuMeter(url, simulator.process.pid).start() if simulator is not None else None
     usage = run_worker_until_finished(url, job_id, "api_ingest", _env(url), log_dir / f"worker-{job_id}.log")
+    cpu = meter.stop() if meter is not None else {}
     ((status, seconds, error),) = _query(url, "SELECT status, extract(epoch FROM finished_at - started_at), "
                                               "last_error FROM pgqueue.jobs WHERE id = %s", [job_id])
     if status != "succeeded":
@@ -108,18 +183,32 @@ def run_job(url: str, config: dict[str, Any], log_dir: Path) -> dict[str, Any]:
     ((events, inserted, retries, limited),) = _query(
         url, "SELECT events, inserted, retries, rate_limited FROM app.api_sync_parts WHERE sync_id = %s", [sync_id])
     seconds = float(seconds)
-    return {"seconds": round(seconds, 3), "events": events, "inserted": inserted, "retries": retries,
-            "rate_limited": limited, "events_per_s": round(inserted / seconds),
-            "worker_peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+    result = {"seconds": round(seconds, 3), "events": events, "inserted": inserted, "retries": retries,
+              "rate_limited": limited, "events_per_s": round(inserted / seconds),
+              "worker_peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+    if cpu:
+        # the worker's figure includes its start-up (imports, connecting): about a second
+        cpu["worker_cpu_s"] = round(usage.ru_utime + usage.ru_stime, 2)
+        result["cpu"] = _per_event(cpu, events)
+    return result
 
 
-def run_bare(url: str, api_url: str, page_size: int) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-m", "app.bench.api_ingest", "bare", "--url", api_url,
-                           "--page-size", str(page_size)], cwd=REPO_ROOT, env=_env(url), capture_output=True,
-                          text=True, check=True)
-    seconds, events = done.stdout.split()
+def run_bare(url: str, simulator: Simulator, page_size: int) -> dict[str, Any]:
+    meter = CpuMeter(url, simulator.process.pid).start()
+    process = subprocess.Popen([sys.executable, "-m", "app.bench.api_ingest", "bare", "--url", simulator.url,
+                                "--page-size", str(page_size)], cwd=REPO_ROOT, env=_env(url), stdout=subprocess.PIPE,
+                               text=True)
+    assert process.stdout is not None
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    cpu = meter.stop()
+    if process.returncode != 0:
+        raise RuntimeError(f"the bare loop exited with {process.returncode}")
+    seconds, events = output.split()
+    cpu["loop_cpu_s"] = round(usage.ru_utime + usage.ru_stime, 2)
     return {"seconds": round(float(seconds), 3), "events": int(events),
-            "events_per_s": round(int(events) / float(seconds))}
+            "events_per_s": round(int(events) / float(seconds)), "cpu": _per_event(cpu, int(events))}
 
 
 def bare_loop(database_url: str, api_url: str, page_size: int) -> tuple[float, int]:
@@ -170,6 +259,15 @@ def check_against_simulator(url: str, target: str, events: int) -> dict[str, int
             "seq_range_ok": int(lowest == 0 and highest == events - 1)}
 
 
+def _median_cpu(runs: list[dict[str, Any]]) -> dict[str, float | None]:
+    names = {name for run in runs for name in run.get("cpu", {})}
+    out: dict[str, float | None] = {}
+    for name in sorted(names):
+        values = [run["cpu"][name] for run in runs if run.get("cpu", {}).get(name) is not None]
+        out[name] = round(statistics.median(values), 2) if values else None
+    return out
+
+
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     rates = [r["events_per_s"] for r in runs]
     return {"median_events_per_s": round(statistics.median(rates)), "min": min(rates), "max": max(rates),
@@ -194,9 +292,9 @@ def run_api_ingest_bench(database_url: str | None, *, events: int, page_size: in
             base = {"url": sim.url + "/events", "source": "bench", "target": "bench_events", "page_size": page_size}
             job_runs, bare_runs = [], []
             for number in range(rounds):
-                job_runs.append(run_job(url, base, log_dir))
+                job_runs.append(run_job(url, base, log_dir, sim))
                 say(f"  job round {number + 1}: {job_runs[-1]['events_per_s']:,} events/s")
-                bare_runs.append(run_bare(url, sim.url, page_size))
+                bare_runs.append(run_bare(url, sim, page_size))
                 say(f"  bare loop round {number + 1}: {bare_runs[-1]['events_per_s']:,} events/s")
             check = check_against_simulator(url, "bench_events", events)
         finally:
@@ -205,6 +303,7 @@ def run_api_ingest_bench(database_url: str | None, *, events: int, page_size: in
         share = job["median_events_per_s"] / bare["median_events_per_s"]
         result["unlimited"] = {"events": events, "page_size": page_size, "job": job, "bare_loop": bare,
                                "share_of_bare": round(share, 3), "check": check,
+                               "cpu_us_per_event": {"job": _median_cpu(job_runs), "bare_loop": _median_cpu(bare_runs)},
                                "meets_target": job["median_events_per_s"] >= TARGET_EVENTS_PER_S
                                and share >= TARGET_SHARE_OF_BARE}
 
@@ -265,6 +364,13 @@ def render(result: dict[str, Any]) -> str:
          f"lost {paced['lost']}, duplicated {paced['duplicated']}; target >= 90%: "
          f"{'met' if paced['meets_target'] else 'NOT met'}"),
     ]
+    for name, cpu in un.get("cpu_us_per_event", {}).items():
+        if cpu.get("total_us_per_event") is not None:
+            rows.append((f"CPU per event, {name.replace('_', ' ')}",
+                         f"{cpu.get('simulator_us_per_event')} us simulator + {cpu.get('postgres_us_per_event')} us "
+                         f"PostgreSQL + {cpu.get('worker_us_per_event', cpu.get('loop_us_per_event'))} us Python = "
+                         f"{cpu['total_us_per_event']} us: two cores give at most "
+                         f"{cpu['two_core_bound_events_per_s']:,} events/s"))
     if "memory" in result:
         rows.append((f"worker peak RSS, {result['memory']['events']:,} events",
                      f"{result['memory']['worker_peak_rss_mib']:.0f} MiB"))
