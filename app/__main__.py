@@ -4,7 +4,7 @@
     python -m app serve [--host H --port P --workers N]                 API + dashboard only
     python -m app create-user NAME [--admin]                            prints a new API token
     python -m app add-token NAME                                        another token for NAME
-    python -m app bench-sse [--clients 500 --events 200 --rate 20]      SSE delivery latency
+    python -m app bench-sse [--clients N --workers W --rounds 3]      SSE at scale (1,000 / 5,000 clients)
     python -m app bench-ingest [--lines 1000000 --memory-mb 100 1000]   log-file ingest rate, memory
     python -m app ingest-api --config source.json | --url U [--api-key K --target T]   API ingest
     python -m app bench-api-ingest [--events 1000000 --rate 20 --page-size 1000]   API ingest rate
@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.set_defaults(func=cmd_add_token)
 
-    p = sub.add_parser("bench-sse", help="SSE delivery latency (NOTIFY -> client, p50/p99) with 500 clients")
+    p = sub.add_parser("bench-sse", help="SSE at scale: 1,000 clients on one app process, 5,000 on four (p50/p99, lost)")
     from app.bench.sse import add_arguments
 
     add_arguments(p)
