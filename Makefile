@@ -22,8 +22,8 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# engine (enqueue, drain, wake-up vs the raw Postgres ceilings), then SSE delivery with
-# 500 clients and log-file ingestion; each adds its section to bench-results.json
+# engine (enqueue, drain, wake-up vs the raw Postgres ceilings), then SSE at scale (1,000
+# clients on one app process, 5,000 on four) and log-file ingestion; each adds its section to bench-results.json
 bench: $(STAMP)
 	$(PY) -m pgqueue bench --output bench-results.json
 	$(PY) -m pgqueue.bench_scaleout --output bench-results.json
