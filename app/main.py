@@ -135,7 +135,8 @@ def create_app(settings: AppSettings | None = None, *, queue: Queue | None = Non
                     "queue": engine,
                     "hub": hub,
                     "store": store,
-                    "read_store": ReplicaStore(read_pool, store) if read_pool is not None else store,
+                    "read_store": (ReplicaStore(read_pool, store, max_lag_seconds=settings.read_max_lag_seconds)
+                                   if read_pool is not None else store),
                     "metrics": ProcessMetrics(),
                     "worker": worker,
                     "expected_migrations": migrations,
