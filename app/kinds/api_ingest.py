@@ -1042,13 +1042,13 @@ def _redacted(cfg: SourceConfig) -> dict[str, Any]:
 
 # -- running a sync in the foreground (python -m app ingest-api, tests, the bench) ----------------
 
-class SyncStatus(msgspec.Struct, kw_only=True):
+class SyncCounts(msgspec.Struct, kw_only=True):
+    """What a sync (or one part of it) has done so far: SyncStatus here, the REST and dashboard
+    shapes (app/routes/syncs.py, app/dashboard/api.py) build on it."""
+
     id: int
     source: str
     target: str
-    owner_id: str | None
-    status: str  # queued | running | succeeded | failed (a part is dead or cancelled)
-    parts: int
     pages: int
     events: int
     inserted: int
@@ -1059,6 +1059,12 @@ class SyncStatus(msgspec.Struct, kw_only=True):
     restarts: int
     total: int | None  # as the API announced it
     last_page_at: datetime | None
+
+
+class SyncStatus(SyncCounts, kw_only=True):
+    owner_id: str | None
+    status: str  # queued | running | succeeded | failed (a part is dead or cancelled)
+    parts: int
     job_ids: list[int]
     part_statuses: list[str]
     errors: list[str]
@@ -1076,14 +1082,14 @@ def overall_status(statuses: list[str]) -> str:
 
 
 async def sync_status(conn: Any, sync_id: int) -> SyncStatus | None:
-    cursor = await conn.execute(statement("get_sync"), {"sync_id": sync_id})
+    cursor = await conn.execute(statement("list_syncs"), {"owner_id": None, "sync_id": sync_id, "limit": 1})
     row = await cursor.fetchone()
     return None if row is None else _sync_of(row)
 
 
 async def recent_syncs(conn: Any, owner_id: str | None, limit: int) -> list[SyncStatus]:
     """The newest syncs, of one owner (or everyone's for None)."""
-    cursor = await conn.execute(statement("list_syncs"), {"owner_id": owner_id, "limit": limit})
+    cursor = await conn.execute(statement("list_syncs"), {"owner_id": owner_id, "sync_id": None, "limit": limit})
     return [_sync_of(row) for row in await cursor.fetchall()]
 
 

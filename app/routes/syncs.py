@@ -24,6 +24,7 @@ from app.errors import not_found, validation_error
 from app.kinds.api_ingest import (
     ConfigProblem,
     SourceConfig,
+    SyncCounts,
     SyncStatus,
     create_sync,
     recent_syncs,
@@ -40,22 +41,9 @@ class SyncCreated(msgspec.Struct, kw_only=True):
     events_urls: list[str]
 
 
-class SyncOut(msgspec.Struct, kw_only=True):
-    id: int
-    source: str
-    target: str
+class SyncOut(SyncCounts, kw_only=True):
     status: str
     parts: int
-    pages: int
-    events: int
-    inserted: int
-    invalid: int
-    retries: int
-    rate_limited: int
-    bytes: int
-    restarts: int
-    total: int | None
-    last_page_at: datetime | None
     job_ids: list[int]
     part_statuses: list[str]
     errors: list[str]

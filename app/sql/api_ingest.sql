@@ -67,25 +67,6 @@ SET pages = pages + %(pages)s, events = events + %(events)s, inserted = inserted
     last_page_at = now(), finished_at = CASE WHEN %(finished)s THEN now() END
 WHERE sync_id = %(sync_id)s AND part = %(part)s;
 
--- name: get_sync :one
--- GET /api/v1/syncs/{id}: the sync and the sums of its parts (status from their jobs).
-SELECT s.id, s.source, s.target, s.owner_id, s.created_at,
-       count(p.part) AS parts,
-       coalesce(sum(p.pages), 0)::bigint AS pages, coalesce(sum(p.events), 0)::bigint AS events,
-       coalesce(sum(p.inserted), 0)::bigint AS inserted, coalesce(sum(p.invalid), 0)::bigint AS invalid,
-       coalesce(sum(p.retries), 0)::bigint AS retries, coalesce(sum(p.rate_limited), 0)::bigint AS rate_limited,
-       coalesce(sum(p.bytes), 0)::bigint AS bytes, coalesce(sum(p.restarts), 0)::bigint AS restarts,
-       max(p.total) AS total, max(p.last_page_at) AS last_page_at,
-       array_agg(p.job_id ORDER BY p.part) AS job_ids,
-       array_agg(coalesce(j.status, CASE WHEN p.finished_at IS NULL THEN 'unknown' ELSE 'succeeded' END)
-                 ORDER BY p.part) AS statuses,
-       array_agg(j.last_error ORDER BY p.part) AS errors
-FROM app.api_syncs AS s
-JOIN app.api_sync_parts AS p ON p.sync_id = s.id
-LEFT JOIN pgqueue.jobs AS j ON j.id = p.job_id
-WHERE s.id = %(sync_id)s
-GROUP BY s.id;
-
 -- name: source_metrics :many
 -- /metrics: counts per source over every sync, and the last page's time.
 SELECT s.source, sum(p.pages)::bigint, sum(p.events)::bigint, sum(p.inserted)::bigint,
@@ -99,7 +80,8 @@ GROUP BY s.source ORDER BY s.source;
 SELECT max(last_page_at) FROM app.api_sync_parts;
 
 -- name: list_syncs :many
--- GET /api/v1/syncs: the newest syncs (one owner's, or everyone's for NULL), summed like get_sync.
+-- GET /api/v1/syncs and /api/v1/syncs/{id}: the newest syncs (one owner's, or everyone's for NULL;
+-- only %(sync_id)s when given), each with the sums of its parts (status from their jobs).
 SELECT s.id, s.source, s.target, s.owner_id, s.created_at,
        count(p.part) AS parts,
        coalesce(sum(p.pages), 0)::bigint AS pages, coalesce(sum(p.events), 0)::bigint AS events,
@@ -113,6 +95,7 @@ SELECT s.id, s.source, s.target, s.owner_id, s.created_at,
        array_agg(j.last_error ORDER BY p.part) AS errors
 FROM (SELECT * FROM app.api_syncs
       WHERE (%(owner_id)s::text IS NULL OR owner_id = %(owner_id)s::text)
+        AND (%(sync_id)s::bigint IS NULL OR id = %(sync_id)s::bigint)
       ORDER BY id DESC LIMIT %(limit)s) AS s
 JOIN app.api_sync_parts AS p ON p.sync_id = s.id
 LEFT JOIN pgqueue.jobs AS j ON j.id = p.job_id
