@@ -24,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pgqueue.sql import QUERIES
+
 SIZES = (20_000, 200_000)
 QUICK_SIZES = (2_000,)
 ROUNDS = 3
@@ -31,17 +33,11 @@ PROCESSES = (1, 2)
 TARGET_VS_RAW = 0.7
 TARGET_PG_CPU_US_PER_JOB = 20.0
 
-PAUSE = """
-INSERT INTO pgqueue.queues AS q (name, paused) VALUES (%(queue)s, %(paused)s)
-ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now()
-"""
-RESUME_NOTIFY = "SELECT pg_notify('pgqueue_control', 'resume ' || %(queue)s)"
+# the engine's own pause/resume (its NOTIFY on pgqueue_control wakes the workers at the resume)
+PAUSE = QUERIES["set_queue_paused"].sql
 FORGET_QUEUE = "DELETE FROM pgqueue.queues WHERE name = %(queue)s"
 BACKEND_PID = "SELECT pg_backend_pid()"
 WAL_POSITION = "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"
-STATEMENT_COUNTS = """
-SELECT n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del FROM pg_stat_all_tables WHERE relid = %(rel)s::regclass
-"""
 
 Execute = Callable[..., list[tuple[Any, ...]]]
 
@@ -126,7 +122,7 @@ def raw_round(url: str, count: int, meter: Meter, execute: Execute) -> dict[str,
 
 
 def library_round(url: str, count: int, processes: int, log_dir: Path, meter: Meter, execute: Execute,
-                  say: Callable[[str], None], label: str, env: dict[str, str] | None = None,
+                  label: str, env: dict[str, str] | None = None,
                   concurrency: int | None = None) -> dict[str, Any]:
     from pgqueue.bench import (
         BENCH_DRAIN_STATS,
@@ -139,7 +135,7 @@ def library_round(url: str, count: int, processes: int, log_dir: Path, meter: Me
     )
 
     reset_engine(url)
-    execute(url, PAUSE, {"queue": BENCH_QUEUE, "paused": True})
+    execute(url, PAUSE, {"name": BENCH_QUEUE, "paused": True})
     try:
         with WorkerProcesses(url, processes, log_dir, env=env,
                              concurrency=concurrency or WORKER_CONCURRENCY) as workers:
@@ -148,8 +144,7 @@ def library_round(url: str, count: int, processes: int, log_dir: Path, meter: Me
             execute(url, "CHECKPOINT")
             time.sleep(0.3)  # the workers' idle polls of the paused queue settle
             before = meter.snapshot(workers)
-            execute(url, PAUSE, {"queue": BENCH_QUEUE, "paused": False})
-            execute(url, RESUME_NOTIFY, {"queue": BENCH_QUEUE})
+            execute(url, PAUSE, {"name": BENCH_QUEUE, "paused": False})
             wait_for_jobs(url, workers, "bench_noop", count, label, timeout=max(60.0, count / 200))
             after = meter.snapshot(workers)
     finally:
@@ -191,7 +186,7 @@ def measure(url: str, log_dir: Path, *, execute: Execute, say: Callable[[str], N
                 f"Postgres {raw['postgres_cpu_us_per_job'] or 0:.1f} us/job")
             for p in processes:
                 label = f"{size:,} jobs, {p} worker process{'es' if p > 1 else ''}, round {index + 1}/{rounds}"
-                lib = library_round(url, size, p, log_dir, meter, execute, say, label, concurrency=concurrency)
+                lib = library_round(url, size, p, log_dir, meter, execute, label, concurrency=concurrency)
                 lib["vs_raw_same_round"] = lib["jobs_per_s"] / raw["jobs_per_s"]
                 samples[f"{p}_process"].append(lib)
                 say(f"    {label}: {lib['jobs_per_s']:,.0f} jobs/s ({lib['vs_raw_same_round']:.0%} of raw), "

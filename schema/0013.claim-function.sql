@@ -171,21 +171,19 @@ BEGIN
             FROM admitted AS a
             WHERE j.id = ANY(ARRAY(SELECT id FROM admitted)) AND j.id = a.id
             RETURNING j.*
-        ), key_tokens AS (
-            -- the tokens taken, per key then per queue (a bucket without a row was full)
+        ), tokens AS (
+            -- the tokens taken, per key and per queue (key ''), in one upsert (a bucket without a
+            -- row was full); under the queue's lock nobody else writes these buckets meanwhile
             INSERT INTO pgqueue.rate_buckets AS b (queue, key, tokens, refilled_at, capacity, period)
-            SELECT q.name, d.concurrency_key, q.key_rate_limit - count(*), now(), q.key_rate_limit, q.key_rate_period
-            FROM done AS d WHERE q.key_rate_limit IS NOT NULL AND d.concurrency_key IS NOT NULL
-            GROUP BY d.concurrency_key ORDER BY d.concurrency_key
-            ON CONFLICT (queue, key) DO UPDATE SET
-                tokens = pgqueue.refilled_tokens(b.tokens, b.refilled_at, EXCLUDED.refilled_at, EXCLUDED.capacity, EXCLUDED.period)
-                         - (EXCLUDED.capacity - EXCLUDED.tokens),
-                refilled_at = greatest(b.refilled_at, EXCLUDED.refilled_at), capacity = EXCLUDED.capacity,
-                period = EXCLUDED.period
-        ), queue_tokens AS (
-            INSERT INTO pgqueue.rate_buckets AS b (queue, key, tokens, refilled_at, capacity, period)
-            SELECT q.name, '', q.rate_limit - count(*), now(), q.rate_limit, q.rate_period
-            FROM done WHERE q.rate_limit IS NOT NULL HAVING count(*) > 0
+            SELECT q.name, t.key, t.capacity - t.taken, now(), t.capacity, t.period
+            FROM (SELECT d.concurrency_key AS key, count(*) AS taken, q.key_rate_limit AS capacity,
+                         q.key_rate_period AS period
+                  FROM done AS d WHERE q.key_rate_limit IS NOT NULL AND d.concurrency_key IS NOT NULL
+                  GROUP BY d.concurrency_key
+                  UNION ALL
+                  SELECT '', count(*), q.rate_limit, q.rate_period
+                  FROM done WHERE q.rate_limit IS NOT NULL HAVING count(*) > 0) AS t
+            ORDER BY t.key
             ON CONFLICT (queue, key) DO UPDATE SET
                 tokens = pgqueue.refilled_tokens(b.tokens, b.refilled_at, EXCLUDED.refilled_at, EXCLUDED.capacity, EXCLUDED.period)
                          - (EXCLUDED.capacity - EXCLUDED.tokens),
