@@ -6,8 +6,8 @@ Rows (each the median of its rounds, with the spread):
 - ``raw_no_trigger``: plain INSERT, trigger disabled;
 - ``raw``: plain INSERT with the trigger, nobody idle (no NOTIFY is sent);
 - ``library``: ``Queue.enqueue``, nobody idle;
-- ``library_idle_worker``: ``Queue.enqueue`` while a worker row is marked idle on the queue,
-  so every insert notifies (what a quiet system with waiting workers pays).
+- ``library_idle_worker``: ``Queue.enqueue`` while a worker listens on the queue, so every
+  insert notifies (what a quiet system with waiting workers pays).
 Used by `python -m pgqueue bench` (pgqueue/bench.py).
 """
 
@@ -23,7 +23,6 @@ TOTAL = 4000
 PRODUCERS = (1, 8, 32)
 ROUNDS = 3
 QUEUE = "bench"
-IDLE_WORKER = "bench-idle-worker"
 
 RAW_INSERT = "INSERT INTO pgqueue.jobs (queue, kind, payload) VALUES (%(queue)s, 'bench_noop', '{}')"
 TRIGGER_OFF = "ALTER TABLE pgqueue.jobs DISABLE TRIGGER jobs_inserted_notify"
@@ -58,30 +57,23 @@ async def _raw(url: str, producers: int, total: int) -> float:
         await pool.close()
 
 
-async def _library(url: str, producers: int, total: int) -> float:
+async def _library(url: str, producers: int, total: int, idle_worker: bool = False) -> float:
+    """``Queue.enqueue`` calls; with ``idle_worker``, while a worker's wake-up session listens on
+    the queue (schema/0015), so that every insert notifies."""
     from pgqueue.bench import bench_jobs
+    from pgqueue.db import connect
     from pgqueue.queue import Queue
 
     queue = await Queue.connect(url, bench_jobs, max_size=producers)
+    session = await connect(url, application_name="pgqueue-bench-idle-worker") if idle_worker else None
     try:
+        if session is not None and await queue.store.listen_for_inserts(session, [QUEUE]) != (True, True):
+            raise RuntimeError("the bench's idle worker could not listen")
         await queue.pool.wait()
         return await _spread(total, producers, lambda _i: queue.enqueue("bench_noop", {}))
     finally:
-        await queue.close()
-
-
-async def _set_idle_worker(url: str, idle: bool) -> None:
-    from pgqueue.queue import Queue
-
-    queue = await Queue.connect(url, max_size=1)
-    try:
-        if idle:
-            await queue.store.register_worker(IDLE_WORKER, "bench", 0, [QUEUE], 1, 3600.0)
-            if not await queue.store.mark_worker_idle(IDLE_WORKER, [QUEUE]):
-                raise RuntimeError("could not mark the bench's idle worker")
-        else:
-            await queue.store.unregister_worker(IDLE_WORKER)
-    finally:
+        if session is not None:
+            await session.close()
         await queue.close()
 
 
@@ -103,11 +95,7 @@ def measure(url: str, execute: Callable[..., Any], total: int = TOTAL, rounds: i
             execute(url, EMPTY)
             samples["library"].append(asyncio.run(_library(url, producers, total)))
             execute(url, EMPTY)
-            asyncio.run(_set_idle_worker(url, True))
-            try:
-                samples["library_idle_worker"].append(asyncio.run(_library(url, producers, total)))
-            finally:
-                asyncio.run(_set_idle_worker(url, False))
+            samples["library_idle_worker"].append(asyncio.run(_library(url, producers, total, idle_worker=True)))
         rows: dict[str, dict[str, Any]] = {name: {"median": statistics.median(values), "min": min(values), "max": max(values),
                        "samples": values} for name, values in samples.items()}
         ceiling = rows["raw_no_trigger"]["median"]

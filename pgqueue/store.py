@@ -500,11 +500,14 @@ class Store:
         await self._many("register_worker", params, conn)
 
 
-    async def mark_worker_idle(self, worker_id: str, queues: Sequence[str], conn: AsyncConnection | None = None) -> bool:
-        return bool((await self._one("mark_worker_idle", {"id": worker_id, "queues": list(queues)}, conn))[0])
+    async def listen_for_inserts(self, conn: AsyncConnection, queues: Sequence[str]) -> tuple[bool, bool]:
+        """(listening, settled) on ``conn``, a session of the worker's own (schema/0015): see
+        queries.sql. When not listening, the caller lets go with stop_listening_for_inserts."""
+        listening, settled = await self._one("listen_for_inserts", {"queues": list(queues)}, conn)
+        return bool(listening), bool(settled)
 
-    async def mark_worker_busy(self, worker_id: str, conn: AsyncConnection | None = None) -> None:
-        await self._many("mark_worker_busy", {"id": worker_id}, conn)
+    async def stop_listening_for_inserts(self, conn: AsyncConnection) -> None:
+        await self._many("stop_listening_for_inserts", {}, conn)
 
     async def unregister_worker(self, worker_id: str, conn: AsyncConnection | None = None) -> None:
         await self._many("unregister_worker", {"id": worker_id}, conn)

@@ -84,7 +84,11 @@ class Worker:
         self._isolated: uuid.UUID | None = None  # the lease of a crash suspect running alone
         self._suspects_waiting = False
         self._suspects_checked_at = 0.0
-        # whether workers.idle is set: inserts into our queues then send a NOTIFY (schema 0011)
+        # wake-ups (schema/0015): while we hold the listening locks of our queues, on a session
+        # connection of our own, inserts into them send a NOTIFY; marked idle = listening and
+        # every insert that probed before has committed
+        self._wakeup_conn: AsyncConnection | None = None
+        self._listening = False
         self._marked_idle = False
         self.events = EventBuffer()
         self.stopping = asyncio.Event()
@@ -141,6 +145,7 @@ class Worker:
                 raise SchedulerFailed(f"worker stopped: its scheduler died ({self.scheduler_error})")
         finally:
             await _cancel_and_wait(helpers)
+            await self._close_wakeup_conn()
             await self._flush_completions()
             await self._flush_events()
             with contextlib.suppress(*CONNECTION_ERRORS):
@@ -216,11 +221,9 @@ class Worker:
             if free <= 0 or (isolating and self.running):
                 # full, or a crash suspect waits to run alone here: let the running jobs finish
                 self._slot_free.clear()
-                if self._marked_idle:
+                if self._listening:
                     # no slot to fill: inserts need not pay for a NOTIFY to wake us
-                    self._marked_idle = False
-                    with contextlib.suppress(*CONNECTION_ERRORS):
-                        await self.queue.store.mark_worker_busy(self.worker_id)
+                    await self._stop_listening()
                 await self._slot_free.wait()
                 # let every job that is finishing right now finish, then claim for all free slots at once
                 await asyncio.sleep(0)
@@ -265,7 +268,7 @@ class Worker:
             if not self._marked_idle:
                 # from the mark on, every insert into our queues notifies; one that committed
                 # before it is found by the look for runnable jobs just below
-                self._marked_idle = await self.queue.store.mark_worker_idle(self.worker_id, self.queues)
+                self._marked_idle = await self._start_listening()
             next_at, now = await self.queue.store.next_run_at(self.queues)
             if next_at is not None and next_at > now:
                 timeout = min(timeout, (next_at - now).total_seconds())
@@ -283,6 +286,39 @@ class Worker:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), max(timeout, 0.001))
+
+    async def _start_listening(self) -> bool:
+        """Hold the listening locks of our queues and pass the barrier (schema/0015); True once
+        every later insert into them notifies and every earlier one has committed."""
+        try:
+            if self._wakeup_conn is None or self._wakeup_conn.closed:
+                self._wakeup_conn = await connect(self.direct_url, application_name="pgqueue-worker-wakeup",
+                                                  session_for="the worker's wake-up locks")
+            listening, settled = await self.queue.store.listen_for_inserts(self._wakeup_conn, self.queues)
+            self._listening = True  # possibly some stripes only: let go of all below
+            if not listening:
+                await self._stop_listening()
+            return settled
+        except CONNECTION_ERRORS:
+            await self._close_wakeup_conn()  # its locks went with it
+            raise
+
+    async def _stop_listening(self) -> None:
+        self._marked_idle = False
+        if not self._listening or self._wakeup_conn is None:
+            return
+        try:
+            await self.queue.store.stop_listening_for_inserts(self._wakeup_conn)
+            self._listening = False
+        except CONNECTION_ERRORS:
+            await self._close_wakeup_conn()
+
+    async def _close_wakeup_conn(self) -> None:
+        self._marked_idle = self._listening = False
+        conn, self._wakeup_conn = self._wakeup_conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
 
     def _start(self, job: Job, isolated: bool = False) -> None:
         token = job.lease_token

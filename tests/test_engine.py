@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import re
 import secrets
 from collections.abc import AsyncIterator, Sequence
@@ -55,18 +56,20 @@ async def fast_queue(db_url: str) -> AsyncIterator[Queue]:
 # -- transactions ----------------------------------------------------------------------------
 
 
-async def an_idle_worker(queue: Queue, queues: Sequence[str] = ("default", "mail")) -> str:
-    """A worker row marked idle on ``queues``: inserts into them notify only while one exists."""
-    worker_id = f"idle-{len(queues)}"
-    await queue.store.register_worker(worker_id, "test-host", 1, queues, 1, 5.0)
-    assert await queue.store.mark_worker_idle(worker_id, queues)
-    return worker_id
+@contextlib.asynccontextmanager
+async def an_idle_worker(queue: Queue, db_url: str,
+                         queues: Sequence[str] = ("default", "mail")) -> AsyncIterator[psycopg.AsyncConnection]:
+    """A worker's wake-up session listening on ``queues`` (schema/0015): inserts into them
+    notify only while one listens. Closing the session (as a dying worker does) ends it."""
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as session:
+        assert await queue.store.listen_for_inserts(session, queues) == (True, True)
+        yield session
 
 
 async def test_enqueue_joins_the_callers_transaction(fast_queue: Queue, db_url: str) -> None:
     queue = fast_queue
-    await an_idle_worker(queue)
-    async with listening(db_url) as listener, await psycopg.AsyncConnection.connect(db_url) as conn:
+    async with an_idle_worker(queue, db_url), listening(db_url) as listener, \
+            await psycopg.AsyncConnection.connect(db_url) as conn:
         with pytest.raises(DeliberateRollbackError):
             async with conn.transaction():
                 rolled_back = await queue.enqueue("noop", {}, conn=conn)
@@ -152,8 +155,7 @@ async def test_enqueue_many_with_unique_keys_and_delays_inserts(fast_queue: Queu
 
 async def test_one_notify_per_statement_and_queue(fast_queue: Queue, db_url: str) -> None:
     queue = fast_queue
-    await an_idle_worker(queue)
-    async with listening(db_url) as listener:
+    async with an_idle_worker(queue, db_url) as session, listening(db_url) as listener:
         await queue.enqueue_many([("noop", {"n": n}) for n in range(500)]
                                  + [("email", {"to": f"u{n}@example.com"}) for n in range(500)])
         assert sorted(await notifications_so_far(listener, db_url)) == ["default", "mail"]
@@ -163,21 +165,30 @@ async def test_one_notify_per_statement_and_queue(fast_queue: Queue, db_url: str
 
         await queue.enqueue_many([("noop", {"n": n}, {"delay": 3600}) for n in range(10)])
         assert await notifications_so_far(listener, db_url) == []  # nothing to wake for yet
-    # a worker whose slots are all taken needs no NOTIFY: with nobody idle, inserts send none
-    await queue.store.mark_worker_busy("idle-2")
-    async with listening(db_url) as listener:
+
+        # a worker whose slots are all taken needs no NOTIFY: with nobody idle, inserts send none
+        await queue.store.stop_listening_for_inserts(session)
         await queue.enqueue("noop", {})
         await queue.enqueue_many([("email", {"to": f"v{n}@example.com"}) for n in range(5)])
+        await fetch(queue, "INSERT INTO pgqueue.jobs (kind, payload) SELECT 'noop', '{}' FROM generate_series(1, 3)")
         assert await notifications_so_far(listener, db_url) == []
-        # nor for a worker that stopped heartbeating long ago while marked idle
-        await an_idle_worker(queue, ["default"])
-        await fetch(queue, "UPDATE pgqueue.workers SET heartbeat_at = now() - interval '1 hour'")
+    async with listening(db_url) as listener:
+        # nor for a worker whose session died while it listened (its locks went with it)
+        async with an_idle_worker(queue, db_url, ["default"]):
+            pass
+
+        async def locks_released() -> bool:  # the backend lets go as it exits, just after the close
+            return await fetch(queue, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                      "AND classid = 1885827449") == [(0,)]
+
+        await wait_for(locks_released, message="the closed session's listening locks to go")
         await queue.enqueue("noop", {})
         assert await notifications_so_far(listener, db_url) == []
-    # Postgres folds identical notifications of one transaction anyway; what keeps a bulk insert
-    # from queueing one message per row is the statement-level trigger:
-    [(row_level,)] = await fetch(queue, "SELECT (tgtype & 1) = 1 FROM pg_trigger WHERE tgname = 'jobs_inserted_notify'")
-    assert row_level is False
+        # two listening at once: one going busy leaves the other listening
+        async with an_idle_worker(queue, db_url, ["default"]), an_idle_worker(queue, db_url, ["default"]) as second:
+            await queue.store.stop_listening_for_inserts(second)
+            await queue.enqueue("noop", {})
+            assert await notifications_so_far(listener, db_url) == ["default"]
 
 
 # -- the claim query -------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Wake-ups only when a worker waits: an insert notifies only while some worker with free slots
-is marked idle on its queue (schema/0011.idle-wakeups.sql), and no wake-up is lost in the race
+listens on its queue (schema/0015.wakeup-listener-locks.sql), and no wake-up is lost in the race
 between a worker going idle and a job arriving. The worker processes here poll only every
 30 s, so a lost wake-up would leave a job waiting far past the deadlines below."""
 
@@ -19,6 +19,10 @@ SLOW_POLL = {"PGQUEUE_POLL_SECONDS": "30"}
 NO_POLL_NEEDED = 10.0
 
 RAW_INSERT = "INSERT INTO pgqueue.jobs (kind, payload) VALUES ('noop', '{}') RETURNING id"
+
+
+def listeners(url: str) -> int:
+    return scalar(url, "SELECT listeners FROM pgqueue.wakeup_listeners WHERE queue = 'default'")
 
 
 def succeeded(url: str, job_id: int) -> bool:
@@ -75,12 +79,10 @@ def test_concurrent_producers_and_an_idling_worker_lose_no_wake_up(proc_db, spaw
 
 
 def test_a_busy_worker_is_not_woken_and_an_idle_one_is(proc_db, spawn_worker):  # noqa: F811
-    """The idle mark follows the worker: set while it waits with free slots, cleared while every
-    slot is taken (inserts then send no NOTIFY)."""
+    """The worker listens for inserts while it waits with free slots, and stops while every slot
+    is taken (inserts then send no NOTIFY)."""
     worker = spawn_worker(proc_db, concurrency=1, env=SLOW_POLL)
-    worker_id = worker.worker_id()
-    wait_for_sync(lambda: scalar(proc_db, "SELECT idle FROM pgqueue.workers WHERE id = %s", [worker_id]),
-                  message="the worker to mark itself idle")
+    worker.worker_id()
+    wait_for_sync(lambda: listeners(proc_db) == 1, message="the worker to listen for inserts")
     query(proc_db, "INSERT INTO pgqueue.jobs (kind, payload) VALUES ('mark', '{\"key\": \"long\", \"sleep\": 30}')")
-    wait_for_sync(lambda: not scalar(proc_db, "SELECT idle FROM pgqueue.workers WHERE id = %s", [worker_id]),
-                  message="the busy worker to clear its mark")
+    wait_for_sync(lambda: listeners(proc_db) == 0, message="the busy worker to stop listening")

@@ -425,26 +425,28 @@ INSERT INTO pgqueue.workers (id, hostname, pid, queues, concurrency, heartbeat_s
 VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s, %(concurrency)s, %(heartbeat_seconds)s)
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), heartbeat_seconds = EXCLUDED.heartbeat_seconds;
 
--- name: mark_worker_idle :one
--- The worker has free slots and is about to wait for a NOTIFY: from now on, inserts into its
--- queues notify (see schema/0011.idle-wakeups.sql). Only while holding every queue's wake-up
--- lock exclusively, so no insert whose trigger ran before the mark is still uncommitted (the
--- worker then looks for runnable jobs: it sees those). false when an insert holds a lock right
--- now: the worker stays unmarked and looks again shortly. One statement, so the locks last
--- until its commit.
-WITH locks AS MATERIALIZED (
-    -- all 16 stripes of each queue (schema/0014: an insert holds one of them, shared)
-    SELECT bool_and(pg_try_advisory_xact_lock(1885827447, pgqueue.wakeup_stripe(q.name, s.stripe))) AS taken
+-- name: listen_for_inserts :one
+-- A worker with free slots is about to wait for a NOTIFY (schema/0015.wakeup-listener-locks.sql).
+-- Only on the worker's own session connection, never a pooled one: the locks outlive the
+-- statement. listening: every stripe of each queue is now held shared, so from now on inserts
+-- into them notify (false: an insert was probing one right then; the caller lets go of all and
+-- tries again shortly). settled: no insert that probed before is still uncommitted, so the
+-- worker's look for runnable jobs right after sees those (false: it tries again shortly, still
+-- listening).
+WITH stripes AS MATERIALIZED (
+    SELECT pgqueue.wakeup_stripe(q.name, s.stripe) AS key
     FROM unnest(%(queues)s::text[]) AS q(name) CROSS JOIN generate_series(0, 15) AS s(stripe)
-), marked AS (
-    UPDATE pgqueue.workers SET idle = true WHERE id = %(id)s AND (SELECT taken FROM locks)
-    RETURNING id
+), listening AS MATERIALIZED (
+    SELECT bool_and(pg_try_advisory_lock_shared(1885827449, key)) AS ok FROM stripes
 )
-SELECT EXISTS (SELECT 1 FROM marked) AS marked;
+SELECT l.ok AS listening,
+       l.ok AND (SELECT bool_and(pg_try_advisory_xact_lock(1885827447, key)) FROM stripes) AS settled
+FROM listening AS l;
 
--- name: mark_worker_busy :none
--- Every slot of the worker is taken: inserts need not wake it (it claims as slots free up).
-UPDATE pgqueue.workers SET idle = false WHERE id = %(id)s AND idle;
+-- name: stop_listening_for_inserts :none
+-- Every slot of the worker is taken (or it stops): inserts need not wake it. The connection
+-- holds no other session lock.
+SELECT pg_advisory_unlock_all();
 
 -- name: unregister_worker :none
 DELETE FROM pgqueue.workers WHERE id = %(id)s;
