@@ -18,9 +18,8 @@
 -- So every insert either notifies a listening worker or is seen by that look. The locks are
 -- independent of snapshots (REPEATABLE READ inserts are covered too), and inserting needs no
 -- session state: through PgBouncer's transaction pooling nothing is held across transactions.
--- The WHEN condition calls a plpgsql function on purpose: an inlined SQL expression would be
--- planned again for every INSERT statement; a function's simple expressions are planned once
--- per session.
+-- The WHEN condition calls a plpgsql function on purpose: a WHEN expression is prepared again
+-- for every INSERT statement, a plpgsql function's simple expressions once per session.
 -- depends: 0014.wakeup-lock-stripes
 
 CREATE FUNCTION pgqueue.wakeup_needed(queue text, status text, run_at timestamptz) RETURNS boolean
@@ -31,7 +30,9 @@ BEGIN
     IF status <> 'queued' OR run_at > now() THEN
         RETURN false;  -- nothing to run yet: a waiting worker's timer or the parents' completion wakes it
     END IF;
-    stripe := pgqueue.wakeup_stripe(queue, pg_backend_pid() % 16);
+    -- pgqueue.wakeup_stripe(queue, pg_backend_pid() % 16), written out: a call of the SQL
+    -- function here is planned again in every transaction, which cost more than the locks
+    stripe := hashtext(queue || ':' || pg_backend_pid() % 16);
     IF NOT pg_try_advisory_xact_lock_shared(1885827447, stripe) THEN
         RETURN true;  -- a worker is starting to listen on this queue right now
     END IF;
