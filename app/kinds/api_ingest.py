@@ -44,6 +44,7 @@ import email.utils
 import re
 import struct
 import time
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
@@ -305,6 +306,23 @@ def parse_instant(value: Any, naive: tzinfo = UTC) -> datetime:
     raise ValueError(f"timestamp of type {type(value).__name__} (expected a string or a number)")
 
 
+def pg_micros(value: Any, naive: tzinfo = UTC) -> int:
+    """``parse_instant(value, naive)`` as PostgreSQL's binary timestamptz (microseconds since
+    2000-01-01 UTC); the common ISO 8601 form without the detour through a UTC datetime (aware
+    datetimes subtract in UTC whatever their offset)."""
+    if value.__class__ is str and value[4:5] == "-":
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            pass  # parse_instant says why
+        else:
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=naive)
+            if when.tzinfo is UTC or 1 < when.year < 9999:  # an offset cannot leave datetime's range
+                return (when - PG_EPOCH) // ONE_MICROSECOND
+    return (parse_instant(value, naive) - PG_EPOCH) // ONE_MICROSECOND
+
+
 # -- pages ---------------------------------------------------------------------------------------
 
 class Page(msgspec.Struct, kw_only=True):
@@ -388,7 +406,9 @@ class PageReader:
         if cfg.since_field:
             fields.append(("item_since", Any, msgspec.UNSET))
             rename["item_since"] = cfg.since_field
-        self._item = msgspec.json.Decoder(msgspec.defstruct("Item", fields, rename=rename))  # type: ignore[arg-type]
+        item_type = msgspec.defstruct("Item", fields, rename=rename)  # type: ignore[arg-type]
+        self._item = msgspec.json.Decoder(item_type)
+        self._items = msgspec.json.Decoder(list[item_type])  # type: ignore[valid-type]
         self._top = msgspec.json.Decoder(dict[str, msgspec.Raw])
         self._raws = msgspec.json.Decoder(list[msgspec.Raw])
         self.paths: Paths | None = None
@@ -417,8 +437,16 @@ class PageReader:
                                    f"{response.text()[:200]!r}")
         return response
 
-    def _rows(self, raws: list[Any], page: Page, body: bytes) -> None:
+    def _rows(self, raws: list[Any], page: Page, body: bytes, ndjson: bool = False) -> None:
         decode_item = self._item.decode
+        # every item's id and timestamp in one call (the items of a JSON array, or the lines of
+        # an NDJSON body, which decode_lines splits as the reader did); item by item otherwise
+        try:
+            items: Any = self._item.decode_lines(body) if ndjson else self._items.decode(b"[" + b",".join(raws) + b"]")
+        except msgspec.DecodeError:
+            items = None
+        if items is None or len(items) != len(raws):
+            items = [None] * len(raws)
         naive = self.naive
         since_field = self.cfg.since_field
         nul_possible = b"\\u0000" in body  # looked for per item only when the page has one
@@ -426,12 +454,13 @@ class PageReader:
         add = parts.extend
         row_and_id, ts_and_data = _ROW_AND_ID.pack, _TS_AND_DATA.pack
         since_max = None
-        for raw in raws:
-            try:
-                item = decode_item(raw)
-            except msgspec.DecodeError as exc:
-                page.errors.append((None, f"not a JSON object: {exc}", _error_json(bytes(raw))))
-                continue
+        for raw, item in zip(raws, items, strict=True):
+            if item is None:
+                try:
+                    item = decode_item(raw)
+                except msgspec.DecodeError as exc:
+                    page.errors.append((None, f"not a JSON object: {exc}", _error_json(bytes(raw))))
+                    continue
             item_id = item.item_id
             if item_id.__class__ is not str:
                 if item_id.__class__ is int:
@@ -444,13 +473,12 @@ class PageReader:
                                     _error_json(bytes(raw))))
                 continue
             try:
-                ts = parse_instant(item.item_ts, naive)
+                micros = pg_micros(item.item_ts, naive)
             except ValueError as exc:
                 page.errors.append((item_id, f"{self.cfg.ts_field}: {exc}", bytes(raw).decode("utf-8", "replace")))
                 continue
             id_bytes = item_id.encode()
-            add((row_and_id(3, len(id_bytes)), id_bytes,
-                 ts_and_data(8, (ts - PG_EPOCH) // ONE_MICROSECOND, len(raw) + 1, 1), raw))
+            add((row_and_id(3, len(id_bytes)), id_bytes, ts_and_data(8, micros, len(raw) + 1, 1), raw))
             if since_field is not None:
                 since = item.item_since
                 with contextlib.suppress(TypeError):
@@ -552,7 +580,7 @@ class PageReader:
         lines = decoded["lines"]
         page = Page(stage=b"", row_count=0, errors=[], events=len(lines), bytes=len(response.body), range_start=start,
                     range_count=len(lines))
-        self._rows(lines, page, response.body)
+        self._rows(lines, page, response.body, ndjson=True)
         total = response.headers.get(self.cfg.total_header)
         page.total = int(total) if total is not None and total.isdigit() else None
         return page
@@ -651,6 +679,9 @@ class Committer:
         self.insert_tail: asyncio.Future[None] | None = None  # the last page's insert statements
         self.tasks: set[asyncio.Task[None]] = set()
         self.failure: BaseException | None = None
+        # connections whose staging tables exist (created on a page that committed: a rollback
+        # takes the CREATE with it); a pooled connection reconnected is a new object
+        self.staged: weakref.WeakSet[Any] = weakref.WeakSet()
 
     async def submit(self, page: Page, advance: Callable[[PartProgress], None]) -> None:
         """Start writing ``page``; returns once it has a writer (at most ``writers`` pages in
@@ -695,7 +726,7 @@ class Committer:
         (previous, previous_insert), (done, insert_done) = before, mine
         try:
             async with self.ctx.transaction() as conn:
-                await self._stage(conn, page)
+                creates = await self._stage(conn, page)
                 if previous_insert is not None:
                     await asyncio.wait([previous_insert])
                 try:
@@ -708,8 +739,10 @@ class Committer:
                         raise EarlierPageFailed("an earlier page did not commit")
                 progress, seen = await self._checkpoint(conn, page, inserted, advance)
             # committed: this is now the checkpoint the next page builds on
-            for field in msgspec.structs.fields(PartProgress):
-                setattr(self.progress, field.name, getattr(progress, field.name))
+            if creates:
+                self.staged.add(conn)
+            for name in PartProgress.__struct_fields__:
+                setattr(self.progress, name, getattr(progress, name))
             self.seen = seen
             if page.total is not None:
                 self.total = page.total
@@ -728,17 +761,21 @@ class Committer:
         finally:
             self.slots.release()
 
-    async def _stage(self, conn: Any, page: Page) -> None:
-        """COPY the page's rows (and its bad items) into the staging tables."""
-        if page.row_count:
+    async def _stage(self, conn: Any, page: Page) -> bool:
+        """COPY the page's rows (and its bad items) into the staging tables, created first on a
+        connection that has none yet (and then True)."""
+        creates = conn not in self.staged
+        if creates:
             await conn.execute(statement("create_stage"))
+            await conn.execute(statement("create_error_stage"))
+        if page.row_count:
             async with conn.cursor().copy(statement("copy_stage")) as copy:
                 await copy.write(page.stage)
         if page.errors:
-            await conn.execute(statement("create_error_stage"))
             async with conn.cursor().copy(statement("copy_errors")) as copy:
                 for row in page.errors:
                     await copy.write_row(row)
+        return creates
 
     async def _insert(self, conn: Any, page: Page) -> int:
         """Insert what is new from the staging tables; returns the rows new."""

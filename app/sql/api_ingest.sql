@@ -8,9 +8,13 @@
 SELECT pg_advisory_xact_lock(hashtext('app.api_ingest targets'));
 
 -- name: create_target :none
--- A target table, shaped like app.api_events.
+-- A target table, shaped like app.api_events. The id is compared byte by byte (COLLATE "C"):
+-- an id is an opaque key, and under the database's default collation (a libc locale such as
+-- en_US.UTF-8 or C.UTF-8) every comparison of the primary key and of the page's DISTINCT ON
+-- sort goes through strcoll and sorts without abbreviated keys. Targets created before keep
+-- the default collation and work as before.
 CREATE TABLE IF NOT EXISTS {target} (
-    id          text        PRIMARY KEY,
+    id          text        COLLATE "C" PRIMARY KEY,
     ts          timestamptz NOT NULL,
     data        jsonb       NOT NULL,
     source      text        NOT NULL,
@@ -31,8 +35,10 @@ RETURNING id, created_at;
 INSERT INTO app.api_sync_parts (sync_id, part, job_id) VALUES (%(sync_id)s, %(part)s, %(job_id)s);
 
 -- name: create_stage :none
--- The page's staging table: per connection, emptied at every commit.
-CREATE TEMPORARY TABLE IF NOT EXISTS api_ingest_stage (id text, ts timestamptz, data jsonb) ON COMMIT DELETE ROWS;
+-- The page's staging table: per connection (created on its first page), emptied at every commit.
+-- The id sorts byte by byte like a target's (create_target).
+CREATE TEMPORARY TABLE IF NOT EXISTS api_ingest_stage (id text COLLATE "C", ts timestamptz, data jsonb)
+ON COMMIT DELETE ROWS;
 
 -- name: copy_stage :copy
 -- A page's items, binary COPY (the stream is built by PageReader._rows in app/kinds/api_ingest.py).
