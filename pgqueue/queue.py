@@ -7,6 +7,7 @@ pgqueue/memory.py honours the same contract.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -62,6 +63,87 @@ def build_jobs(registry: JobRegistry, items: Iterable[EnqueueItem], *, max_paylo
     return jobs
 
 
+SHARED_INSERT_MAX = 500  # jobs per shared statement
+
+
+class SharedInserts:
+    """Concurrent single enqueues of one process share statements (README, "Enqueue from a busy
+    web app"): a job waits only while up to ``in_flight`` earlier inserts run, and then goes in
+    with every job that arrived meanwhile, in one autocommit INSERT. Alone it goes at once (no
+    timer, no added latency); under load each commit carries many jobs. Each caller still
+    returns only after its job committed, and gets that statement's error if it failed."""
+
+    def __init__(self, store: Store, in_flight: int) -> None:
+        self.store = store
+        self.in_flight = max(1, in_flight)
+        self.running = 0
+        self.waiting: list[tuple[NewJob, asyncio.Future[Job]]] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def insert(self, job: NewJob) -> Job:
+        if self.running < self.in_flight and not self.waiting:
+            # alone: in the caller's own task, one statement as without sharing
+            self.running += 1
+            try:
+                return (await self._insert([(job, None)]))[0]
+            finally:
+                self._continue()
+        done: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
+        self.waiting.append((job, done))
+        if self.running < self.in_flight:
+            self.running += 1
+            self._spawn()
+        # a caller cancelled here leaves the statement running for the others in it
+        return await done
+
+    async def _run(self) -> None:
+        try:
+            while self.waiting:
+                with contextlib.suppress(Exception):  # handed to the callers in the batch
+                    await self._insert(self._share())
+        except BaseException:
+            for _, done in self.waiting:
+                done.cancel()
+            raise
+        finally:
+            self.running -= 1
+
+    def _share(self) -> list[tuple[NewJob, asyncio.Future[Job] | None]]:
+        # an even share for each slot, so jobs that arrive together still go in parallel
+        take = min(SHARED_INSERT_MAX, -(-len(self.waiting) // self.running))
+        batch, self.waiting = self.waiting[:take], self.waiting[take:]
+        return batch  # type: ignore[return-value]  # (futures always set here)
+
+    def _continue(self) -> None:
+        """A caller's own statement returned: its slot goes on with those who arrived meanwhile."""
+        if self.waiting:
+            self._spawn()
+        else:
+            self.running -= 1
+
+    def _spawn(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(), name="pgqueue-shared-insert")
+        self.tasks.add(task)  # a reference until it ends (the loop keeps only weak ones)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _insert(self, batch: list[tuple[NewJob, asyncio.Future[Job] | None]]) -> list[Job]:
+        new = [job for job, _ in batch]
+        try:
+            jobs = await (self.store.insert_jobs(new) if len(new) == 1 else self.store.insert_shared_jobs(new))
+        except BaseException as exc:
+            for _, done in batch:
+                if done is not None and not done.done():
+                    if isinstance(exc, Exception):
+                        done.set_exception(exc)
+                    else:
+                        done.cancel()
+            raise
+        for (_, done), inserted in zip(batch, jobs, strict=True):
+            if done is not None and not done.done():
+                done.set_result(inserted)
+        return jobs
+
+
 def _copyable(jobs: Sequence[NewJob]) -> bool:
     return all(j.unique_key is None and j.run_at is None and not j.delay_seconds for j in jobs)
 
@@ -76,6 +158,8 @@ class Queue:
         # wait(): one LISTEN connection for every waiter of this Queue (pgqueue/waiter.py), opened on first use
         self.waiters = WaiterHub(self.session_url, self.store)
         self.schedules = Schedules(self.store, self.registry)  # periodic jobs (pgqueue/scheduler.py)
+        # concurrent enqueues share statements, two in flight at once (one slow statement holds up no others)
+        self.shared_inserts = SharedInserts(self.store, min(2, pool.max_size))
 
     @classmethod
     async def connect(cls, url: str | None = None, registry: JobRegistry | None = None, *,
@@ -121,6 +205,8 @@ class Queue:
         check_payload_sizes([new], self.settings.max_payload_bytes)
         if has_dependencies([new]):
             return (await self.store.insert_graph([new], plan_graph([new]), parents_owned_by, conn))[0]
+        if conn is None and new.unique_key is None:
+            return await self.shared_inserts.insert(new)
         return (await self.store.insert_jobs([new], conn))[0]
 
     async def enqueue_many(self, items: Iterable[EnqueueItem], *, conn: AsyncConnection | None = None,

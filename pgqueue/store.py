@@ -292,6 +292,15 @@ class Store:
                     return ordered
         raise RuntimeError("unique-key holders kept finishing while enqueueing; giving up")
 
+    async def insert_shared_jobs(self, jobs: Sequence[NewJob]) -> list[Job]:
+        """Jobs without unique keys in one autocommit statement, returned in input order."""
+        items = [{"queue": j.queue, "kind": j.kind, "payload": msgspec.Raw(_payload_text(j).encode()),
+                  "priority": j.priority, "run_at": j.run_at, "delay": float(j.delay_seconds),
+                  "max_attempts": j.max_attempts, "owner_id": j.owner_id, "concurrency_key": j.concurrency_key}
+                 for j in jobs]
+        (text,) = await self._one("insert_shared_jobs", {"jobs": _json_text(items)}, None)
+        return [_decode_job_leniently(raw) for raw in _decode_rows(text)]
+
     async def copy_jobs(self, jobs: Sequence[NewJob], conn: AsyncConnection | None = None) -> list[int]:
         """COPY a batch of jobs runnable now and without unique keys.
 

@@ -91,6 +91,44 @@ async def test_enqueue_joins_the_callers_transaction(fast_queue: Queue, db_url: 
     assert await fetch(queue, "SELECT count(*) FROM pgqueue.jobs") == [(1,)]
 
 
+async def test_concurrent_enqueues_share_statements_and_each_gets_its_own_job(fast_queue: Queue) -> None:
+    """200 enqueues at once from one process go in a few shared statements (so a busy web app's
+    commits carry many jobs each), yet every caller gets back exactly its own committed job."""
+    queue = fast_queue
+    jobs = await asyncio.gather(*(queue.enqueue("noop", {"n": n}, priority=n % 5 + 1) for n in range(200)))
+    assert [job.payload for job in jobs] == [{"n": n} for n in range(200)]
+    assert [job.priority for job in jobs] == [n % 5 + 1 for n in range(200)]
+    assert len({job.id for job in jobs}) == 200
+    stored = dict(await fetch(queue, "SELECT id, payload->>'n' FROM pgqueue.jobs"))
+    assert all(stored[job.id] == str(job.payload["n"]) for job in jobs)
+    # one transaction per statement: jobs of one statement share created_at (now())
+    statements = len({job.created_at for job in jobs})
+    assert statements < 100, f"{statements} statements for 200 concurrent enqueues"
+    assert (await queue.enqueue("noop", {"alone": True})).payload == {"alone": True}  # alone: at once
+
+
+async def test_a_failing_shared_statement_fails_its_callers_only_and_writes_none(fast_queue: Queue) -> None:
+    """When the database refuses a shared statement, every caller in it gets the error, none of
+    its jobs is stored, and callers in other statements are unaffected."""
+    queue = fast_queue
+    await fetch(queue, """CREATE FUNCTION public.refuse_marked() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF NEW.payload ? 'refuse' THEN RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$""")
+    await fetch(queue, "CREATE TRIGGER refuse_marked BEFORE INSERT ON pgqueue.jobs FOR EACH ROW "
+                       "EXECUTE FUNCTION public.refuse_marked()")
+    try:
+        results = await asyncio.gather(*(queue.enqueue("noop", {"refuse": True} if n == 50 else {"n": n})
+                                         for n in range(100)), return_exceptions=True)
+    finally:
+        await fetch(queue, "DROP TRIGGER refuse_marked ON pgqueue.jobs")
+        await fetch(queue, "DROP FUNCTION public.refuse_marked()")
+    failed = [n for n, result in enumerate(results) if isinstance(result, BaseException)]
+    assert 50 in failed
+    assert all("refused by the test" in str(results[n]) for n in failed)
+    stored = {n for (n,) in await fetch(queue, "SELECT (payload->>'n')::int FROM pgqueue.jobs")}
+    assert stored == {n for n in range(100) if n not in failed}  # the refused statements wrote nothing
+    assert len(failed) < 100  # other statements went in
+
+
 async def test_concurrent_enqueue_of_one_unique_key_makes_one_job(fast_queue: Queue, db_url: str) -> None:
     queue = fast_queue
     start = asyncio.Barrier(20)

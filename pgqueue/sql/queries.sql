@@ -30,6 +30,21 @@ VALUES (%(queue)s, %(kind)s, %(payload)s::jsonb, %(priority)s,
         %(max_attempts)s, %(owner_id)s, %(concurrency_key)s)
 RETURNING row_to_json(j)::text;
 
+-- name: insert_shared_jobs :one
+-- The jobs of concurrent enqueues that share one statement (pgqueue/queue.py, SharedInserts),
+-- none with a unique key: one JSON array in, the rows back as one JSON array in input order
+-- (ids are drawn in scan order), one encode and one decode call for the client.
+WITH inserted AS (
+    INSERT INTO pgqueue.jobs AS j (queue, kind, payload, priority, run_at, max_attempts, owner_id, concurrency_key)
+    SELECT t.queue, t.kind, t.payload, t.priority, coalesce(t.run_at, now() + make_interval(secs => t.delay)),
+           t.max_attempts, t.owner_id, t.concurrency_key
+    FROM jsonb_to_recordset(%(jobs)s::jsonb) AS t(queue text, kind text, payload jsonb, priority smallint,
+                                                  run_at timestamptz, delay float8, max_attempts integer,
+                                                  owner_id text, concurrency_key text)
+    RETURNING j.*
+)
+SELECT json_agg(inserted ORDER BY id)::text FROM inserted;
+
 -- name: reserve_job_ids :one
 -- Ids for a COPY batch, taken from the identity sequence in one round trip, as one array
 -- (naming the sequence directly: pg_get_serial_sequence() per row made this 8x slower).
