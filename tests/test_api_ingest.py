@@ -287,6 +287,52 @@ def test_a_page_that_fails_rolls_back_the_pages_written_after_it(db_url: str, pa
     assert scalar(db_url, "SELECT attempts FROM pgqueue.jobs WHERE id = %s", [status.job_ids[0]]) == 2
     assert scalar(db_url, "SELECT nextval('app.fail_once')") == 3  # it fired, once
 
+def test_a_page_of_a_worker_whose_job_was_taken_away_commits_nothing(db_url: str) -> None:
+    """Each page's transaction starts with the lease check (ctx.transaction()): once the job is
+    another worker's (a new lease token, as after a rescue), the old worker's next page writes
+    no row, no count and no checkpoint, though its first page, under its lease, committed."""
+    from app.jobs import jobs
+    from app.kinds.api_ingest import QUEUE, ApiIngestJob, Committer, PageReader, PartProgress, PartSpec, create_sync
+    from app.kinds.api_ingest import _cursor_advance as advance
+    from app.outbound import OutboundMetrics
+    from pgqueue import JobContext, LeaseLost
+    from pgqueue.context import EventBuffer
+    from pgqueue.queue import Queue
+
+    async def scenario(api: SimulatedApi) -> None:
+        queue = await Queue.connect(db_url, jobs, max_size=3)
+        try:
+            cfg = check_config(source(api, page_size=100))
+            sync_id, _ = await create_sync(queue, cfg, probe_first=False)
+            [job] = await queue.claim([QUEUE], 1, "old-worker")
+            ctx = JobContext(job, queue, EventBuffer(), asyncio.get_running_loop())
+            committer = Committer(ctx, ApiIngestJob(sync_id=sync_id, config=cfg), OutboundMetrics(), PartProgress())
+            reader = PageReader(cfg, PartSpec())
+            try:
+                first = await asyncio.to_thread(reader.cursor_page, None)
+                await committer.submit(first, advance(first, 0))
+                await committer.drain()
+                second = await asyncio.to_thread(reader.cursor_page, first.next_cursor)
+            finally:
+                reader.close()
+            query(db_url, "UPDATE pgqueue.jobs SET lease_token = gen_random_uuid(), lease_owner = 'new-worker' "
+                          "WHERE id = %s", [job.id])
+            await committer.submit(second, advance(second, 0))
+            with pytest.raises(LeaseLost):
+                await committer.drain()
+            await committer.abort()
+        finally:
+            await queue.close()
+        assert ctx.lease_lost
+        assert scalar(db_url, "SELECT count(*) FROM app.api_events") == 100  # the first page only
+        assert scalar(db_url, "SELECT pages FROM app.api_sync_parts WHERE sync_id = %s", [sync_id]) == 1
+        saved = scalar(db_url, "SELECT state FROM pgqueue.checkpoints WHERE job_id = %s", [job.id])
+        assert saved["pages"] == 1 and saved["cursor"] == first.next_cursor
+
+    with SimulatedApi(SimConfig(events=300, page_max=100)) as api:
+        asyncio.run(scenario(api))
+
+
 # -- kill -9 ---------------------------------------------------------------------------------------
 
 def test_kill_9_mid_run_resumes_from_the_checkpoint_with_no_gap_and_no_duplicate(
