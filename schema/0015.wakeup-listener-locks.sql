@@ -26,9 +26,16 @@ CREATE FUNCTION pgqueue.wakeup_needed(queue text, status text, run_at timestampt
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     stripe integer;
+    noted text;
 BEGIN
     IF status <> 'queued' OR run_at > now() THEN
         RETURN false;  -- nothing to run yet: a waiting worker's timer or the parents' completion wakes it
+    END IF;
+    IF current_setting('pgqueue.wakeup_checked', true) = queue THEN
+        -- an earlier row of this transaction probed for this queue and holds the barrier until
+        -- commit: it notified if needed, and a worker starting to listen since sees all our rows
+        -- (a bulk COPY probes once, not per row; a rolled-back savepoint forgets the setting)
+        RETURN false;
     END IF;
     -- pgqueue.wakeup_stripe(queue, pg_backend_pid() % 16), written out: a call of the SQL
     -- function here is planned again in every transaction, which cost more than the locks
@@ -36,6 +43,7 @@ BEGIN
     IF NOT pg_try_advisory_xact_lock_shared(1885827447, stripe) THEN
         RETURN true;  -- a worker is starting to listen on this queue right now
     END IF;
+    noted := set_config('pgqueue.wakeup_checked', queue, true);  -- an assignment, not a PERFORM query
     RETURN NOT (pg_try_advisory_lock(1885827449, stripe) AND pg_advisory_unlock(1885827449, stripe));
 END;
 $$;

@@ -91,6 +91,23 @@ async def test_enqueue_joins_the_callers_transaction(fast_queue: Queue, db_url: 
     assert await fetch(queue, "SELECT count(*) FROM pgqueue.jobs") == [(1,)]
 
 
+async def test_a_rolled_back_savepoint_forgets_that_it_probed_for_a_listener(fast_queue: Queue, db_url: str) -> None:
+    """An insert probes for a listening worker once per transaction and queue (schema/0015);
+    when the savepoint holding that probe (and its NOTIFY) rolls back, the next insert of the
+    transaction probes again, so the job that commits still wakes the worker."""
+    queue = fast_queue
+    async with an_idle_worker(queue, db_url, ["default"]), listening(db_url) as listener, \
+            await psycopg.AsyncConnection.connect(db_url) as conn:
+        async with conn.transaction():
+            with pytest.raises(DeliberateRollbackError):
+                async with conn.transaction():  # a savepoint
+                    await queue.enqueue("noop", {}, conn=conn)
+                    raise DeliberateRollbackError
+            kept = await queue.enqueue("noop", {}, conn=conn)
+        assert await notifications_so_far(listener, db_url) == ["default"]
+    assert await fetch(queue, "SELECT id FROM pgqueue.jobs") == [(kept.id,)]
+
+
 async def test_concurrent_enqueues_share_statements_and_each_gets_its_own_job(fast_queue: Queue) -> None:
     """200 enqueues at once from one process go in a few shared statements (so a busy web app's
     commits carry many jobs each), yet every caller gets back exactly its own committed job."""
