@@ -4,6 +4,8 @@ large; ownership kept; bad input a JSON 4xx), and a retry whose unique key is ta
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -197,3 +199,24 @@ async def test_total_max_caps_the_count_and_says_so(live_server: LiveServer, ali
     assert (exact["total"], exact.get("total_capped")) == (5, None), "left out unless capped"
     assert (plain["total"], plain.get("total_capped")) == (5, None)
     assert bad.status_code == 422 and bad.json()["error"]["details"][0]["field"] == "total_max"
+
+
+def _filter_conditions(sql: str, statement: str) -> list[str]:
+    """The filter conditions of one named statement: its lines from the owner_id condition to
+    the has_error one, whitespace and the leading WHERE/AND stripped."""
+    body = sql.split(f"-- name: {statement} ", 1)[1].split("-- name: ", 1)[0]
+    lines = [line.strip() for line in body.splitlines()]
+    start = next(i for i, line in enumerate(lines) if "%(owner_id)s::text IS NULL" in line)
+    end = next(i for i, line in enumerate(lines) if "%(has_error)s::bool IS NULL" in line)
+    return [re.sub(r"^(WHERE|AND)\s+", "", line) for line in lines[start:end + 1]]
+
+
+def test_the_bulk_walk_filters_exactly_like_the_jobs_list() -> None:
+    """app/sql/bulk.sql repeats list_jobs' WHERE (a keyset walk cannot share list_jobs' CTE):
+    a filter-wide action must touch exactly the jobs the page showed as matching."""
+    sql_dir = Path(__file__).resolve().parent.parent / "app" / "sql"
+    listed = _filter_conditions((sql_dir / "queries.sql").read_text(), "list_jobs")
+    walked = _filter_conditions((sql_dir / "bulk.sql").read_text(), "bulk_job_ids")
+    assert len(listed) >= 9
+    assert walked == listed
+
