@@ -366,10 +366,8 @@ class Queue:
 
     async def save_checkpoint(self, job_id: int, token: uuid.UUID, state: Any, conn: AsyncConnection | None = None) -> None:
         """Save a checkpoint, in the caller's transaction when given, only while the lease is held."""
-        async with transaction(self.pool, conn) as c:
-            if not await self.store.lease_held(job_id, token, c):
-                raise LeaseLost(job_id)
-            await self.store.save_checkpoint(job_id, state, c)
+        if not await self.store.save_checkpoint(job_id, token, state, conn):
+            raise LeaseLost(job_id)
 
     async def stats(self) -> dict[str, dict[str, int]]:
         """{queue: {status: count}}."""

@@ -497,8 +497,11 @@ class Store:
         row = await self._one("load_checkpoint", {"job_id": job_id}, conn)
         return None if row is None else row[0]
 
-    async def save_checkpoint(self, job_id: int, state: Any, conn: AsyncConnection | None = None) -> None:
-        await self._many("save_checkpoint", {"job_id": job_id, "state": _json_text(state)}, conn)
+    async def save_checkpoint(self, job_id: int, token: uuid.UUID, state: Any,
+                              conn: AsyncConnection | None = None) -> bool:
+        """False when the lease is not the caller's (then nothing is written)."""
+        params = {"job_id": job_id, "token": token, "state": _json_text(state)}
+        return await self._one("save_checkpoint", params, conn) is not None
 
     # -- workers and stats -------------------------------------------------------------------
 
