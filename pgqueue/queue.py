@@ -77,7 +77,7 @@ class SharedInserts:
         self.store = store
         self.in_flight = max(1, in_flight)
         self.running = 0
-        self.waiting: list[tuple[NewJob, asyncio.Future[Job]]] = []
+        self.waiting: list[tuple[NewJob, asyncio.Future[Job] | None]] = []  # (a waiting job always has one)
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def insert(self, job: NewJob) -> Job:
@@ -103,7 +103,8 @@ class SharedInserts:
                     await self._insert(self._share())
         except BaseException:
             for _, done in self.waiting:
-                done.cancel()
+                if done is not None:
+                    done.cancel()
             raise
         finally:
             self.running -= 1
@@ -112,7 +113,7 @@ class SharedInserts:
         # an even share for each slot, so jobs that arrive together still go in parallel
         take = min(SHARED_INSERT_MAX, -(-len(self.waiting) // self.running))
         batch, self.waiting = self.waiting[:take], self.waiting[take:]
-        return batch  # type: ignore[return-value]  # (futures always set here)
+        return batch
 
     def _continue(self) -> None:
         """A caller's own statement returned: its slot goes on with those who arrived meanwhile."""

@@ -61,6 +61,13 @@ def insert_params(jobs: Sequence[NewJob]) -> dict[str, list[Any]]:
     }
 
 
+def _job_values(job: NewJob, payload: Any) -> dict[str, Any]:
+    """One job's columns for insert_job (payload as JSON text) and insert_shared_jobs (as raw JSON)."""
+    return {"queue": job.queue, "kind": job.kind, "payload": payload, "priority": job.priority,
+            "run_at": job.run_at, "delay": float(job.delay_seconds), "max_attempts": job.max_attempts,
+            "owner_id": job.owner_id, "concurrency_key": job.concurrency_key}
+
+
 def complete_params(items: Sequence[tuple[int, uuid.UUID, Any]]) -> dict[str, str]:
     """complete_jobs' one JSON array of {id, token, result}."""
     return {"items": _json_text([{"id": i[0], "token": i[1], "result": i[2]} for i in items])}
@@ -270,10 +277,7 @@ class Store:
 
     async def insert_jobs(self, jobs: Sequence[NewJob], conn: AsyncConnection | None = None) -> list[Job]:
         if len(jobs) == 1 and jobs[0].unique_key is None:
-            job = jobs[0]
-            params = {"queue": job.queue, "kind": job.kind, "payload": _payload_text(job), "priority": job.priority,
-                      "run_at": job.run_at, "delay": float(job.delay_seconds), "max_attempts": job.max_attempts,
-                      "owner_id": job.owner_id, "concurrency_key": job.concurrency_key}
+            params = _job_values(jobs[0], _payload_text(jobs[0]))
             return [_decode_job_leniently((await self._one("insert_job", params, conn))[0])]
         if all(job.unique_key is None for job in jobs):
             # nothing can be skipped: one autocommit statement, one round trip
@@ -294,10 +298,7 @@ class Store:
 
     async def insert_shared_jobs(self, jobs: Sequence[NewJob]) -> list[Job]:
         """Jobs without unique keys in one autocommit statement, returned in input order."""
-        items = [{"queue": j.queue, "kind": j.kind, "payload": msgspec.Raw(_payload_text(j).encode()),
-                  "priority": j.priority, "run_at": j.run_at, "delay": float(j.delay_seconds),
-                  "max_attempts": j.max_attempts, "owner_id": j.owner_id, "concurrency_key": j.concurrency_key}
-                 for j in jobs]
+        items = [_job_values(j, msgspec.Raw(_payload_text(j).encode())) for j in jobs]
         (text,) = await self._one("insert_shared_jobs", {"jobs": _json_text(items)}, None)
         return [_decode_job_leniently(raw) for raw in _decode_rows(text)]
 
