@@ -419,8 +419,10 @@ class WorkerProcesses:
         execute(self.url, BENCH_FORGET_WORKERS, {"pids": self.pids})
 
 
-def wait_for_jobs(url: str, workers: WorkerProcesses, kind: str, count: int, label: str, timeout: float) -> None:
-    """Poll the succeeded count (cheap, every 0.2 s) until all `count` jobs of `kind` are done."""
+def wait_for_jobs(url: str, workers: WorkerProcesses, kind: str, count: int, label: str, timeout: float,
+                  execute: Callable[..., list[tuple[Any, ...]]] = execute) -> None:
+    """Poll the succeeded count (every 0.2 s) until all `count` jobs of `kind` are done; `execute`
+    runs the poll (bench_drain's meter passes its own connection's)."""
     deadline = time.monotonic() + timeout
     last_report = time.monotonic()
     while True:
