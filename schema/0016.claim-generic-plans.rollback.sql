@@ -1,4 +1,3 @@
 -- Back to plans chosen per call.
 
-ALTER FUNCTION pgqueue.claim(text[], integer, text, double precision, boolean, boolean, boolean, boolean)
-    RESET plan_cache_mode;
+DROP FUNCTION pgqueue.claim_runnable(text[], integer, text, double precision, boolean, boolean, boolean);

@@ -61,13 +61,14 @@ WHERE unique_key = ANY(%(unique_keys)s) AND status IN ('waiting', 'queued', 'run
 
 -- name: claim_jobs :one
 -- Claim up to %(limit)s runnable jobs for one worker: pgqueue.claim (schema/0013) does it all
--- (paused queues, limits, crash suspects), and returns the jobs as one JSON array (NULL when
+-- (paused queues, limits, crash suspects), here through pgqueue.claim_runnable (schema/0016),
+-- which keeps its statements' generic plans, and returns the jobs as one JSON array (NULL when
 -- none): decoding that in one call costs the worker a third of what building the rows column
 -- by column does. %(async_commit)s: this statement is its own transaction (never the caller's),
 -- so its commit need not wait for the WAL flush (a claim lost in a server crash puts the job
 -- back in the queue, which at-least-once delivery covers anyway).
-SELECT pgqueue.claim(%(queues)s::text[], %(limit)s, %(worker_id)s, %(lease_seconds)s, %(charged)s,
-                     %(include_suspects)s, false, %(record_started)s) AS jobs,
+SELECT pgqueue.claim_runnable(%(queues)s::text[], %(limit)s, %(worker_id)s, %(lease_seconds)s, %(charged)s,
+                              %(include_suspects)s, %(record_started)s) AS jobs,
        CASE WHEN %(async_commit)s THEN set_config('synchronous_commit', 'off', true) END AS commit_mode;
 
 -- name: claim_suspect_job :one
