@@ -287,10 +287,14 @@ def test_a_page_that_fails_rolls_back_the_pages_written_after_it(db_url: str, pa
     assert scalar(db_url, "SELECT attempts FROM pgqueue.jobs WHERE id = %s", [status.job_ids[0]]) == 2
     assert scalar(db_url, "SELECT nextval('app.fail_once')") == 3  # it fired, once
 
-def test_a_page_of_a_worker_whose_job_was_taken_away_commits_nothing(db_url: str) -> None:
-    """Each page's transaction starts with the lease check (ctx.transaction()): once the job is
-    another worker's (a new lease token, as after a rescue), the old worker's next page writes
-    no row, no count and no checkpoint, though its first page, under its lease, committed."""
+@pytest.mark.parametrize("taken", ["before the page", "while the page is written"])
+def test_a_page_of_a_worker_whose_job_was_taken_away_commits_nothing(db_url: str, taken: str) -> None:
+    """Once the job is another worker's (a new lease token, as after a rescue), the old worker's
+    next page writes no row, no count and no checkpoint, though its first page, under its lease,
+    committed. Taken before the page: the lease check that starts the page's transaction finds
+    it gone. Taken while the page is written (that check locks the job row FOR KEY SHARE, which
+    only a FOR UPDATE waits for; this UPDATE does not): record_page, sent together with the
+    COMMIT, raises, which aborts the transaction, so the COMMIT behind it rolls the page back."""
     from app.jobs import jobs
     from app.kinds.api_ingest import QUEUE, ApiIngestJob, Committer, PageReader, PartProgress, PartSpec, create_sync
     from app.kinds.api_ingest import _cursor_advance as advance
@@ -298,6 +302,10 @@ def test_a_page_of_a_worker_whose_job_was_taken_away_commits_nothing(db_url: str
     from pgqueue import JobContext, LeaseLost
     from pgqueue.context import EventBuffer
     from pgqueue.queue import Queue
+
+    def take_away(job_id: int) -> None:
+        query(db_url, "UPDATE pgqueue.jobs SET lease_token = gen_random_uuid(), lease_owner = 'new-worker' "
+                      "WHERE id = %s", [job_id])
 
     async def scenario(api: SimulatedApi) -> None:
         queue = await Queue.connect(db_url, jobs, max_size=3)
@@ -315,8 +323,17 @@ def test_a_page_of_a_worker_whose_job_was_taken_away_commits_nothing(db_url: str
                 second = await asyncio.to_thread(reader.cursor_page, first.next_cursor)
             finally:
                 reader.close()
-            query(db_url, "UPDATE pgqueue.jobs SET lease_token = gen_random_uuid(), lease_owner = 'new-worker' "
-                          "WHERE id = %s", [job.id])
+            if taken == "before the page":
+                take_away(job.id)
+            else:
+                insert = committer._insert
+
+                async def insert_then_take_away(conn: Any, page: Any) -> int:
+                    inserted = await insert(conn, page)
+                    take_away(job.id)
+                    return inserted
+
+                committer._insert = insert_then_take_away  # type: ignore[method-assign]
             await committer.submit(second, advance(second, 0))
             with pytest.raises(LeaseLost):
                 await committer.drain()
@@ -331,6 +348,25 @@ def test_a_page_of_a_worker_whose_job_was_taken_away_commits_nothing(db_url: str
 
     with SimulatedApi(SimConfig(events=300, page_max=100)) as api:
         asyncio.run(scenario(api))
+
+
+def test_the_page_lease_checks_are_pgqueues() -> None:
+    """app/sql/api_ingest.sql repeats pgqueue's lease check (lease_held, and save_checkpoint's
+    held CTE and upsert; the page's transaction sends them in pipelines the store's methods
+    cannot join): the same rows locked the same way, the same checkpoint written."""
+    from app.kinds.api_ingest import QUERIES as APP
+    from pgqueue.sql import QUERIES as ENGINE
+
+    def words(text: str) -> str:
+        return " ".join(text.replace("%(id)s", "%(job_id)s").split())
+
+    engine_check = words(ENGINE["lease_held"].sql)
+    assert words(APP["lease_check"].sql) == engine_check
+    engine_checkpoint = words(ENGINE["save_checkpoint"].sql)
+    held, upsert = engine_checkpoint.split(") INSERT INTO", 1)
+    record = words(APP["record_page"].sql)
+    assert record.startswith(held + ")")
+    assert ("INSERT INTO" + upsert.removesuffix(" RETURNING job_id")) in record
 
 
 # -- kill -9 ---------------------------------------------------------------------------------------

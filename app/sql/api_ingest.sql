@@ -68,14 +68,44 @@ INSERT INTO app.api_ingest_errors (sync_id, part, item_id, reason, data)
 SELECT %(sync_id)s, %(part)s, item_id, reason, data FROM api_ingest_error_stage
 ON CONFLICT (sync_id, item_id) WHERE item_id IS NOT NULL DO NOTHING;
 
--- name: record_part_progress :none
--- A part's counts, in the transaction of the page they cover.
-UPDATE app.api_sync_parts
-SET pages = pages + %(pages)s, events = events + %(events)s, inserted = inserted + %(inserted)s,
-    invalid = invalid + %(invalid)s, retries = retries + %(retries)s, rate_limited = rate_limited + %(rate_limited)s,
-    bytes = bytes + %(bytes)s, restarts = %(restarts)s, total = coalesce(%(total)s, total),
-    last_page_at = now(), finished_at = CASE WHEN %(finished)s THEN now() END
-WHERE sync_id = %(sync_id)s AND part = %(part)s;
+-- name: begin_page :none
+-- A page's transaction (Committer in app/kinds/api_ingest.py: sent in one pipeline with lease_check).
+BEGIN;
+
+-- name: lease_check :one
+-- The lease check of a page's transaction, pgqueue's lease_held (pgqueue/sql/queries.sql; a test
+-- keeps the two in step): the job row locked FOR KEY SHARE until the page commits, so whoever
+-- takes the job away (FOR UPDATE) waits for the page or skips the job. No row: not ours any more.
+SELECT cancel_requested FROM pgqueue.jobs
+WHERE id = %(job_id)s AND lease_token = %(token)s AND status = 'running'
+FOR KEY SHARE;
+
+-- name: record_page :one
+-- In commit order, the end of a page's transaction: the checkpoint past the page (pgqueue's
+-- save_checkpoint, same lease check and upsert) and the part's counts, in one statement sent
+-- with the COMMIT in one pipeline. Without the lease it raises (app.api_ingest_lease_lost,
+-- schema/0017), so the transaction aborts and the COMMIT behind it rolls the page back.
+WITH held AS (
+    SELECT id FROM pgqueue.jobs
+    WHERE id = %(job_id)s AND lease_token = %(token)s AND status = 'running'
+    FOR KEY SHARE
+), saved AS (
+    INSERT INTO pgqueue.checkpoints (job_id, state) SELECT id, %(state)s FROM held
+    ON CONFLICT (job_id) DO UPDATE SET state = excluded.state, updated_at = now()
+    RETURNING job_id
+), counted AS (
+    UPDATE app.api_sync_parts
+    SET pages = pages + 1, events = events + %(events)s, inserted = inserted + %(inserted)s,
+        invalid = invalid + %(invalid)s, retries = retries + %(retries)s,
+        rate_limited = rate_limited + %(rate_limited)s, bytes = bytes + %(bytes)s, restarts = %(restarts)s,
+        total = coalesce(%(total)s, total), last_page_at = now(),
+        finished_at = CASE WHEN %(finished)s THEN now() END
+    WHERE sync_id = %(sync_id)s AND part = %(part)s AND EXISTS (SELECT FROM held)
+)
+SELECT coalesce((SELECT job_id FROM saved), app.api_ingest_lease_lost(%(job_id)s));
+
+-- name: commit_page :none
+COMMIT;
 
 -- name: source_metrics :many
 -- /metrics: counts per source over every sync, and the last page's time.
