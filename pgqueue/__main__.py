@@ -80,13 +80,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 async def run_worker(settings: Settings, registry: JobRegistry, queues: list[str], concurrency: int,
-                     grace: float, claim_ahead: bool = True) -> None:
+                     grace: float) -> None:
     from pgqueue.queue import Queue
     from pgqueue.worker import Worker
 
     queue = await Queue.connect(settings.database_url, registry, settings=settings,
                                 max_size=min(concurrency, 20) + 2)
-    worker = Worker(queue, queues, concurrency, shutdown_grace=grace, claim_ahead=claim_ahead)
+    worker = Worker(queue, queues, concurrency, shutdown_grace=grace)
     loop = asyncio.get_running_loop()
     presses = 0
 
@@ -123,8 +123,7 @@ def _check_worker_options(args: argparse.Namespace) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     _check_worker_options(args)
     registry = load_registry(args.app)
-    asyncio.run(run_worker(_settings(args), registry, _queues(args.queues, registry), args.concurrency, args.grace,
-                           not args.no_claim_ahead))
+    asyncio.run(run_worker(_settings(args), registry, _queues(args.queues, registry), args.concurrency, args.grace))
     return 0
 
 
@@ -247,8 +246,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         os.environ["PGQUEUE_DATABASE_URL"] = url
         migrate(url)
         settings = Settings.from_env(database_url=url)
-        asyncio.run(run_worker(settings, registry, _queues(args.queues, registry), args.concurrency, args.grace,
-                           not args.no_claim_ahead))
+        asyncio.run(run_worker(settings, registry, _queues(args.queues, registry), args.concurrency, args.grace))
     return 0
 
 
@@ -368,8 +366,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--queues", help="comma-separated queues (default: the queues of the app's kinds)")
         p.add_argument("--concurrency", type=int, default=50, help="job slots (default 50; README \"Tuning --concurrency\")")
         p.add_argument("--grace", type=float, default=30.0, help="seconds running jobs get on SIGTERM (default 30)")
-        p.add_argument("--no-claim-ahead", action="store_true",
-                       help="claim only for free slots, even when jobs are fast (README \"Tuning --concurrency\")")
 
     p = sub.add_parser("migrate", help="apply the schema migrations (idempotent, safe to run concurrently)")
     database(p)

@@ -355,14 +355,13 @@ class WorkerProcesses:
         self.log_paths = [log_dir / f"worker-{index}.log" for index in range(count)]
         self.processes: list[subprocess.Popen[bytes]] = []
         self.env = env or {}  # e.g. PGQUEUE_DIRECT_DATABASE_URL when `url` is a PgBouncer (bench_scaleout.py)
-        self.extra: list[str] = []  # more `pgqueue worker` options
 
     def __enter__(self) -> WorkerProcesses:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         args = [
             sys.executable, "-m", "pgqueue", "--log-level", "WARNING", "worker", "--database-url", self.url,
             "--app", "pgqueue.bench:bench_jobs", "--queues", BENCH_QUEUE,
-            "--concurrency", str(self.concurrency), "--grace", "5", *self.extra,
+            "--concurrency", str(self.concurrency), "--grace", "5",
         ]
         for path in self.log_paths:
             with path.open("wb") as log:

@@ -19,7 +19,6 @@ else runs here, and nothing else is claimed beside it (README, "One bad job").
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import os
@@ -54,13 +53,6 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
-# Claiming ahead (README "Tuning --concurrency"): while every slot is busy, a worker whose jobs
-# take at most this long on average claims the next batch already, up to `concurrency` jobs that
-# wait in order for a slot, so that the claim's round trip overlaps the running batch instead of
-# following it. Slower jobs never wait claimed (another worker could run them meanwhile).
-CLAIM_AHEAD_BELOW_SECONDS = 0.01
-
-
 class _Running:
     __slots__ = ("ctx", "job", "task")
 
@@ -73,8 +65,7 @@ class _Running:
 class Worker:
     def __init__(self, queue: Queue, queues: Sequence[str] = ("default",), concurrency: int = 50, *,
                  url: str | None = None, shutdown_grace: float = 30.0, maintenance: bool = True,
-                 maintenance_interval: float | None = None, worker_id: str | None = None,
-                 claim_ahead: bool = True) -> None:
+                 maintenance_interval: float | None = None, worker_id: str | None = None) -> None:
         self.queue = queue
         self.queues = list(queues)
         self.concurrency = check_concurrency(concurrency)  # 0 slots is a ConfigError, not silently 1
@@ -90,10 +81,6 @@ class Worker:
         self.maintenance_interval = maintenance_interval or queue.settings.maintenance_seconds
         self.worker_id = worker_id or new_worker_id()
         self.running: dict[uuid.UUID, _Running] = {}  # by lease token
-        # claimed ahead, waiting for a slot in claim order (leased, heartbeated, released at shutdown)
-        self.claim_ahead = claim_ahead
-        self._ready: collections.deque[Job] = collections.deque()
-        self._run_seconds: float | None = None  # moving average of the jobs' run time
         self._isolated: uuid.UUID | None = None  # the lease of a crash suspect running alone
         self._suspects_waiting = False
         self._suspects_checked_at = 0.0
@@ -110,7 +97,7 @@ class Worker:
         self._releasing = False  # set once the running jobs left are being released
         self.is_leader = False
         self.counters = {"claimed": 0, "succeeded": 0, "failed": 0, "dead": 0, "cancelled": 0, "lease_lost": 0,
-                         "isolated": 0, "beats_skipped": 0, "claimed_ahead": 0}
+                         "isolated": 0, "beats_skipped": 0}
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._empty_claims = 0  # claims in a row that found nothing (see _idle)
@@ -198,13 +185,11 @@ class Worker:
             all_done.cancel()
             release_now.cancel()
         leftovers = list(self.running.values())
-        waiting, self._ready = list(self._ready), collections.deque()
-        if not leftovers and not waiting:
+        if not leftovers:
             return
         self._releasing = True
         await self._flush_completions()
-        # never started: back to the queue at once, their attempt not counted
-        items = [(r.job.id, r.job.lease_token) for r in leftovers] + [(job.id, job.lease_token) for job in waiting]
+        items = [(r.job.id, r.job.lease_token) for r in leftovers]
         for r in leftovers:
             r.ctx.cancelled.set()
             r.task.cancel()
@@ -232,11 +217,8 @@ class Worker:
                 isolating = False  # the claim below meets the same outage and backs off
             # counted after the await above, and _slot_free cleared before the next one: a job
             # that finishes in between must not be missed (its slot would stay idle until a poll)
-            free = self._free_slots() if isolating else self._start_ready()
-            # jobs to claim: the free slots, plus one batch ahead while the jobs are fast (less
-            # those claimed ahead already)
-            want = free + self._claim_ahead(isolating) - len(self._ready)
-            if (isolating and (free <= 0 or self.running)) or (not isolating and want <= 0):
+            free = self.concurrency - len(self.running) - max(0, len(self._unacked) - self.concurrency)
+            if free <= 0 or (isolating and self.running):
                 # full, or a crash suspect waits to run alone here: let the running jobs finish
                 self._slot_free.clear()
                 if self._listening:
@@ -257,10 +239,8 @@ class Worker:
                         self._start(jobs[0], isolated=True)
                         continue
                     self._suspects_waiting = False
-                    if want <= 0:
-                        continue  # the jobs claimed ahead take the slots first
                 # uncharged: should this worker die, the expired leases of the batch cost no attempt
-                jobs = await self.queue.store.claim_jobs(self.queues, want, self.worker_id, self.settings.lease_seconds,
+                jobs = await self.queue.store.claim_jobs(self.queues, free, self.worker_id, self.settings.lease_seconds,
                                                          record_started=False, charged=False, include_suspects=False)
                 error_delay = 0.2
             except CONNECTION_ERRORS as exc:
@@ -268,37 +248,11 @@ class Worker:
                 await self._sleep(error_delay)
                 error_delay = min(error_delay * 2, 5.0)
                 continue
-            self._ready.extend(jobs)
-            self._start_ready()  # as many as have a slot now (jobs may have finished during the claim)
-            self.counters["claimed_ahead"] += min(len(jobs), len(self._ready))
+            for job in jobs:
+                self._start(job)
             self._empty_claims = 0 if jobs else self._empty_claims + 1
-            if len(jobs) < want:
-                if self._ready:  # nothing more to claim now: start these as slots free, then look again
-                    self._slot_free.clear()
-                    await self._slot_free.wait()
-                    continue
+            if len(jobs) < free:
                 await self._idle()
-
-    def _free_slots(self) -> int:
-        # finished jobs whose completion is not written yet count once they exceed a batch
-        return self.concurrency - len(self.running) - max(0, len(self._unacked) - self.concurrency)
-
-    def _start_ready(self) -> int:
-        """Start jobs claimed ahead, oldest claim first, in the free slots; returns the slots left."""
-        free = self._free_slots()
-        while free > 0 and self._ready:
-            self._start(self._ready.popleft())
-            free -= 1
-        return free
-
-    def _claim_ahead(self, isolating: bool) -> int:
-        """How many jobs to claim beyond the free slots: one batch while the jobs are fast (see
-        CLAIM_AHEAD_BELOW_SECONDS); none for slow jobs, a crash suspect's turn alone, before the
-        first jobs have run, or while completions pile up."""
-        if (not self.claim_ahead or isolating or self._run_seconds is None
-                or self._run_seconds > CLAIM_AHEAD_BELOW_SECONDS or len(self._unacked) > self.concurrency):
-            return 0
-        return self.concurrency
 
     async def _suspects_due(self) -> bool:
         """Whether crash suspects wait to be run alone (asked at most once per poll interval)."""
@@ -387,11 +341,7 @@ class Worker:
     async def _execute(self, job: Job, ctx: JobContext) -> None:
         assert job.lease_token is not None
         try:
-            began = time.monotonic()
-            outcome = await run_handler(ctx, self._executor)
-            took = time.monotonic() - began
-            self._run_seconds = took if self._run_seconds is None else 0.9 * self._run_seconds + 0.1 * took
-            await self._record(job, ctx, *outcome)
+            await self._record(job, ctx, *await run_handler(ctx, self._executor))
         except asyncio.CancelledError:
             if not self._releasing and ctx.cancelled.is_set() and not ctx.lease_lost:
                 await self._record(job, ctx, *settle_outcome(ctx, "cancelled", None))
@@ -645,9 +595,7 @@ class Worker:
 
     async def _heartbeat(self, conn: AsyncConnection) -> None:
         running = list(self.running.items())
-        ready = list(self._ready)
-        leases = ([(r.job.id, token) for token, r in running] + [(job_id, token) for token, job_id in self._unacked.items()]
-                  + [(job.id, job.lease_token) for job in ready if job.lease_token is not None])
+        leases = [(r.job.id, token) for token, r in running] + [(job_id, token) for token, job_id in self._unacked.items()]
         rows = await self.queue.store.extend_leases(leases, self.settings.lease_seconds, conn) if leases else []
         await self._record_worker(conn)
         held: dict[uuid.UUID, bool] = {}
@@ -662,11 +610,6 @@ class Worker:
                 self._cancel_running(r, lease_lost=True)
             elif held[token]:
                 self._cancel_running(r)
-        lost = {job.lease_token for job in ready if job.lease_token not in held}
-        if lost:  # claimed ahead, and taken away before a slot freed: never started here
-            self._ready = collections.deque(job for job in self._ready if job.lease_token not in lost)
-            self.counters["lease_lost"] += len(lost)
-            log.warning("%d job(s) claimed ahead lost their lease before they started", len(lost))
 
 
 async def _cancel_and_wait(tasks: Sequence[asyncio.Task[Any]]) -> None:

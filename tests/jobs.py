@@ -163,18 +163,3 @@ async def interval(ctx: JobContext, run: Interval) -> None:
     async with ctx.transaction() as conn:
         await conn.execute("UPDATE test_ledger SET ended = clock_timestamp() WHERE job_id = %s AND ended IS NULL",
                            (ctx.job.id,))
-
-
-# how many `gauge` jobs run at this moment in this process, and the most seen at once
-GAUGE = {"now": 0, "most": 0}
-
-
-@jobs.kind("gauge")
-async def gauge(ctx: JobContext, payload: dict) -> None:
-    """A fast job that counts how many of its kind run at once (in-process workers only)."""
-    GAUGE["now"] += 1
-    GAUGE["most"] = max(GAUGE["most"], GAUGE["now"])
-    try:
-        await asyncio.sleep(payload.get("sleep", 0))
-    finally:
-        GAUGE["now"] -= 1
