@@ -290,6 +290,18 @@ async def test_claim_query_uses_the_claim_index(fast_queue: Queue) -> None:
     assert ("Seq Scan", "jobs") not in _scanned_relations(plan), plan
 
 
+async def test_runnable_claims_keep_their_generic_plans(fast_queue: Queue) -> None:
+    """schema/0016: the worker's claims go through claim_runnable, which plans its statements once
+    per session (a custom plan per call cost 3-6 us per job); a crash suspect's claim calls
+    pgqueue.claim with custom plans, the only ones that can use jobs_suspect_idx (tested above)."""
+    assert "pgqueue.claim_runnable(" in QUERIES["claim_jobs"].sql
+    assert "pgqueue.claim(" in QUERIES["claim_suspect_job"].sql
+    rows = await fetch(fast_queue, "SELECT p.proname, p.proconfig FROM pg_proc AS p "
+                                   "WHERE p.pronamespace = 'pgqueue'::regnamespace AND p.proname LIKE 'claim%%' "
+                                   "ORDER BY p.proname")
+    assert rows == [("claim", None), ("claim_runnable", ["plan_cache_mode=force_generic_plan"])]
+
+
 async def test_batch_statements_find_their_rows_by_primary_key(fast_queue: Queue) -> None:
     """A batch of 100 on a 2,000-row table: joined to their input, claim and complete used to
     hash it against a scan of the whole table (most of their cost in the drain benchmark);
