@@ -21,7 +21,7 @@ temporary staging table, ``INSERT … SELECT DISTINCT ON (id) … ON CONFLICT (i
 into the target, then the checkpoint (next cursor, or the ranges done) with the part's counts
 in one statement sent together with the COMMIT; without the lease that statement raises, so
 the COMMIT behind it rolls the page back.
-``writers`` (2) pages are written at once on their own connections and commit in page order
+``writers`` (3) pages are written at once on their own connections and commit in page order
 (`Committer`), so a checkpoint never runs ahead of the rows it covers.
 A killed worker's job is rescued and resumes at its checkpoint; the primary key makes any
 overlap harmless. A cursor the API refuses on resume (expired, invalid: a 4xx other than
@@ -137,8 +137,9 @@ class SourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     range_start: Annotated[int, msgspec.Meta(ge=0)] = 0
     range_end: Annotated[int, msgspec.Meta(ge=1)] | None = None
     in_flight: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
-    # pages written at once, each in its own transaction on its own connection, committed in order
-    writers: Annotated[int, msgspec.Meta(ge=1, le=8)] = 2
+    # pages written at once, each in its own transaction on its own (pooled) connection, committed
+    # in order: one page COPYs while the one before inserts and the one before that commits
+    writers: Annotated[int, msgspec.Meta(ge=1, le=8)] = 3
     count_header: str = "X-Event-Count"
     total_header: str = "X-Total-Count"
     # several jobs: range mode splits [range_start, range_end) in `parts`; cursor mode runs one
@@ -662,9 +663,9 @@ class Committer:
     """Writes pages, ``writers`` transactions at once, committed in the order they were submitted.
 
     Each page is one transaction under the job's lease, on a connection of its own: its COPY
-    into staging runs while the page before is still inserting or committing (two backends
+    into staging runs while the pages before are still inserting or committing (the backends
     share the work); its insert runs after the earlier page's insert; then it waits for the
-    earlier page to commit, and writes the part's counts and the checkpoint. So a committed
+    earlier page to commit, and writes the checkpoint and the part's counts. So a committed
     checkpoint never covers a page whose rows are not committed: if a transaction fails, every
     later one rolls back too, and the attempt resumes at the last committed checkpoint.
     """
@@ -1204,14 +1205,15 @@ async def run_foreground(database_url: str, cfg: SourceConfig, *, concurrency: i
     from pgqueue.queue import Queue
     from pgqueue.worker import Worker
 
-    queue = await Queue.connect(database_url, jobs, max_size=max(4, (concurrency or 1) + 3))
+    parts = max(1, cfg.parts, len(cfg.split_values))
+    # a connection per writer of every part running at once, and a few for the worker and the polls
+    queue = await Queue.connect(database_url, jobs, max_size=max(4, (concurrency or parts) * cfg.writers + 3))
     try:
         if sync_id is None:
             sync_id, job_ids = await create_sync(queue, cfg)
         else:
             job_ids = []
-        worker = Worker(queue, [QUEUE], concurrency or max(1, len(job_ids) or cfg.parts, len(cfg.split_values)),
-                        shutdown_grace=5.0)
+        worker = Worker(queue, [QUEUE], concurrency or max(parts, len(job_ids)), shutdown_grace=5.0)
         task = asyncio.create_task(worker.run(), name="api-ingest-foreground")
         started = time.monotonic()
         try:
