@@ -53,6 +53,9 @@ SINGLE_PER_ROUND = (500, 200)  # one job per transaction, library and raw
 RAW_SINGLE_DRAIN_PER_ROUND = (1000, 300)  # one job per transaction
 WAKE_SAMPLES = (300, 50)
 WAKE_WARMUP = 5
+# wake-up latency is measured at the drains' concurrency and at these (issue: "at any concurrency")
+WAKE_CONCURRENCIES = (1, 10)
+WAKE_TARGET_P50_MS, WAKE_TARGET_P99_MS = 2.0, 5.0
 
 # -- the job kinds the worker processes run ------------------------------------------------------
 
@@ -518,10 +521,10 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
-def wake_latency(url: str, samples: int, log_dir: Path) -> dict[str, Any]:
-    """Enqueue commit -> handler start, with one idle worker, at a steady low rate."""
+def wake_latency(url: str, samples: int, log_dir: Path, concurrency: int = WORKER_CONCURRENCY) -> dict[str, Any]:
+    """Enqueue commit -> handler start, with one idle worker of `concurrency` slots, at a steady low rate."""
     reset_engine(url)
-    with WorkerProcesses(url, 1, log_dir) as workers:
+    with WorkerProcesses(url, 1, log_dir, concurrency=concurrency) as workers:
         workers.wait_ready()
         warmup = asyncio.run(_enqueue_paced(url, WAKE_WARMUP, 10.0))
         wait_for_jobs(url, workers, "bench_wake", len(warmup), "wake-up warm-up", timeout=30)
@@ -538,6 +541,7 @@ def wake_latency(url: str, samples: int, log_dir: Path) -> dict[str, Any]:
         raise BenchError(f"wake-up: {len(total)} results for {samples} jobs")
     return {
         "samples": samples,
+        "concurrency": concurrency,
         "p50_ms": percentile(total, 0.50),
         "p99_ms": percentile(total, 0.99),
         "max_ms": max(total),
@@ -626,6 +630,8 @@ def run(url: str, jobs: int, quick: bool) -> dict[str, Any]:
             samples["drain_batch_jobs_per_s"] += [r["jobs_per_s"] for r in largest["raw"]["rounds"]]
         with steps.step(f"wake-up latency, {wake_samples} jobs at {WAKE_RATE_PER_SECOND:.0f}/s to an idle worker"):
             library["wakeup"] = wake_latency(url, wake_samples, log_dir)
+            library["wakeup_by_concurrency"] = {
+                str(c): wake_latency(url, wake_samples, log_dir, concurrency=c) for c in WAKE_CONCURRENCIES}
         with steps.step(f"concurrent single enqueue at P = 1, 8, 32 ({bench_enqueue.TOTAL} per round, "
                         "raw INSERT with no trigger as the ceiling)"):
             library["concurrent_enqueue"] = bench_enqueue.measure(url, execute, say=say,
@@ -672,8 +678,11 @@ def run(url: str, jobs: int, quick: bool) -> dict[str, Any]:
         "drain_1_worker_vs_raw_batch": _target(ratios["drain_1_worker_vs_raw_batch"], ">=", 0.7),
         "drain_2_workers_vs_raw_batch": _target(ratios["drain_2_workers_vs_raw_batch"], ">=", 0.7),
         "enqueue_many_vs_raw_copy": _target(ratios["enqueue_many_vs_raw_copy"], ">=", 0.5),
-        "wakeup_p50_ms": _target(library["wakeup"]["p50_ms"], "<", 5.0),
-        "wakeup_p99_ms": _target(library["wakeup"]["p99_ms"], "<", 10.0),
+        "wakeup_p50_ms": _target(library["wakeup"]["p50_ms"], "<=", WAKE_TARGET_P50_MS),
+        "wakeup_p99_ms": _target(library["wakeup"]["p99_ms"], "<=", WAKE_TARGET_P99_MS),
+        **{f"wakeup_concurrency_{c}_{p}_ms": _target(w[f"{p}_ms"], "<=", bound)
+           for c, w in library.get("wakeup_by_concurrency", {}).items()
+           for p, bound in (("p50", WAKE_TARGET_P50_MS), ("p99", WAKE_TARGET_P99_MS))},
     }
     return {
         "meta": {
@@ -706,7 +715,7 @@ def run(url: str, jobs: int, quick: bool) -> dict[str, Any]:
 
 
 def _target(value: float, op: str, bound: float) -> dict[str, Any]:
-    met = value >= bound if op == ">=" else value < bound
+    met = value >= bound if op == ">=" else value <= bound if op == "<=" else value < bound
     return {"value": value, "target": f"{op} {bound:g}", "pass": met}
 
 
@@ -758,6 +767,11 @@ def render(engine: dict[str, Any]) -> str:
          _verdict(targets["wakeup_p50_ms"])),
         ("  wake-up latency p99", f"{wake['p99_ms']:>12.2f} ms", "", _verdict(targets["wakeup_p99_ms"])),
         (f"  wake-up latency max ({wake['samples']} samples)", f"{wake['max_ms']:>12.2f} ms", "", ""),
+        *[row for c, w in lib.get("wakeup_by_concurrency", {}).items() for row in (
+            (f"  wake-up latency p50, a worker of concurrency {c}", f"{w['p50_ms']:>12.2f} ms", "",
+             _verdict(targets[f"wakeup_concurrency_{c}_p50_ms"])),
+            (f"  wake-up latency p99, a worker of concurrency {c}", f"{w['p99_ms']:>12.2f} ms", f"max {w['max_ms']:.2f} ms",
+             _verdict(targets[f"wakeup_concurrency_{c}_p99_ms"])))],
     ]
     if "flow_control" in lib:
         from pgqueue.bench_flow import render_rows

@@ -42,6 +42,12 @@ def test_quick_bench_reports_every_figure(db_url: str, tmp_path: Path) -> None:
     for name, value in figures.items():
         assert isinstance(value, int | float) and value > 0, f"{name} = {value!r}"
     assert engine["library"]["wakeup"]["samples"] == 50
+    # wake-up measured at other concurrencies too, each against the same targets
+    by_concurrency = engine["library"]["wakeup_by_concurrency"]
+    assert set(by_concurrency) == {"1", "10"}
+    for c, wake in by_concurrency.items():
+        assert wake["concurrency"] == int(c) and wake["samples"] == 50 and wake["p99_ms"] >= wake["p50_ms"] > 0
+        assert engine["targets"][f"wakeup_concurrency_{c}_p99_ms"]["target"] == "<= 5"
     for name, target in engine["targets"].items():
         assert isinstance(target["pass"], bool), name
     # the table went to stdout, the bench cleaned up after itself
