@@ -255,6 +255,19 @@ def test_full_run_of_20000_events_matches_the_simulator_exactly(db_url: str) -> 
         assert status.inserted == 20_000
 
 
+@pytest.mark.parametrize("route", ["direct", "pgbouncer"], indirect=True)
+def test_pages_written_in_pipelines_through_pgbouncer_too(route: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page's BEGIN and lease check, and its checkpoint and COMMIT, go to the server in
+    pipelines; through PgBouncer in transaction mode (no prepared statements) they hold one
+    server connection per page transaction all the same: every row, no gap, no duplicate."""
+    monkeypatch.setenv("PGQUEUE_DIRECT_DATABASE_URL", route.direct_url)
+    with SimulatedApi(SimConfig(events=3000, page_max=200, overlap=5)) as api:
+        status = run(route.url, source(api, page_size=200))
+        assert status.status == "succeeded", status
+        assert_complete(route.direct_url, api)
+        assert status.pages == scalar(route.direct_url, "SELECT (state->>'pages')::int FROM pgqueue.checkpoints "
+                                                        "WHERE job_id = %s", [status.job_ids[0]])
+
 
 @pytest.mark.parametrize("pagination", ["cursor", "range"])
 def test_a_page_that_fails_rolls_back_the_pages_written_after_it(db_url: str, pagination: str) -> None:
