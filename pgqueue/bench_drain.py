@@ -97,7 +97,8 @@ class Meter:
 
         self.url, self.execute, self.server = url, execute, server
         self.conn = connect_sync(url, autocommit=True)
-        self.own_pid: int = self.conn.info.backend_pid
+        # asked, not read from the connection: behind a pooler libpq only knows the pooler's pid
+        self.own_pid: int = self.watch(url, BACKEND_PID)[0][0]
 
     def watch(self, _url: str, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """An `Execute` on the meter's connection (the url is ignored)."""
