@@ -5,8 +5,9 @@ start so it is not the bottleneck), each run in a fresh process, median and spre
 ``--rounds`` rounds:
 
 1. unlimited: ``--events`` (1,000,000) events, no faults, cursor mode, page ``--page-size``:
-   - the job: a sync enqueued, one ``python -m pgqueue worker --app app.jobs`` process runs it;
-     events/s timed by the database from the job's start to its end;
+   - the job: a sync enqueued with the default config (three pages written at once, each in
+     its own transaction, committed in page order), one ``python -m pgqueue worker --app
+     app.jobs`` process runs it; events/s timed by the database from the job's start to its end;
    - the bare loop (``python -m app.bench.api_ingest bare``): the same per-row work (the same
      client and page decoding with timestamps normalised, COPY into staging, the dedup insert
      into a logged target with its primary key, a commit per page), the next page fetched while
