@@ -27,7 +27,7 @@ import secrets
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
@@ -250,6 +250,8 @@ class Worker:
                 continue
             for job in jobs:
                 self._start(job)
+            if jobs and log.isEnabledFor(logging.INFO):
+                log.info("started %s", _summary([job.id for job in jobs]))
             self._empty_claims = 0 if jobs else self._empty_claims + 1
             if len(jobs) < free:
                 await self._idle()
@@ -330,7 +332,7 @@ class Worker:
             log.warning("job %s %s started alone: it was running when a worker died (attempt %s/%s)", job.id,
                         job.kind, job.attempts, job.max_attempts)
         else:
-            log.info("job %s %s started (attempt %s/%s)", job.id, job.kind, job.attempts, job.max_attempts)
+            log.debug("job %s %s started (attempt %s/%s)", job.id, job.kind, job.attempts, job.max_attempts)
         ctx = JobContext(job, self.queue, self.events, self._loop)
         self._unannounced[token] = (job.id, {"attempt": job.attempts, "worker_id": self.worker_id})
         task = asyncio.create_task(self._execute(job, ctx), name=f"pgqueue-job-{job.id}")
@@ -433,10 +435,12 @@ class Worker:
             self._completions[:0] = batch
             raise
         self.counters["succeeded"] += len(done)
+        if done and log.isEnabledFor(logging.INFO):
+            log.info("succeeded %s", _summary(done))
         for job_id, token, _result in batch:
             self._unacked.pop(token, None)
             if job_id in done:
-                log.info("job %s succeeded", job_id)
+                log.debug("job %s succeeded", job_id)
             else:
                 self.counters["lease_lost"] += 1
                 log.warning("job %s finished but its lease was lost; result discarded", job_id)
@@ -624,6 +628,22 @@ async def _cancel_and_wait(tasks: Sequence[asyncio.Task[Any]]) -> None:
     for task in tasks:
         if not task.cancelled() and task.exception() is not None:
             log.error("worker task %s had failed: %r", task.get_name(), task.exception())
+
+
+def _summary(ids: Iterable[int], runs: int = 8) -> str:
+    """'3 jobs: 7, 9-10' (the ids in runs; at most `runs` of them, then how many more)."""
+    ordered = sorted(ids)
+    spans: list[str] = []
+    start = previous = ordered[0]
+    for job_id in [*ordered[1:], None]:
+        if job_id is not None and job_id == previous + 1:
+            previous = job_id
+            continue
+        spans.append(str(start) if start == previous else f"{start}-{previous}")
+        if job_id is not None:
+            start = previous = job_id
+    shown = ", ".join(spans[:runs]) + (f" and {len(spans) - runs} more runs" if len(spans) > runs else "")
+    return f"{len(ordered)} job{'s' if len(ordered) != 1 else ''}: {shown}"
 
 
 def _fmt(moment: datetime) -> str:

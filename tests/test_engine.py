@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+import logging
 import re
 import secrets
 from collections.abc import AsyncIterator, Sequence
@@ -26,6 +27,7 @@ from pgqueue.maintenance import LeaseRescuer, Pruner
 from pgqueue.migrate import migrate, rollback
 from pgqueue.queue import Queue
 from pgqueue.sql import QUERIES
+from pgqueue.worker import _summary
 from pgqueue.store import complete_params
 from tests.conftest import PgServer, with_dbname
 from tests.engine_fixtures import (
@@ -388,6 +390,30 @@ async def test_concurrent_claims_never_exceed_the_limit_nor_share_a_job(fast_que
 
 
 # -- the in-process worker -------------------------------------------------------------------
+
+
+async def test_worker_logs_starts_and_successes_one_line_per_batch(fast_queue: Queue,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    ids = await fast_queue.enqueue_many([("noop", {"n": n}) for n in range(30)])
+    failing = await fast_queue.enqueue("fatal", {})
+    with caplog.at_level(logging.INFO, logger="pgqueue.worker"):
+        async with running_worker(fast_queue, ["default"], concurrency=50):
+            for job_id in [*ids, failing.id]:
+                await wait_for_status(fast_queue, job_id, "succeeded", "dead")
+    lines = [r.getMessage() for r in caplog.records if r.name == "pgqueue.worker" and r.levelno == logging.INFO]
+    assert not [line for line in lines if re.fullmatch(r"job \d+ (succeeded|\S+ started .*)", line)]
+    succeeded = [line for line in lines if line.startswith("succeeded ")]
+    assert sum(int(line.split()[1]) for line in succeeded) == 30 and len(succeeded) <= 3
+    assert any(line.startswith("started ") for line in lines)
+    # what needs a look keeps its own line
+    assert any(r.levelno == logging.ERROR and f"job {failing.id} dead" in r.getMessage() for r in caplog.records)
+
+
+def test_batch_summaries_name_the_ids_in_runs() -> None:
+    assert _summary([5]) == "1 job: 5"
+    assert _summary([10, 1, 2, 3, 7, 9]) == "6 jobs: 1-3, 7, 9-10"
+    assert _summary(range(1, 101)) == "100 jobs: 1-100"
+    assert _summary(range(1, 40, 2)) == "20 jobs: 1, 3, 5, 7, 9, 11, 13, 15 and 12 more runs"
 
 
 async def test_worker_runs_async_and_sync_handlers(fast_queue: Queue) -> None:
