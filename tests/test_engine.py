@@ -27,8 +27,8 @@ from pgqueue.maintenance import LeaseRescuer, Pruner
 from pgqueue.migrate import migrate, rollback
 from pgqueue.queue import Queue
 from pgqueue.sql import QUERIES
-from pgqueue.worker import _summary
 from pgqueue.store import complete_params
+from pgqueue.worker import _summary
 from tests.conftest import PgServer, with_dbname
 from tests.engine_fixtures import (
     fast_settings,
