@@ -684,7 +684,7 @@ def run(url: str, jobs: int, quick: bool) -> dict[str, Any]:
         "wakeup_p50_ms": _target(library["wakeup"]["p50_ms"], "<=", WAKE_TARGET_P50_MS),
         "wakeup_p99_ms": _target(library["wakeup"]["p99_ms"], "<=", WAKE_TARGET_P99_MS),
         **{f"wakeup_concurrency_{c}_{p}_ms": _target(w[f"{p}_ms"], "<=", bound)
-           for c, w in library.get("wakeup_by_concurrency", {}).items()
+           for c, w in library["wakeup_by_concurrency"].items()
            for p, bound in (("p50", WAKE_TARGET_P50_MS), ("p99", WAKE_TARGET_P99_MS))},
     }
     return {
@@ -770,7 +770,7 @@ def render(engine: dict[str, Any]) -> str:
          _verdict(targets["wakeup_p50_ms"])),
         ("  wake-up latency p99", f"{wake['p99_ms']:>12.2f} ms", "", _verdict(targets["wakeup_p99_ms"])),
         (f"  wake-up latency max ({wake['samples']} samples)", f"{wake['max_ms']:>12.2f} ms", "", ""),
-        *[row for c, w in lib.get("wakeup_by_concurrency", {}).items() for row in (
+        *[row for c, w in lib["wakeup_by_concurrency"].items() for row in (
             (f"  wake-up latency p50, a worker of concurrency {c}", f"{w['p50_ms']:>12.2f} ms", "",
              _verdict(targets[f"wakeup_concurrency_{c}_p50_ms"])),
             (f"  wake-up latency p99, a worker of concurrency {c}", f"{w['p99_ms']:>12.2f} ms", f"max {w['max_ms']:.2f} ms",

@@ -92,10 +92,10 @@ class Meter:
     `watch` runs the bench's own statements during a drain on the meter's one connection, whose
     backend's CPU is left out of the Postgres figure."""
 
-    def __init__(self, url: str, execute: Execute, server: ServerCpu | None) -> None:
+    def __init__(self, url: str, server: ServerCpu | None) -> None:
         from pgqueue.db import connect_sync
 
-        self.url, self.execute, self.server = url, execute, server
+        self.url, self.server = url, server
         self.conn = connect_sync(url, autocommit=True)
         # asked, not read from the connection: behind a pooler libpq only knows the pooler's pid
         self.own_pid: int = self.watch(url, BACKEND_PID)[0][0]
@@ -201,7 +201,7 @@ def measure(url: str, log_dir: Path, *, execute: Execute, say: Callable[[str], N
             processes: tuple[int, ...] = PROCESSES, concurrency: int | None = None) -> dict[str, Any]:
     sizes = sizes or (QUICK_SIZES if quick else SIZES)
     rounds = rounds or (1 if quick else ROUNDS)
-    meter = Meter(url, execute, ServerCpu.find(url, execute))
+    meter = Meter(url, ServerCpu.find(url, execute))
     result: dict[str, Any] = {"rounds": rounds, "sizes": list(sizes), "concurrency": concurrency,
                               "method": " ".join(__doc__.split("\n\n")[1:3]).replace("\n", " ")}
     try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import random
@@ -633,15 +634,10 @@ async def _cancel_and_wait(tasks: Sequence[asyncio.Task[Any]]) -> None:
 def _summary(ids: Iterable[int], runs: int = 8) -> str:
     """'3 jobs: 7, 9-10' (the ids in runs; at most `runs` of them, then how many more)."""
     ordered = sorted(ids)
-    spans: list[str] = []
-    start = previous = ordered[0]
-    for job_id in [*ordered[1:], None]:
-        if job_id is not None and job_id == previous + 1:
-            previous = job_id
-            continue
-        spans.append(str(start) if start == previous else f"{start}-{previous}")
-        if job_id is not None:
-            start = previous = job_id
+    spans = []
+    for _, run in itertools.groupby(enumerate(ordered), lambda pair: pair[1] - pair[0]):  # a run: id - index constant
+        members = [job_id for _, job_id in run]
+        spans.append(str(members[0]) if len(members) == 1 else f"{members[0]}-{members[-1]}")
     shown = ", ".join(spans[:runs]) + (f" and {len(spans) - runs} more runs" if len(spans) > runs else "")
     return f"{len(ordered)} job{'s' if len(ordered) != 1 else ''}: {shown}"
 
