@@ -251,8 +251,12 @@ class Worker:
                 continue
             for job in jobs:
                 self._start(job)
-            if jobs and log.isEnabledFor(logging.INFO):
-                log.info("started %s", _summary([job.id for job in jobs]))
+            if jobs:
+                # let the handlers begin before this loop logs, idles (a round trip whose send can
+                # wake a backend onto this core) or claims again: a job waits for nothing of ours
+                await asyncio.sleep(0)
+                if log.isEnabledFor(logging.INFO):
+                    log.info("started %s", _summary([job.id for job in jobs]))
             self._empty_claims = 0 if jobs else self._empty_claims + 1
             if len(jobs) < free:
                 await self._idle()
