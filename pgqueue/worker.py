@@ -211,13 +211,14 @@ class Worker:
 
     async def _fetch_loop(self) -> None:
         error_delay = 0.2
+        with contextlib.suppress(*CONNECTION_ERRORS):  # the first claim meets the same outage
+            await self._suspects_due()  # crash suspects waiting when a worker starts go first
         while not self.stopping.is_set():
-            try:
-                isolating = self._isolated is not None or await self._suspects_due()
-            except CONNECTION_ERRORS:
-                isolating = False  # the claim below meets the same outage and backs off
-            # counted after the await above, and _slot_free cleared before the next one: a job
-            # that finishes in between must not be missed (its slot would stay idle until a poll)
+            # the flag as last asked, after a claim (below): a woken worker's claim never waits
+            # for that round trip
+            isolating = self._isolated is not None or self._suspects_waiting
+            # counted with no await since the last look, and _slot_free cleared before the next
+            # one: a job that finishes in between must not be missed (its slot would stay idle)
             free = self.concurrency - len(self.running) - max(0, len(self._unacked) - self.concurrency)
             if free <= 0 or (isolating and self.running):
                 # full, or a crash suspect waits to run alone here: let the running jobs finish
@@ -258,6 +259,11 @@ class Worker:
                 if log.isEnabledFor(logging.INFO):
                     log.info("started %s", _summary([job.id for job in jobs]))
             self._empty_claims = 0 if jobs else self._empty_claims + 1
+            # whether crash suspects wait to run alone, asked once per poll interval after a claim
+            # rather than before one (it made the slowest 1 % of wake-ups): found now, they run
+            # alone once the jobs just started have finished
+            with contextlib.suppress(*CONNECTION_ERRORS):  # the next claim meets the same outage
+                await self._suspects_due()
             if len(jobs) < free:
                 await self._idle()
 

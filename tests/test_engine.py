@@ -462,6 +462,41 @@ async def test_claimed_jobs_begin_before_the_worker_says_another_word_to_the_dat
                 break
 
 
+async def test_a_woken_worker_claims_before_it_asks_for_crash_suspects(fast_queue: Queue,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The look for crash suspects (once per poll interval) comes after a claim, not between a
+    wake-up and its claim: on the wake-up path it was the slowest 1 % of wake-ups. Suspects
+    still go first when a worker starts (test_leases: a suspect with nothing beside it)."""
+    import time
+
+    calls: list[str] = []
+    store = fast_queue.store
+    for name in ("suspects_waiting", "claim_jobs", "next_run_at"):
+        def wrap(original: Any, name: str = name) -> Any:
+            async def called(*args: Any, **kwargs: Any) -> Any:
+                calls.append(name)
+                result = await original(*args, **kwargs)
+                calls.append(f"{name} done")
+                return result
+            return called
+        monkeypatch.setattr(store, name, wrap(getattr(store, name)))
+    # no poll while the test looks (it would claim and ask on its own timer): NOTIFYs only
+    fast_queue.settings = fast_settings(fast_queue.settings.database_url, poll_seconds=30)
+    async with running_worker(fast_queue, ["default"], concurrency=10) as worker:
+        async def waiting() -> bool:  # idle, its last look at the next run time answered
+            return worker._marked_idle and bool(calls) and calls[-1] == "next_run_at done"
+
+        await wait_for(waiting, message="the worker to go idle")
+        for _ in range(3):
+            worker._suspects_checked_at = time.monotonic() - 3600  # a look is due
+            calls.clear()
+            job = await fast_queue.enqueue("noop", {})
+            await wait_for_status(fast_queue, job.id, "succeeded")
+            await wait_for(waiting, message="the worker to go idle again")
+            looks = [call for call in calls if call in ("claim_jobs", "suspects_waiting")]
+            assert looks == ["claim_jobs", "suspects_waiting"], calls  # the look right after the claim
+
+
 def test_batch_summaries_name_the_ids_in_runs() -> None:
     assert _summary([5]) == "1 job: 5"
     assert _summary([10, 1, 2, 3, 7, 9]) == "6 jobs: 1-3, 7, 9-10"
