@@ -358,14 +358,13 @@ class WorkerProcesses:
         self.log_paths = [log_dir / f"worker-{index}.log" for index in range(count)]
         self.processes: list[subprocess.Popen[bytes]] = []
         self.env = env or {}  # e.g. PGQUEUE_DIRECT_DATABASE_URL when `url` is a PgBouncer (bench_scaleout.py)
-        # the worker's default: measured the way a user meets it (per-job lines are DEBUG; a
-        # batch's start and success take one INFO line each)
-        self.log_level = "INFO"
 
     def __enter__(self) -> WorkerProcesses:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        # INFO, the worker's default: measured the way a user meets it (per-job lines are DEBUG;
+        # a batch's start and success take one INFO line each)
         args = [
-            sys.executable, "-m", "pgqueue", "--log-level", self.log_level, "worker", "--database-url", self.url,
+            sys.executable, "-m", "pgqueue", "--log-level", "INFO", "worker", "--database-url", self.url,
             "--app", "pgqueue.bench:bench_jobs", "--queues", BENCH_QUEUE,
             "--concurrency", str(self.concurrency), "--grace", "5",
         ]
