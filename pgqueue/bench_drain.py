@@ -14,7 +14,8 @@ Postgres CPU is read from /proc (the postmaster, its live children, and the chil
 since), less the backend of the bench's own connection: it is None when the server is not on
 this host. The bench watches the drain (progress, WAL position, the resume) through that one
 connection, opened before the drain: a connection per look would bill the drain for about 10 ms
-of backend start-up per look (5 us per job at 20,000 jobs), and the raw loop pays none.
+of backend start-up per look (5 us per job at 20,000 jobs), and the raw loop pays none. For the
+same reason the progress poll runs without parallel workers, and seldom (bench.wait_for_jobs).
 """
 
 from __future__ import annotations
@@ -101,9 +102,13 @@ class Meter:
         self.own_pid: int = self.watch(url, BACKEND_PID)[0][0]
 
     def watch(self, _url: str, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        """An `Execute` on the meter's connection (the url is ignored)."""
-        cur = self.conn.execute(sql, params)
-        return cur.fetchall() if cur.description else []
+        """An `Execute` on the meter's connection (the url is ignored). Without parallel workers:
+        the progress poll scans the jobs table, and workers would be counted as the drain's and
+        take its cores (SET LOCAL: behind a pooler a session setting would reach other clients)."""
+        with self.conn.transaction():
+            self.conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+            cur = self.conn.execute(sql, params)
+            return cur.fetchall() if cur.description else []
 
     def close(self) -> None:
         self.conn.close()
