@@ -44,6 +44,17 @@ def today() -> date:
     return datetime.now(UTC).date()
 
 
+MIGRATION_DAY = ("SELECT (min(range_from) AT TIME ZONE 'UTC')::date FROM pgqueue.event_partitions "
+                 "WHERE NOT is_default")
+
+
+async def migration_day(queue: Queue) -> date:
+    """The UTC day the migration made its partitions from: the first partition of a fresh clone of
+    the template database, which the suite migrates once at its start, so a run that crosses
+    midnight migrated 'yesterday' (today() there made these tests fail after midnight)."""
+    return (await fetch(queue, MIGRATION_DAY))[0][0]
+
+
 def partition_name(day: date) -> str:
     return f"events_{day:%Y%m%d}"
 
@@ -68,7 +79,8 @@ def noon(day: date) -> datetime:
 
 async def test_the_migration_leaves_a_week_of_partitions_ahead_and_maintenance_extends_it(fast_queue: Queue,
                                                                                           db_url: str) -> None:
-    week = [partition_name(today() + timedelta(days=n)) for n in range(8)]
+    first = await migration_day(fast_queue)
+    week = [partition_name(first + timedelta(days=n)) for n in range(8)]
     assert set(week) <= set(await partitions(fast_queue))
     assert await fetch(fast_queue, "SELECT relkind FROM pg_class WHERE oid = 'pgqueue.events'::regclass") == [("p",)]
 
@@ -151,12 +163,13 @@ async def test_a_worker_writes_no_row_into_the_default_partition(fast_queue: Que
 
 async def test_rows_across_a_partition_boundary_replay_in_id_order(fast_queue: Queue) -> None:
     # ids come from one sequence whatever the day: insert tomorrow's row first, then yesterday's
-    ids = [await add_event(fast_queue, 7, noon(today() + timedelta(days=1))),
-           await add_event(fast_queue, 7, datetime.combine(today(), datetime.min.time(), UTC) - timedelta(seconds=1)),
-           await add_event(fast_queue, 8, datetime.combine(today(), datetime.min.time(), UTC)),
+    first = await migration_day(fast_queue)
+    ids = [await add_event(fast_queue, 7, noon(first + timedelta(days=1))),
+           await add_event(fast_queue, 7, datetime.combine(first, datetime.min.time(), UTC) - timedelta(seconds=1)),
+           await add_event(fast_queue, 8, datetime.combine(first, datetime.min.time(), UTC)),
            await add_event(fast_queue, 7, datetime.now(UTC))]
     assert ids == sorted(ids)
-    assert await default_rows(fast_queue) == 1  # yesterday has no partition: the migration made today onwards
+    assert await default_rows(fast_queue) == 1  # the day before has no partition: the migration made its day onwards
     assert [e.id for e in await fast_queue.events(7)] == [ids[0], ids[1], ids[3]]
     assert [e.id for e in await fast_queue.events(7, after_id=ids[0])] == [ids[1], ids[3]]
     assert [e.id for e in await fast_queue.store.events_after(ids[0] - 1)] == ids
@@ -283,7 +296,8 @@ async def test_readyz_and_metrics_report_rows_in_the_default_partition(live_serv
         assert ready.json()["events"]["default_partition_rows"] == 1
         assert _gauge(metrics.text, "pgqueue_events_default_partition_rows") == 1
         week_ahead = _gauge(metrics.text, "pgqueue_events_partitions_until_timestamp_seconds")
-        assert week_ahead == datetime.combine(today() + timedelta(days=8), datetime.min.time(), UTC).timestamp()
+        first = query(url, MIGRATION_DAY)[0][0]
+        assert week_ahead == datetime.combine(first + timedelta(days=8), datetime.min.time(), UTC).timestamp()
 
         async with open_fast_queue(url) as queue:
             await EventPartitions(queue.store, fast_settings(url)).run_once()
