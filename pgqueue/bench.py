@@ -434,7 +434,7 @@ def wait_for_jobs(url: str, workers: WorkerProcesses, kind: str, count: int, lab
     the drain keeps adding. Asked every 0.2 s it took a quarter of a core from a drain on a
     two-core machine (and was counted in the drain's Postgres CPU), which the raw loop, counting
     its own rows, never paid. So it is asked when the rate seen so far says the jobs should be
-    done, at least every POLL_MAX_SECONDS (the progress line) and at most every POLL_MIN_SECONDS."""
+    done: never more than POLL_MAX_SECONDS apart (the progress line), nor less than POLL_MIN_SECONDS."""
     deadline = time.monotonic() + timeout
     first: tuple[float, int] | None = None
     last_report = time.monotonic()
