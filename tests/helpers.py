@@ -1,4 +1,4 @@
-"""Waiting without sleeping blindly: poll a condition until a deadline."""
+"""Waiting without sleeping blindly: poll a condition until a deadline, or fake the clock."""
 
 from __future__ import annotations
 
@@ -33,3 +33,21 @@ def wait_for_sync(check: Callable[[], T], timeout: float = 30.0, interval: float
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message} (last value: {last!r})")
+
+
+class FakeTime:
+    """A clock that only sleeping moves: `clock` (also `monotonic`, to stand in for the time
+    module) and `sleep`, which records what it was asked and returns at once."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    monotonic = clock
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import FakeTime
 from tests.process_fixtures import REPO_ROOT, process_env
 
 
@@ -62,21 +63,6 @@ def test_quick_bench_reports_every_figure(db_url: str, tmp_path: Path) -> None:
     assert "PASS" in result.stdout or "MISS" in result.stdout
 
 
-class _FakeClock:
-    """time.monotonic and time.sleep for pgqueue.bench: sleeping moves the clock, nothing waits."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 class _NoWorkers:
     def check_alive(self) -> None:
         pass
@@ -88,7 +74,7 @@ def test_the_drain_progress_poll_is_asked_when_the_rate_says_the_jobs_are_done(m
     more than 2 s apart, and a dead job still stops the wait at the next poll."""
     import pgqueue.bench as bench
 
-    clock = _FakeClock()
+    clock = FakeTime(now=1000.0)
     monkeypatch.setattr(bench, "time", clock)
     monkeypatch.setattr(bench, "say", lambda message: None)
     count, rate, started = 200_000, 20_000.0, clock.now
@@ -101,7 +87,7 @@ def test_the_drain_progress_poll_is_asked_when_the_rate_says_the_jobs_are_done(m
     bench.wait_for_jobs("unused", _NoWorkers(), "bench_noop", count, "drain", timeout=60, execute=progress)  # type: ignore[arg-type]
     assert len(polls) == 7, [round(t - started, 2) for t in polls]
     assert polls[-1] - started == pytest.approx(10.0)
-    assert all(bench.POLL_MIN_SECONDS <= s <= bench.POLL_MAX_SECONDS for s in clock.sleeps), clock.sleeps
+    assert all(bench.POLL_MIN_SECONDS <= s <= bench.POLL_MAX_SECONDS for s in clock.slept), clock.slept
 
     def one_dead(_url: str, _sql: str, _params: dict[str, str]) -> list[tuple[int, int]]:
         return [(int((clock.now - started) * rate), 1 if clock.now - started > 12 else 0)]

@@ -28,6 +28,7 @@ from app.outbound import (
     parse_rate_limit,
     parse_retry_after,
 )
+from tests.helpers import FakeTime
 
 FAST = RetryPolicy(attempts=4, backoff_base=0.001, backoff_max=0.002)
 
@@ -251,19 +252,6 @@ def test_retry_after_forms() -> None:
     assert parse_retry_after("120", NOW) == 120
     assert parse_retry_after(formatdate(NOW + 30, usegmt=True), NOW) == pytest.approx(30)
     assert parse_retry_after("soon", NOW) is None
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 def test_pacer_spreads_the_quota_over_the_window() -> None:

@@ -317,14 +317,13 @@ async def test_a_host_name_is_pinned_to_the_checked_address(webhook_queue: Queue
     assert verify_webhook(SECRET, request.headers, request.body) == f"msg_{job.id}"
 
 
-async def slots_freed(worker: Any, within: float = 5.0) -> bool:
-    """Whether the worker holds no job within `within` seconds: a failed attempt's slot is given
-    back when its task ends, just after the failure's commit that wait_for_status saw (asserting
-    at once raced that last step), and long before the retry delay."""
-    deadline = asyncio.get_running_loop().time() + within
-    while worker.running and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.01)
-    return not worker.running
+async def slots_freed(worker: Any) -> None:
+    """Fails unless the worker holds no job within 5 s: a failed attempt's slot is given back when
+    its task ends, just after the failure's commit that wait_for_status saw (asserting at once
+    raced that last step), and long before the retry delay."""
+    async def freed() -> bool:
+        return not worker.running
+    await wait_for(freed, timeout=5.0, message="the failed attempt's slot to be given back")
 
 
 async def test_500_is_retried_with_backoff_then_succeeds(webhook_queue: Queue, receiver: Receiver) -> None:
@@ -338,7 +337,7 @@ async def test_500_is_retried_with_backoff_then_succeeds(webhook_queue: Queue, r
         [(wait,)] = await fetch(webhook_queue, "SELECT extract(epoch FROM run_at - updated_at) FROM pgqueue.jobs "
                                                "WHERE id = %s", (job.id,))
         assert 3.7 <= float(wait) <= 6.3
-        assert await slots_freed(worker)
+        await slots_freed(worker)
         await make_due(webhook_queue, job.id)
         done = await wait_for_status(webhook_queue, job.id, "succeeded", "dead")
     assert done.status == "succeeded" and done.attempts == 2
@@ -412,7 +411,7 @@ async def test_timeout_fails_the_attempt_for_a_retry(webhook_queue: Queue, recei
     async with worker_for(webhook_queue) as worker:
         job = await webhook_queue.enqueue("webhook", {"url": url, "body": {}, "timeout_seconds": 0.3})
         failed = await wait_for_status(webhook_queue, job.id, "failed", "dead", "succeeded")
-        assert await slots_freed(worker)
+        await slots_freed(worker)
     assert failed.status == "failed" and failed.last_error is not None
     assert "timed out" in failed.last_error.lower() and "timeout 0.3 s" in failed.last_error
     assert len(receiver.requests_to("/hang")) == 1
