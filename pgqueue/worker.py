@@ -212,7 +212,7 @@ class Worker:
     async def _fetch_loop(self) -> None:
         error_delay = 0.2
         with contextlib.suppress(*CONNECTION_ERRORS):  # the first claim meets the same outage
-            await self._suspects_due()  # crash suspects waiting when a worker starts go first
+            await self._look_for_suspects()  # crash suspects waiting when a worker starts go first
         while not self.stopping.is_set():
             # the flag as last asked, after a claim (below): a woken worker's claim never waits
             # for that round trip
@@ -263,16 +263,16 @@ class Worker:
             # rather than before one (it made the slowest 1 % of wake-ups): found now, they run
             # alone once the jobs just started have finished
             with contextlib.suppress(*CONNECTION_ERRORS):  # the next claim meets the same outage
-                await self._suspects_due()
+                await self._look_for_suspects()
             if len(jobs) < free:
                 await self._idle()
 
-    async def _suspects_due(self) -> bool:
-        """Whether crash suspects wait to be run alone (asked at most once per poll interval)."""
+    async def _look_for_suspects(self) -> None:
+        """Set _suspects_waiting when crash suspects wait to be run alone (asked at most once per
+        poll interval; the fetch loop reads the flag)."""
         if not self._suspects_waiting and time.monotonic() - self._suspects_checked_at >= self.settings.poll_seconds:
             self._suspects_checked_at = time.monotonic()
             self._suspects_waiting = await self.queue.store.suspects_waiting(self.queues)
-        return self._suspects_waiting
 
     async def _idle(self) -> None:
         """Wait for a NOTIFY, a free slot, or the (jittered) poll timer, or the next scheduled job."""
